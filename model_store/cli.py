@@ -1,0 +1,184 @@
+"""`python -m model_store`: keys, bundle verification, and the store's versions and pointer.
+
+Exit codes: 0 success, 1 refused (one line on stderr saying why), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from model_store.errors import ModelStoreError, ParityFailed
+
+if TYPE_CHECKING:
+    from model_store.store.base import AuditEntry, Store
+
+ENV_STORE = "MODEL_STORE"
+ENV_PUBLIC_KEY = "MODEL_STORE_PUBLIC_KEY"
+
+
+def _default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def _common_options(p: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """Options accepted before or after the command.
+
+    Only the top level holds defaults; on subcommands they are SUPPRESSed so an option
+    given before the command is not overwritten by the subcommand's unset one.
+    """
+
+    def default(value: object) -> object:
+        return value if top_level else argparse.SUPPRESS
+
+    p.add_argument(
+        "--store", default=default(os.environ.get(ENV_STORE)), help=f"store directory (env {ENV_STORE})"
+    )
+    p.add_argument(
+        "--public-key",
+        type=Path,
+        default=default(os.environ.get(ENV_PUBLIC_KEY)),
+        help=f"trusted public key PEM for verification (env {ENV_PUBLIC_KEY})",
+    )
+    p.add_argument("--actor", default=default(_default_actor()), help="who, for the audit log")
+    p.add_argument("--json", action="store_true", default=default(False), help="machine-readable output")
+
+
+class _SubParsers:
+    """add_subparsers() whose every command also takes the common options."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self._common = argparse.ArgumentParser(add_help=False)
+        _common_options(self._common, top_level=False)
+        self._sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_parser(self, name: str, *, help: str) -> argparse.ArgumentParser:
+        return self._sub.add_parser(name, help=help, parents=[self._common])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m model_store", description=__doc__.splitlines()[0])
+    _common_options(p, top_level=True)
+    sub = _SubParsers(p)
+
+    k = sub.add_parser("keygen", help="write private.pem (0600) and public.pem, EC P-256")
+    k.add_argument("--out", type=Path, required=True)
+
+    v = sub.add_parser("verify", help="verify a bundle directory")
+    v.add_argument("bundle", type=Path)
+
+    i = sub.add_parser("import", help="verify a bundle and add it to the store")
+    i.add_argument("bundle", type=Path)
+    i.add_argument("--reason", default="")
+
+    sub.add_parser("list", help="versions in the store; * marks the active one")
+    s = sub.add_parser("show", help="a version's verified manifest")
+    s.add_argument("version")
+
+    a = sub.add_parser("activate", help="verify, pass parity, then point the store at VERSION")
+    a.add_argument("version")
+    a.add_argument("--reason", default="")
+
+    r = sub.add_parser("rollback", help="re-activate the previously active version")
+    r.add_argument("--reason", default="")
+
+    sub.add_parser("log", help="the audit log")
+    return p
+
+
+def _parity_check(bundle) -> None:  # type: ignore[no-untyped-def]
+    from model_store.predictor import Predictor  # torch models load only when needed
+
+    report = Predictor(bundle).check_parity()
+    if not report.passed:
+        raise ParityFailed(f"{bundle.version} fails parity: {report.summary()}")
+
+
+def _store(args: argparse.Namespace) -> Store:
+    from model_store.store import open_store  # torch-heavy; keygen does without it
+
+    if not args.store:
+        raise SystemExit(_usage(f"this command needs --store DIR (or env {ENV_STORE})"))
+    return open_store(args.store, args.public_key)
+
+
+def _usage(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _print_entry(e: AuditEntry, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(e.to_dict()))
+    else:
+        print(
+            f"{e.seq:>5}  {e.time}  {e.actor:<24} {e.action:<9} "
+            f"{e.from_version or '-'} -> {e.to_version or '-'}  {e.reason}"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "keygen":
+        from model_store.signing import generate_keypair
+
+        private, public = generate_keypair(args.out)
+        print(f"wrote {private} (mode 0600, keep it secret) and {public}")
+        return 0
+    if cmd in ("verify", "import", "show", "activate", "rollback") and args.public_key is None:
+        return _usage(f"{cmd} verifies signatures: give --public-key PEM (or env {ENV_PUBLIC_KEY})")
+    if cmd == "verify":
+        from model_store.bundle import load_bundle
+
+        bundle = load_bundle(args.bundle, args.public_key)
+        print(
+            f"OK: {bundle.manifest.name} {bundle.version} verified (manifest sha256 {bundle.manifest_sha256})"
+        )
+        return 0
+
+    store = _store(args)
+    if cmd == "import":
+        result = store.import_bundle(args.bundle, actor=args.actor, reason=args.reason)
+        state = "imported" if result.created else "already present (identical), nothing to do"
+        print(f"{result.version}: {state}")
+    elif cmd == "list":
+        infos = store.versions()
+        if args.json:
+            print(json.dumps([vars(i) for i in infos], indent=2))
+        elif not infos:
+            print("no versions in the store")
+        for i in infos if not args.json else []:
+            mark = "*" if i.active else " "
+            print(f"{mark} {i.version:<20} {i.name:<24} {i.created_at}  {i.manifest_sha256[:12]}")
+    elif cmd == "show":
+        print(store.manifest(args.version).to_json_bytes().decode(), end="")
+    elif cmd == "activate":
+        e = store.activate(args.version, actor=args.actor, reason=args.reason, check=_parity_check)
+        print(f"active: {e.to_version} (was {e.from_version or 'none'}); parity passed")
+    elif cmd == "rollback":
+        e = store.rollback(actor=args.actor, reason=args.reason, check=_parity_check)
+        print(f"rolled back: active {e.to_version} (was {e.from_version}); parity passed")
+    elif cmd == "log":
+        for e in store.audit_log():
+            _print_entry(e, args.json)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (ModelStoreError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

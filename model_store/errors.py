@@ -1,0 +1,115 @@
+"""Every refusal the contract can make, each with its own type and a one-line message.
+
+The CLI prints `str(error)` and exits non-zero; the service maps `code` to a JSON error.
+"""
+
+from __future__ import annotations
+
+
+class ModelStoreError(Exception):
+    """Base class: something was refused. `code` is stable for APIs and scripts."""
+
+    code = "model_store_error"
+
+
+# --- bundle verification -------------------------------------------------------------
+
+
+class BundleError(ModelStoreError):
+    code = "bundle_invalid"
+
+
+class SignatureMissing(BundleError):
+    code = "signature_missing"
+
+
+class SignatureInvalid(BundleError):
+    """The signature does not verify with the trusted key (wrong key or altered signature)."""
+
+    code = "signature_invalid"
+
+
+class BundleTampered(BundleError):
+    """A signed file's bytes differ from what was signed."""
+
+    code = "bundle_tampered"
+
+
+class FileSetMismatch(BundleError):
+    """A file was added to or removed from the signed bundle."""
+
+    code = "bundle_file_set_mismatch"
+
+
+class ManifestInvalid(BundleError):
+    code = "manifest_invalid"
+
+
+class WeightsInvalid(BundleError):
+    """Weights are not safetensors, or do not fit the architecture in the manifest."""
+
+    code = "weights_invalid"
+
+
+class UnsafeArchive(BundleError):
+    """A bundle archive holds absolute paths, `..`, links or devices."""
+
+    code = "unsafe_archive"
+
+
+# --- images --------------------------------------------------------------------------
+
+
+class ImageError(ModelStoreError):
+    code = "invalid_image"
+
+
+class ImageTooLarge(ImageError):
+    code = "image_too_large"
+
+
+class TooManyPixels(ImageError):
+    code = "too_many_pixels"
+
+
+class UnsupportedImageFormat(ImageError):
+    code = "unsupported_image_format"
+
+
+class NotAnImage(ImageError):
+    code = "not_an_image"
+
+
+class TruncatedImage(ImageError):
+    code = "truncated_image"
+
+
+# --- store ---------------------------------------------------------------------------
+
+
+class StoreError(ModelStoreError):
+    code = "store_error"
+
+
+class VersionNotFound(StoreError):
+    code = "version_not_found"
+
+
+class VersionConflict(StoreError):
+    """The version exists in the store with different content."""
+
+    code = "version_conflict"
+
+
+class InvalidVersionName(StoreError):
+    code = "invalid_version_name"
+
+
+class NothingToRollBack(StoreError):
+    code = "nothing_to_roll_back"
+
+
+class ParityFailed(ModelStoreError):
+    """The bundle's reference images do not reproduce the recorded outputs."""
+
+    code = "parity_failed"

@@ -1,0 +1,177 @@
+"""`manifest.json`: the bundle's contract, schema_version 1.
+
+Everything needed to rebuild the model, its preprocessing and its decision rule with no
+code from the training run. Unknown keys are refused so a typo never silently means
+"use the default".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from model_store.errors import ManifestInvalid
+
+SCHEMA_VERSION = 1
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_REFERENCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+Architecture = Literal["mobilenet_v3_small", "resnet18", "efficientnet_b0"]
+Interpolation = Literal["nearest", "bilinear", "bicubic"]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    architecture: Architecture
+    num_outputs: Literal[1] = 1  # one logit: P(positive) = sigmoid(logit)
+    kwargs: dict[str, float | int | bool | str] = Field(default_factory=dict)
+
+
+class PreprocessingSpec(_Strict):
+    """How image bytes become the model's input tensor; rebuilt with no code."""
+
+    color_mode: Literal["RGB"] = "RGB"
+    exif_orientation: bool = True  # apply the camera's EXIF rotation before anything else
+    resize: int = Field(gt=0, description="shorter side after resize, in pixels")
+    crop: int = Field(gt=0, description="square centre crop, in pixels")
+    interpolation: Interpolation = "bilinear"
+    antialias: bool = True
+    mean: tuple[float, float, float]
+    std: tuple[Annotated[float, Field(gt=0)], ...]
+
+    @field_validator("std")
+    @classmethod
+    def _three_channels(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if len(v) != 3:
+            raise ValueError("std needs one value per RGB channel")
+        return v
+
+    @field_validator("crop")
+    @classmethod
+    def _crop_fits(cls, v: int, info: Any) -> int:
+        resize = info.data.get("resize")
+        if resize is not None and v > resize:
+            raise ValueError(f"crop {v} is larger than resize {resize}")
+        return v
+
+
+class ValidationMetrics(_Strict):
+    precision: float
+    recall: float
+    false_positive_rate: float
+    accuracy: float
+    expected_cost: float
+    n: int
+
+
+class DecisionSpec(_Strict):
+    threshold: Probability
+    positive_label: str = "damaged"
+    negative_label: str = "intact"
+    cost_false_alarm: float = Field(ge=0)
+    cost_miss: float = Field(ge=0)
+    method: Literal["min_expected_cost", "target_recall", "fixed"]
+    validation: ValidationMetrics | None = None
+
+
+class Lineage(_Strict):
+    config: dict[str, Any]
+    config_sha256: Sha256
+    split_manifest_sha256: Sha256
+    dataset_fingerprint: Sha256
+    seed: int
+    epoch: int = Field(ge=0)
+    checkpoint_sha256: Sha256
+    code_revision: str
+
+
+class Environment(_Strict):
+    python: str
+    torch: str
+    torchvision: str
+    pillow: str
+    device: str
+
+
+class ReferenceImage(_Strict):
+    file: str
+    sha256: Sha256
+    label: str | None = None  # ground truth when known, for the humans reading it
+    expected_probability: Probability
+    expected_decision: str
+
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not _REFERENCE_NAME.match(v):
+            raise ValueError(f"reference file name {v!r} must be a plain file name")
+        return v
+
+
+class ParitySpec(_Strict):
+    tolerance: float = Field(gt=0, le=0.5, description="max abs diff in probability")
+    references: list[ReferenceImage] = Field(min_length=1)
+
+    @field_validator("references")
+    @classmethod
+    def _unique(cls, v: list[ReferenceImage]) -> list[ReferenceImage]:
+        names = [r.file for r in v]
+        if len(names) != len(set(names)):
+            raise ValueError("reference file names must be unique")
+        return v
+
+
+class Manifest(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(min_length=1, max_length=128)
+    version: str = Field(pattern=VERSION_PATTERN)
+    created_at: datetime
+    model: ModelSpec
+    preprocessing: PreprocessingSpec
+    decision: DecisionSpec
+    lineage: Lineage
+    environment: Environment
+    weights_sha256: Sha256
+    parity: ParitySpec
+
+    def to_json_bytes(self) -> bytes:
+        """Canonical bytes: the same manifest always serialises identically."""
+        data = self.model_dump(mode="json")
+        return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+
+def parse_manifest(raw: bytes) -> Manifest:
+    """Parse and validate manifest bytes, or raise ManifestInvalid naming the first problem."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestInvalid(f"manifest.json is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ManifestInvalid("manifest.json must hold a JSON object")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise ManifestInvalid(
+            f"manifest.json schema_version is {data.get('schema_version')!r}, "
+            f"this code reads {SCHEMA_VERSION}"
+        )
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise ManifestInvalid(
+            f"manifest.json fails the schema at {where}: {first['msg']} ({exc.error_count()} problem(s))"
+        ) from None
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

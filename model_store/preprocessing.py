@@ -1,0 +1,155 @@
+"""The one path from image bytes to the model's input tensor.
+
+Training validation/test data, export's reference outputs, the service's requests and
+`/parity` all call `Preprocessor`, built from the bundle's `PreprocessingSpec`. Training
+augmentation works on the decoded image and then calls `Preprocessor.transform`, so the
+tensor-making steps are shared too.
+
+Everything runs on the CPU, on uint8 data until the final normalisation, so the same
+bytes give the same tensor bit for bit on any machine with the same library versions.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from model_store.errors import (
+    ImageTooLarge,
+    NotAnImage,
+    TooManyPixels,
+    TruncatedImage,
+    UnsupportedImageFormat,
+)
+from model_store.manifest import PreprocessingSpec
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
+
+# Magic numbers of formats a station might send by mistake: named in the error so the
+# operator knows what to change, but never handed to a decoder.
+_KNOWN_OTHER_FORMATS = (
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"%PDF", "PDF"),
+)
+
+_INTERPOLATION = {
+    "nearest": InterpolationMode.NEAREST,
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+}
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds on what a client may make us decode."""
+
+    max_bytes: int = 20 * 1024 * 1024  # 20 MiB: a 12 MP JPEG is ~5 MiB
+    max_pixels: int = 40_000_000  # 40 MP: ~120 MB as RGB; beyond is a bomb or a mistake
+
+
+def decode(data: bytes, limits: DecodeLimits | None = None, *, exif: bool = True) -> Image.Image:
+    """Decode image bytes into an RGB PIL image, refusing anything outside the allow-list.
+
+    Args:
+        data: the bytes a station sends (JPEG, PNG or WebP).
+        limits: byte and pixel bounds; defaults to `DecodeLimits()`.
+        exif: apply the EXIF orientation tag, as cameras expect viewers to.
+
+    Raises:
+        ImageTooLarge, TooManyPixels, UnsupportedImageFormat, NotAnImage, TruncatedImage.
+    """
+    limits = limits or DecodeLimits()
+    if len(data) > limits.max_bytes:
+        raise ImageTooLarge(f"image is {len(data)} bytes; the limit is {limits.max_bytes} bytes")
+    if not data:
+        raise NotAnImage("image is empty (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        for magic, name in _KNOWN_OTHER_FORMATS:
+            if data.startswith(magic):
+                raise UnsupportedImageFormat(
+                    f"{name} images are not accepted; send JPEG, PNG or WebP"
+                ) from None
+        raise NotAnImage("data is not a JPEG, PNG or WebP image") from None
+    except Image.DecompressionBombError as exc:
+        # PIL's own guard fires at open for > 2x its global limit; ours is stricter anyway.
+        raise TooManyPixels(f"{exc}; the limit is {limits.max_pixels} pixels") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise TruncatedImage(f"image header is corrupt: {exc}") from None
+
+    width, height = img.size
+    if width * height > limits.max_pixels:
+        raise TooManyPixels(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels} pixels"
+        )
+    if width == 0 or height == 0:
+        raise NotAnImage(f"image has no pixels ({width}x{height})")
+
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit above is the bomb guard; PIL's warning would be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise TruncatedImage(f"image data is truncated or corrupt: {exc}") from None
+
+    if exif:
+        try:
+            img = ImageOps.exif_transpose(img)
+        except (OSError, SyntaxError, ValueError, KeyError, TypeError) as exc:
+            raise TruncatedImage(f"image EXIF data is corrupt: {exc}") from None
+    return _to_rgb(img)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+class Preprocessor:
+    """Bytes → normalised float tensor [3, crop, crop], exactly as the bundle specifies.
+
+    Example:
+        pre = Preprocessor(manifest.preprocessing)
+        x = pre(open("parcel.jpg", "rb").read())
+    """
+
+    def __init__(self, spec: PreprocessingSpec, limits: DecodeLimits | None = None) -> None:
+        self.spec = spec
+        self.limits = limits or DecodeLimits()
+        self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
+        self._std = torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1)
+
+    def decode(self, data: bytes) -> Image.Image:
+        return decode(data, self.limits, exif=self.spec.exif_orientation)
+
+    def transform(self, img: Image.Image) -> torch.Tensor:
+        """Decoded RGB image → model input. Deterministic; no randomness here, ever."""
+        spec = self.spec
+        x = F.pil_to_tensor(img)  # uint8 [3, H, W]
+        x = F.resize(
+            x,
+            [spec.resize],
+            interpolation=_INTERPOLATION[spec.interpolation],
+            antialias=spec.antialias,
+        )
+        x = F.center_crop(x, [spec.crop, spec.crop])
+        return (x.to(torch.float32) / 255.0 - self._mean) / self._std
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        return self.transform(self.decode(data))

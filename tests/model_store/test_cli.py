@@ -1,0 +1,104 @@
+"""`python -m model_store`, run as a user would: exit codes and one-line messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model_store.signing import sign_directory
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "model_store", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+def refused(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    assert result.returncode == code, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr  # one line, no traceback
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_keygen(tmp_path: Path) -> None:
+    result = cli("keygen", "--out", str(tmp_path / "k"))
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(os.stat(tmp_path / "k" / "private.pem").st_mode) == 0o600
+    assert "already exists" in refused(cli("keygen", "--out", str(tmp_path / "k")))
+
+
+def test_verify_ok_and_refused(bundle_copy, keys, other_keys) -> None:
+    path = bundle_copy()
+    ok = cli("verify", str(path), "--public-key", str(keys[1]))
+    assert ok.returncode == 0 and "OK: parcel-damage v1 verified" in ok.stdout
+    assert "different key" in refused(cli("verify", str(path), "--public-key", str(other_keys[1])))
+    (path / "model.sig").unlink()
+    assert "no model.sig" in refused(cli("verify", str(path), "--public-key", str(keys[1])))
+
+
+def test_verify_without_a_key_is_a_usage_error(bundles) -> None:
+    assert "--public-key" in refused(cli("verify", str(bundles["v1"])), code=2)
+
+
+def test_store_workflow(tmp_path: Path, bundles, keys) -> None:
+    env = {"MODEL_STORE": str(tmp_path / "store"), "MODEL_STORE_PUBLIC_KEY": str(keys[1])}
+    for v in ("v1", "v2"):
+        r = cli("import", str(bundles[v]), env=env)
+        assert r.returncode == 0 and f"{v}: imported" in r.stdout
+    assert "already present" in cli("import", str(bundles["v1"]), env=env).stdout
+
+    assert cli("activate", "v1", "--reason", "first", env=env).returncode == 0
+    r = cli("activate", "v2", "--reason", "better", "--actor", "ops@site", env=env)
+    assert r.returncode == 0 and "active: v2 (was v1); parity passed" in r.stdout
+
+    listed = cli("list", env=env).stdout.splitlines()
+    assert listed[0].startswith("  v1") and listed[1].startswith("* v2")
+    as_json = json.loads(cli("--json", "list", env=env).stdout)
+    assert [(i["version"], i["active"]) for i in as_json] == [("v1", False), ("v2", True)]
+    assert json.loads(cli("show", "v2", env=env).stdout)["version"] == "v2"
+
+    r = cli("rollback", "--reason", "alarm rate doubled", env=env)
+    assert r.returncode == 0 and "active v1 (was v2)" in r.stdout
+    assert "no earlier active version" in refused(cli("rollback", env=env))
+
+    log = [json.loads(line) for line in cli("--json", "log", env=env).stdout.splitlines()]
+    assert [(e["action"], e["to_version"]) for e in log] == [
+        ("import", "v1"), ("import", "v2"), ("activate", "v1"), ("activate", "v2"), ("rollback", "v1")
+    ]  # fmt: skip
+    assert log[3]["actor"] == "ops@site" and log[4]["reason"] == "alarm rate doubled"
+
+
+def test_activate_refuses_a_bundle_that_fails_parity(tmp_path: Path, bundle_copy, keys) -> None:
+    path = bundle_copy("v2")
+    manifest = json.loads((path / "manifest.json").read_text())
+    for ref in manifest["parity"]["references"]:
+        ref["expected_probability"] = round(1 - ref["expected_probability"], 6)
+        ref["expected_decision"] = "intact" if ref["expected_decision"] == "damaged" else "damaged"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    sign_directory(path, keys[0])
+    env = {"MODEL_STORE": str(tmp_path / "store"), "MODEL_STORE_PUBLIC_KEY": str(keys[1])}
+    assert cli("import", str(path), env=env).returncode == 0  # verifies: it is well signed
+    assert "fails parity" in refused(cli("activate", "v2", env=env))
+    assert "*" not in cli("list", env=env).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["activate", "v9"], "not in the store"), (["show", "nope"], "not in the store")],
+)
+def test_store_refusals(tmp_path: Path, keys, args: list[str], message: str) -> None:
+    env = {"MODEL_STORE": str(tmp_path / "store"), "MODEL_STORE_PUBLIC_KEY": str(keys[1])}
+    assert message in refused(cli(*args, env=env))

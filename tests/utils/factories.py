@@ -1,0 +1,119 @@
+"""Factories for tests: images, manifests and signed bundles built from scratch."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from model_store.bundle import Bundle, ReferenceInput, current_environment, write_bundle
+from model_store.manifest import (
+    DecisionSpec,
+    Lineage,
+    Manifest,
+    ModelSpec,
+    ParitySpec,
+    PreprocessingSpec,
+    ReferenceImage,
+)
+from model_store.preprocessing import Preprocessor
+from model_store.zoo import build_model
+
+ZERO_SHA = "0" * 64
+
+
+def image_bytes(seed: int, size: tuple[int, int] = (96, 80), fmt: str = "JPEG", **save: object) -> bytes:
+    """A deterministic noisy picture in the given format."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = rng.integers(0, 255, size=3)
+    arr = np.clip(base + rng.normal(0, 40, size=(h, w, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def preprocessing_spec(**overrides: object) -> PreprocessingSpec:
+    values: dict[str, object] = {
+        "resize": 72,
+        "crop": 64,
+        "interpolation": "bilinear",
+        "antialias": True,
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+    }
+    values.update(overrides)
+    return PreprocessingSpec.model_validate(values)
+
+
+def draft_manifest(version: str = "v1", architecture: str = "mobilenet_v3_small") -> Manifest:
+    """A manifest whose digests and parity outputs `write_bundle` fills in."""
+    config = {"model": {"architecture": architecture}}
+    return Manifest(
+        name="parcel-damage",
+        version=version,
+        created_at=datetime.now(UTC),
+        model=ModelSpec(architecture=architecture),  # type: ignore[arg-type]
+        preprocessing=preprocessing_spec(),
+        decision=DecisionSpec(
+            threshold=0.5, cost_false_alarm=1.0, cost_miss=5.0, method="fixed", validation=None
+        ),
+        lineage=Lineage(
+            config=config,
+            config_sha256=hashlib.sha256(repr(config).encode()).hexdigest(),
+            split_manifest_sha256=ZERO_SHA,
+            dataset_fingerprint=ZERO_SHA,
+            seed=0,
+            epoch=0,
+            checkpoint_sha256=ZERO_SHA,
+            code_revision="test",
+        ),
+        environment=current_environment("cpu"),
+        weights_sha256=ZERO_SHA,
+        parity=ParitySpec(
+            tolerance=1e-4,
+            references=[
+                ReferenceImage(file="x.jpg", sha256=ZERO_SHA, expected_probability=0, expected_decision="")
+            ],
+        ),
+    )
+
+
+def references(n: int = 4) -> list[ReferenceInput]:
+    return [ReferenceInput(f"ref-{i}.jpg", image_bytes(100 + i), label=None) for i in range(n)]
+
+
+def model_state(architecture: str = "mobilenet_v3_small", seed: int = 0) -> dict[str, torch.Tensor]:
+    """Untrained weights whose outputs still spread over (0, 1).
+
+    A freshly initialised network answers ~0.5 for everything, which would hide bugs;
+    calibrating batch-norm statistics on a few images and widening the head fixes that.
+    """
+    torch.manual_seed(seed)
+    model = build_model(ModelSpec(architecture=architecture))  # type: ignore[arg-type]
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    nn.init.normal_(head.weight, 0.0, 0.01)
+    pre = Preprocessor(preprocessing_spec())
+    x = torch.stack([pre(image_bytes(1000 + seed * 16 + i)) for i in range(8)])
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batch
+    model.train()
+    with torch.no_grad():
+        model(x)
+    return model.eval().state_dict()
+
+
+def make_bundle(
+    out: Path, private_key: Path, version: str = "v1", seed: int = 0, architecture: str = "mobilenet_v3_small"
+) -> Bundle:
+    return write_bundle(
+        out, draft_manifest(version, architecture), model_state(architecture, seed), references(), private_key
+    )
