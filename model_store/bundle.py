@@ -250,9 +250,7 @@ def _public_key_file(private_key: Path) -> Path:
         key = serialization.load_pem_private_key(Path(private_key).read_bytes(), None)
     except (OSError, ValueError, TypeError) as exc:
         raise BundleError(f"cannot read private key {private_key}: {exc}") from None
-    pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     fd, name = tempfile.mkstemp(suffix=".pem")
     with os.fdopen(fd, "wb") as f:
         f.write(pem)

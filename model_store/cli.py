@@ -42,9 +42,7 @@ def _common_options(p: argparse.ArgumentParser, *, top_level: bool) -> None:
     def default(value: object) -> object:
         return value if top_level else argparse.SUPPRESS
 
-    p.add_argument(
-        "--store", default=default(os.environ.get(ENV_STORE)), help=f"store directory (env {ENV_STORE})"
-    )
+    p.add_argument("--store", default=default(os.environ.get(ENV_STORE)), help=f"store directory (env {ENV_STORE})")
     p.add_argument(
         "--public-key",
         type=Path,
@@ -142,9 +140,7 @@ def run(args: argparse.Namespace) -> int:
         from model_store.bundle import load_bundle
 
         bundle = load_bundle(args.bundle, args.public_key)
-        print(
-            f"OK: {bundle.manifest.name} {bundle.version} verified (manifest sha256 {bundle.manifest_sha256})"
-        )
+        print(f"OK: {bundle.manifest.name} {bundle.version} verified (manifest sha256 {bundle.manifest_sha256})")
         return 0
 
     store = _store(args)

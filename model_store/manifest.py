@@ -160,8 +160,7 @@ def parse_manifest(raw: bytes) -> Manifest:
         raise ManifestInvalid("manifest.json must hold a JSON object")
     if data.get("schema_version") != SCHEMA_VERSION:
         raise ManifestInvalid(
-            f"manifest.json schema_version is {data.get('schema_version')!r}, "
-            f"this code reads {SCHEMA_VERSION}"
+            f"manifest.json schema_version is {data.get('schema_version')!r}, this code reads {SCHEMA_VERSION}"
         )
     try:
         return Manifest.model_validate(data)

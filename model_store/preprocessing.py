@@ -79,9 +79,7 @@ def decode(data: bytes, limits: DecodeLimits | None = None, *, exif: bool = True
     except UnidentifiedImageError:
         for magic, name in _KNOWN_OTHER_FORMATS:
             if data.startswith(magic):
-                raise UnsupportedImageFormat(
-                    f"{name} images are not accepted; send JPEG, PNG or WebP"
-                ) from None
+                raise UnsupportedImageFormat(f"{name} images are not accepted; send JPEG, PNG or WebP") from None
         raise NotAnImage("data is not a JPEG, PNG or WebP image") from None
     except Image.DecompressionBombError as exc:
         # PIL's own guard fires at open for > 2x its global limit; ours is stricter anyway.

@@ -51,9 +51,7 @@ def generate_keypair(out_dir: Path) -> tuple[Path, Path]:
     with os.fdopen(fd, "wb") as f:
         f.write(private_pem)
     public_path.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     return private_path, public_path
 
@@ -105,8 +103,7 @@ def verify_directory(bundle_dir: Path, public_key: Path) -> None:
         raise SignatureInvalid(f"{SIGNATURE_FILE} of {bundle_dir.name} is unreadable: {exc}") from None
     except InvalidSignature:
         raise SignatureInvalid(
-            f"signature of {bundle_dir.name} does not verify with {public_key.name}: "
-            "the signature was altered"
+            f"signature of {bundle_dir.name} does not verify with {public_key.name}: the signature was altered"
         ) from None
     except ValueError as exc:
         raise _classify(bundle_dir, public_key, str(exc)) from None

@@ -22,9 +22,7 @@ _VERSION = re.compile(VERSION_PATTERN)
 
 def check_version_name(version: str) -> str:
     if not _VERSION.match(version):
-        raise InvalidVersionName(
-            f"invalid version {version!r}: use 1-64 of A-Z a-z 0-9 . _ - , starting alphanumeric"
-        )
+        raise InvalidVersionName(f"invalid version {version!r}: use 1-64 of A-Z a-z 0-9 . _ - , starting alphanumeric")
     return version
 
 
@@ -71,6 +69,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def active_version(self) -> str | None: ...
+
+    @abc.abstractmethod
+    def previous_version(self) -> str | None:
+        """The version `rollback` would activate, if any."""
 
     @abc.abstractmethod
     def manifest(self, version: str) -> Manifest:

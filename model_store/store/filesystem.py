@@ -94,8 +94,9 @@ class FilesystemStore(Store):
     def active_version(self) -> str | None:
         return self._state()["active"]
 
-    def history(self) -> list[str]:
-        return list(self._state()["history"])
+    def previous_version(self) -> str | None:
+        history = self._state()["history"]
+        return history[-1] if history else None
 
     def _version_dir(self, version: str) -> Path:
         path = self._versions / check_version_name(version)
@@ -109,11 +110,7 @@ class FilesystemStore(Store):
         for path in sorted(self._versions.iterdir()):
             raw = (path / "manifest.json").read_bytes()
             m = parse_manifest(raw)
-            out.append(
-                VersionInfo(
-                    m.version, m.name, m.created_at.isoformat(), sha256_bytes(raw), m.version == active
-                )
-            )
+            out.append(VersionInfo(m.version, m.name, m.created_at.isoformat(), sha256_bytes(raw), m.version == active))
         return sorted(out, key=lambda v: (v.created_at, v.version))
 
     def _require_key(self) -> Path:
@@ -226,8 +223,7 @@ class FilesystemStore(Store):
                 if _same_content(stored, incoming):
                     return ImportResult(version, created=False)
                 raise VersionConflict(
-                    f"version {version!r} is already stored with different content; "
-                    "give the new bundle a new version"
+                    f"version {version!r} is already stored with different content; give the new bundle a new version"
                 )
             staging = self._staging / f"{version}.{uuid.uuid4().hex}"
             try:
@@ -255,9 +251,7 @@ class FilesystemStore(Store):
             history = list(state["history"])
             if current is not None and current != version:
                 history.append(current)
-            return self._commit(
-                state, "activate", actor, reason, current, version, active=version, history=history
-            )
+            return self._commit(state, "activate", actor, reason, current, version, active=version, history=history)
 
     def rollback(self, *, actor: str, reason: str = "", check: ActivationCheck | None = None) -> AuditEntry:
         with self._locked() as state:

@@ -76,8 +76,12 @@ def test_store_workflow(tmp_path: Path, bundles, keys) -> None:
 
     log = [json.loads(line) for line in cli("--json", "log", env=env).stdout.splitlines()]
     assert [(e["action"], e["to_version"]) for e in log] == [
-        ("import", "v1"), ("import", "v2"), ("activate", "v1"), ("activate", "v2"), ("rollback", "v1")
-    ]  # fmt: skip
+        ("import", "v1"),
+        ("import", "v2"),
+        ("activate", "v1"),
+        ("activate", "v2"),
+        ("rollback", "v1"),
+    ]
     assert log[3]["actor"] == "ops@site" and log[4]["reason"] == "alarm rate doubled"
 
 

@@ -51,24 +51,36 @@ def test_good_bundle_verifies(bundles: dict[str, Path], keys: tuple[Path, Path])
     assert set(bundle.references) == {r.file for r in bundle.manifest.parity.references}
 
 
-def test_upstream_model_signing_command_accepts_our_bundle(
-    bundles: dict[str, Path], keys: tuple[Path, Path]
-) -> None:
+def test_upstream_model_signing_command_accepts_our_bundle(bundles: dict[str, Path], keys: tuple[Path, Path]) -> None:
     path = bundles["v1"]
-    cmd = [str(MODEL_SIGNING), "verify", "key", str(path), "--signature", str(path / "model.sig"),
-           "--public_key", str(keys[1])]  # fmt: skip
+    cmd = [
+        str(MODEL_SIGNING),
+        "verify",
+        "key",
+        str(path),
+        "--signature",
+        str(path / "model.sig"),
+        "--public_key",
+        str(keys[1]),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Verification succeeded" in result.stdout
 
 
-def test_upstream_model_signing_command_refuses_a_tampered_bundle(
-    bundle_copy, keys: tuple[Path, Path]
-) -> None:
+def test_upstream_model_signing_command_refuses_a_tampered_bundle(bundle_copy, keys: tuple[Path, Path]) -> None:
     path = bundle_copy()
     _flip_byte(path / "model.safetensors")
-    cmd = [str(MODEL_SIGNING), "verify", "key", str(path), "--signature", str(path / "model.sig"),
-           "--public_key", str(keys[1])]  # fmt: skip
+    cmd = [
+        str(MODEL_SIGNING),
+        "verify",
+        "key",
+        str(path),
+        "--signature",
+        str(path / "model.sig"),
+        "--public_key",
+        str(keys[1]),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert result.returncode != 0
 

@@ -61,9 +61,7 @@ def draft_manifest(version: str = "v1", architecture: str = "mobilenet_v3_small"
         created_at=datetime.now(UTC),
         model=ModelSpec(architecture=architecture),  # type: ignore[arg-type]
         preprocessing=preprocessing_spec(),
-        decision=DecisionSpec(
-            threshold=0.5, cost_false_alarm=1.0, cost_miss=5.0, method="fixed", validation=None
-        ),
+        decision=DecisionSpec(threshold=0.5, cost_false_alarm=1.0, cost_miss=5.0, method="fixed", validation=None),
         lineage=Lineage(
             config=config,
             config_sha256=hashlib.sha256(repr(config).encode()).hexdigest(),
@@ -78,9 +76,7 @@ def draft_manifest(version: str = "v1", architecture: str = "mobilenet_v3_small"
         weights_sha256=ZERO_SHA,
         parity=ParitySpec(
             tolerance=1e-4,
-            references=[
-                ReferenceImage(file="x.jpg", sha256=ZERO_SHA, expected_probability=0, expected_decision="")
-            ],
+            references=[ReferenceImage(file="x.jpg", sha256=ZERO_SHA, expected_probability=0, expected_decision="")],
         ),
     )
 

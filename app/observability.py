@@ -1,0 +1,114 @@
+"""Prometheus metrics and one JSON log line per request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class Metrics:
+    """One registry per app, so tests can run several apps in one process."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("http_requests_total", "HTTP requests", ["route", "method", "status"], registry=r)
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Request latency",
+            ["route"],
+            registry=r,
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+        )
+        self.batch_size = Histogram(
+            "batch_size_images", "Images per forward pass", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+        )
+        self.batch_seconds = Histogram("batch_forward_seconds", "Forward pass time", registry=r)
+        self.queue_depth = Gauge("queue_depth_images", "Images waiting for a forward pass", registry=r)
+        self.images = Counter("predicted_images_total", "Images predicted", ["decision"], registry=r)
+        self.active = Gauge(
+            "active_model_info", "The bundle being served", ["name", "version", "manifest_sha256"], registry=r
+        )
+        self.parity_ok = Gauge("parity_passed", "1 if the served bundle passed parity at load", registry=r)
+        self.parity_diff = Gauge("parity_max_abs_diff", "Max abs diff of the last parity check", registry=r)
+        self.swaps = Counter("model_swaps_total", "Model swaps", ["how"], registry=r)
+        self.refusals = Counter("model_load_refusals_total", "Bundles refused at load", ["reason"], registry=r)
+
+
+def configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter())
+    root = logging.getLogger("app")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        if isinstance(record.msg, dict):
+            entry.update(record.msg)
+        else:
+            entry["message"] = record.getMessage()
+        return json.dumps(entry)
+
+
+access_log = logging.getLogger("app.access")
+
+
+class RequestObserver:
+    """Pure ASGI middleware: request id, metrics, one JSON access line per request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(route).observe(elapsed)
+            access_log.info(
+                {
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "route": route,
+                    "path": scope["path"],
+                    "status": status,
+                    "latency_ms": round(elapsed * 1000, 2),
+                    "version": scope["state"].get("version"),
+                }
+            )

@@ -1,0 +1,89 @@
+"""Management: versions, upload, activate, rollback. Bearer token required; off without one."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
+
+from app.deps import AdminDep, HostDep, SettingsDep
+from app.errors import APIError
+from app.routes.predict import read_body
+from app.schemas import ParityResponse, SwapResponse, UploadResponse, VersionOut, VersionsResponse
+from app.upload import extract_bundle_tar
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+class SwapRequest(BaseModel):
+    reason: str = Field("", max_length=500)
+
+
+async def _reason(request: Request) -> str:
+    raw = await request.body()
+    if not raw:
+        return ""
+    try:
+        return SwapRequest.model_validate_json(raw).reason
+    except ValueError as exc:
+        raise APIError(422, "invalid_request", f'body must be JSON like {{"reason": "..."}}: {exc}') from None
+
+
+@router.get("", response_model=VersionsResponse)
+async def list_versions(_: AdminDep, host: HostDep) -> VersionsResponse:
+    infos = await asyncio.to_thread(host.store.versions)
+    active = await asyncio.to_thread(host.store.active_version)
+    served = host.current.version if host.current else None
+    return VersionsResponse(
+        active=active,
+        served=served,
+        versions=[VersionOut(**vars(i), served=i.version == served) for i in infos],
+    )
+
+
+@router.get("/{version}")
+async def show_version(version: str, _: AdminDep, host: HostDep) -> dict:  # type: ignore[type-arg]
+    manifest = await asyncio.to_thread(host.store.manifest, version)
+    return manifest.model_dump(mode="json")
+
+
+@router.post("", response_model=UploadResponse, status_code=201)
+async def upload(
+    request: Request, response: Response, actor: AdminDep, host: HostDep, settings: SettingsDep
+) -> UploadResponse:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in ("application/x-tar", "application/tar", "application/octet-stream"):
+        raise APIError(415, "unsupported_media_type", "upload a bundle as an application/x-tar body")
+    data = await read_body(request, settings.max_upload_bytes, "bundle archive")
+
+    def store_it() -> UploadResponse:
+        with tempfile.TemporaryDirectory(prefix="upload-") as tmp:
+            bundle_dir = extract_bundle_tar(data, Path(tmp), settings.max_upload_bytes)
+            result = host.store.import_bundle(bundle_dir, actor=actor, reason="uploaded through the API")
+        return UploadResponse(version=result.version, created=result.created)
+
+    result = await asyncio.to_thread(store_it)
+    if not result.created:
+        response.status_code = 200  # identical bundle already stored: nothing was created
+    return result
+
+
+@router.post("/rollback", response_model=SwapResponse)
+async def rollback(request: Request, actor: AdminDep, host: HostDep) -> SwapResponse:
+    previous = host.current.version if host.current else None
+    entry, loaded = await host.rollback(actor=actor, reason=await _reason(request))
+    return SwapResponse(
+        active=loaded.version, previous=previous, audit_seq=entry.seq, parity=ParityResponse.of(loaded.parity)
+    )
+
+
+@router.post("/{version}/activate", response_model=SwapResponse)
+async def activate(version: str, request: Request, actor: AdminDep, host: HostDep) -> SwapResponse:
+    previous = host.current.version if host.current else None
+    entry, loaded = await host.activate(version, actor=actor, reason=await _reason(request))
+    return SwapResponse(
+        active=loaded.version, previous=previous, audit_seq=entry.seq, parity=ParityResponse.of(loaded.parity)
+    )

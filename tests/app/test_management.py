@@ -1,0 +1,198 @@
+"""Management API: auth, upload (safe tar), activate/rollback with parity, /v1/parity."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from model_store.signing import sign_directory
+from tests.utils.factories import make_bundle
+from tests.utils.server import ADMIN_TOKEN, LiveServer, admin
+
+
+def _tar(root: Path, arcname: str = "bundle") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(root, arcname=arcname)
+    return buf.getvalue()
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"
+    }
+
+
+def _upload(server: LiveServer, data: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    h = {"Content-Type": "application/x-tar", **(headers if headers is not None else admin())}
+    return httpx.post(f"{server.url}/v1/models", content=data, headers=h, timeout=60)
+
+
+def test_management_is_off_without_a_token(store, keys) -> None:
+    with LiveServer(store.root, keys[1]) as srv:
+        srv.wait_ready()
+        for method, path in [
+            ("GET", "/v1/models"),
+            ("POST", "/v1/models/v2/activate"),
+            ("POST", "/v1/models/rollback"),
+            ("POST", "/v1/models"),
+            ("GET", "/v1/models/v1"),
+        ]:
+            r = httpx.request(method, f"{srv.url}{path}", headers=admin())
+            assert r.status_code == 403 and r.json()["error"] == "management_disabled", path
+        assert store.active_version() == "v1"
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong-token-wrong-token"}, {"Authorization": "Basic x"}]
+)
+def test_management_needs_the_right_bearer_token(server: LiveServer, store, headers: dict[str, str]) -> None:
+    before = _snapshot(store.root)
+    r = httpx.post(f"{server.url}/v1/models/v2/activate", headers=headers)
+    assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert _snapshot(store.root) == before
+
+
+def test_list_and_show(server: LiveServer) -> None:
+    r = httpx.get(f"{server.url}/v1/models", headers=admin())
+    body = r.json()
+    assert body["active"] == "v1" and body["served"] == "v1"
+    assert [(v["version"], v["active"]) for v in body["versions"]] == [("v1", True), ("v2", False)]
+    manifest = httpx.get(f"{server.url}/v1/models/v2", headers=admin()).json()
+    assert manifest["version"] == "v2" and "parity" in manifest
+    missing = httpx.get(f"{server.url}/v1/models/v9", headers=admin())
+    assert missing.status_code == 404 and missing.json()["error"] == "version_not_found"
+
+
+def test_upload_activate_rollback(server: LiveServer, store, keys, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "v3", keys[0], version="v3", seed=3).path
+    r = _upload(server, _tar(bundle))
+    assert r.status_code == 201 and r.json() == {"version": "v3", "created": True}
+    again = _upload(server, _tar(bundle))
+    assert again.status_code == 200 and again.json()["created"] is False
+
+    r = httpx.post(
+        f"{server.url}/v1/models/v3/activate",
+        headers={**admin(), "X-Actor": "ops"},
+        json={"reason": "new weights"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["active"] == "v3" and r.json()["previous"] == "v1" and r.json()["parity"]["passed"]
+    assert server.wait_ready()["version"] == "v3"
+    pred = httpx.post(
+        f"{server.url}/v1/predict",
+        content=bundle.joinpath("reference", "ref-0.jpg").read_bytes(),
+        headers={"Content-Type": "image/jpeg"},
+    )
+    assert pred.json()["model"]["version"] == "v3"
+    entry = store.audit_log()[-1]
+    assert (entry.action, entry.to_version, entry.reason) == ("activate", "v3", "new weights")
+    assert entry.actor.startswith("ops@127.0.0.1")
+
+    r = httpx.post(f"{server.url}/v1/models/rollback", headers=admin(), timeout=60)
+    assert r.status_code == 200 and r.json()["active"] == "v1"
+    assert store.active_version() == "v1" and server.wait_ready()["version"] == "v1"
+
+
+def _altered_parity_bundle(src: Path, keys, tmp_path: Path, version: str) -> Path:
+    path = tmp_path / version
+    shutil.copytree(src, path)
+    m = json.loads((path / "manifest.json").read_text())
+    m["version"] = version
+    for ref in m["parity"]["references"]:
+        ref["expected_probability"] = round(1 - ref["expected_probability"], 6)
+    (path / "manifest.json").write_text(json.dumps(m))
+    sign_directory(path, keys[0])  # signed with the right key: only parity can catch it
+    return path
+
+
+def test_parity_endpoint_passes_for_the_served_bundle(server: LiveServer) -> None:
+    r = httpx.get(f"{server.url}/v1/parity")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["passed"] and body["version"] == "v1" and body["max_abs_diff"] <= body["tolerance"]
+    assert len(body["images"]) == 4 and all(i["passed"] for i in body["images"])
+
+
+def test_a_bundle_failing_parity_can_never_become_active(server: LiveServer, store, bundles, keys, tmp_path) -> None:
+    bad = _altered_parity_bundle(bundles["v2"], keys, tmp_path, "v2-bad")
+    assert _upload(server, _tar(bad)).status_code == 201  # it verifies: signature and digests are fine
+
+    r = httpx.get(f"{server.url}/v1/parity", params={"version": "v2-bad"}, headers=admin(), timeout=60)
+    assert r.status_code == 409
+    body = r.json()
+    assert body["error"] == "parity_failed" and not body["passed"] and body["max_abs_diff"] > body["tolerance"]
+
+    r = httpx.post(f"{server.url}/v1/models/v2-bad/activate", headers=admin(), timeout=60)
+    assert r.status_code == 409 and r.json()["error"] == "parity_failed"
+    assert store.active_version() == "v1" and server.wait_ready()["version"] == "v1"
+
+    good = httpx.get(f"{server.url}/v1/parity", params={"version": "v2"}, headers=admin(), timeout=60)
+    assert good.status_code == 200 and good.json()["version"] == "v2"
+    assert httpx.get(f"{server.url}/v1/parity", params={"version": "v2"}).status_code == 401
+
+
+def _evil_tar(kind: str, good: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(good, arcname="bundle")
+        if kind == "traversal":
+            info = tarfile.TarInfo("../escaped.txt")
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+        elif kind == "absolute":
+            info = tarfile.TarInfo("/tmp/absolute-escape.txt")
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+        elif kind == "symlink":
+            info = tarfile.TarInfo("bundle/reference/link.jpg")
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+        elif kind == "device":
+            info = tarfile.TarInfo("bundle/dev")
+            info.type = tarfile.CHRTYPE
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["traversal", "absolute", "symlink", "device"])
+def test_unsafe_archives_are_refused_and_change_nothing(server: LiveServer, store, bundles, kind: str) -> None:
+    before = _snapshot(store.root)
+    r = _upload(server, _evil_tar(kind, bundles["v1"]))
+    assert r.status_code == 422 and r.json()["error"] == "unsafe_archive", r.text
+    assert _snapshot(store.root) == before
+    assert not Path("/tmp/absolute-escape.txt").exists()
+
+
+@pytest.mark.parametrize("tamper", ["flip", "unsigned", "not_a_tar"])
+def test_tampered_uploads_are_refused_and_change_nothing(server, store, bundles, keys, tmp_path, tamper) -> None:
+    path = tmp_path / "b"
+    shutil.copytree(bundles["v2"], path)
+    m = json.loads((path / "manifest.json").read_text())
+    m["version"] = "v5"
+    (path / "manifest.json").write_text(json.dumps(m))  # changed after signing
+    if tamper == "unsigned":
+        (path / "model.sig").unlink()
+    data = b"this is not a tar archive" if tamper == "not_a_tar" else _tar(path)
+    before = _snapshot(store.root)
+    r = _upload(server, data)
+    expected = {"flip": "bundle_tampered", "unsigned": "signature_missing", "not_a_tar": "unsafe_archive"}[tamper]
+    assert r.status_code == 422 and r.json()["error"] == expected, r.text
+    assert _snapshot(store.root) == before
+
+
+def test_upload_limits_and_content_type(store, keys, bundles) -> None:
+    with LiveServer(store.root, keys[1], admin_token=ADMIN_TOKEN, max_upload_bytes=1_000_000) as srv:
+        srv.wait_ready()
+        r = _upload(srv, _tar(bundles["v1"]))
+        assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
+        r = httpx.post(f"{srv.url}/v1/models", content=b"{}", headers={**admin(), "Content-Type": "application/json"})
+        assert r.status_code == 415

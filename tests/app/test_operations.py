@@ -1,0 +1,128 @@
+"""Health, readiness, metrics, structured logs, following the store, settings."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from app.settings import Settings
+from model_store.store import FilesystemStore
+from tests.utils.factories import image_bytes
+from tests.utils.server import ADMIN_TOKEN, LiveServer
+
+
+def test_not_ready_until_a_version_is_active_then_follows_the_store(tmp_path: Path, keys, bundles) -> None:
+    store = FilesystemStore(tmp_path / "store", keys[1])
+    store.import_bundle(bundles["v1"], actor="t")
+    with LiveServer(store.root, keys[1], follow_interval_s=0.1) as srv:
+        assert httpx.get(f"{srv.url}/healthz").json() == {"status": "ok"}
+        r = httpx.get(f"{srv.url}/readyz")
+        assert r.status_code == 503 and r.json()["reason"] == "no active version in the store"
+        p = httpx.post(f"{srv.url}/v1/predict", content=image_bytes(1), headers={"Content-Type": "image/jpeg"})
+        assert p.status_code == 503 and p.json()["error"] == "not_ready"
+        assert httpx.get(f"{srv.url}/v1/parity").status_code == 503
+
+        store.activate("v1", actor="cli")  # another process (the CLI, or another replica) moves the pointer
+        assert srv.wait_ready(timeout=30)["version"] == "v1"
+        store.import_bundle(bundles["v2"], actor="t")
+        store.activate("v2", actor="cli")
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{srv.url}/readyz").json().get("version") != "v2":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_a_store_pointer_to_a_tampered_bundle_is_refused_and_reported(tmp_path: Path, keys, bundles) -> None:
+    store = FilesystemStore(tmp_path / "store", keys[1])
+    store.import_bundle(bundles["v1"], actor="t")
+    store.activate("v1", actor="t")
+    weights = store.bundle_dir("v1") / "model.safetensors"
+    os.chmod(weights, 0o644)
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    with LiveServer(store.root, keys[1]) as srv:
+        deadline = time.monotonic() + 30
+        while "refused" not in (reason := httpx.get(f"{srv.url}/readyz").json().get("reason", "")):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert "v1" in reason and "digest" in reason
+        assert httpx.get(f"{srv.url}/readyz").status_code == 503
+
+
+def test_metrics_and_structured_logs(server: LiveServer) -> None:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("app.access").addHandler(handler)
+    try:
+        r = httpx.post(
+            f"{server.url}/v1/predict",
+            content=image_bytes(3),
+            headers={"Content-Type": "image/jpeg", "X-Request-ID": "station-7-0001"},
+        )
+        bad = httpx.post(f"{server.url}/v1/predict", content=b"x", headers={"Content-Type": "text/plain"})
+    finally:
+        logging.getLogger("app.access").removeHandler(handler)
+    assert r.headers["x-request-id"] == "station-7-0001" and r.json()["request_id"] == "station-7-0001"
+    lines = [rec.msg for rec in records if isinstance(rec.msg, dict)]
+    ok = next(x for x in lines if x["request_id"] == "station-7-0001")
+    assert ok["route"] == "/v1/predict" and ok["status"] == 200 and ok["version"] == "v1" and ok["latency_ms"] > 0
+    assert any(x["status"] == 415 and x["request_id"] == bad.headers["x-request-id"] for x in lines)
+
+    text = httpx.get(f"{server.url}/metrics").text
+    assert 'http_requests_total{method="POST",route="/v1/predict",status="200"}' in text
+    assert 'http_requests_total{method="POST",route="/v1/predict",status="415"}' in text
+    assert "http_request_duration_seconds_bucket" in text and "batch_size_images_bucket" in text
+    assert 'active_model_info{manifest_sha256="' in text and 'version="v1"' in text
+    assert "parity_passed 1.0" in text and "queue_depth_images 0.0" in text
+    assert 'model_swaps_total{how="store pointer change"} 1.0' in text
+    assert 'predicted_images_total{decision="' in text
+
+
+def test_json_log_lines_on_stderr(store, keys) -> None:
+    """`python -m app` as ops run it: JSON lines on stderr, bound to 127.0.0.1 by default."""
+    env = {**os.environ, "APP_STORE": str(store.root), "APP_PUBLIC_KEY": str(keys[1]), "APP_PORT": "0"}
+    env.pop("APP_HOST", None)
+    proc = subprocess.Popen([sys.executable, "-m", "app"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        first = json.loads(proc.stderr.readline())
+        assert first["logger"] == "app.model" and "loaded v1" in first["message"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stderr.close()  # type: ignore[union-attr]
+    assert Settings.model_fields["host"].default == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "APP_STORE"),
+        ({"APP_ADMIN_TOKEN": "short"}, "at least 16 characters"),
+        ({"APP_PUBLIC_KEY": "/nonexistent.pem"}, "is not a file"),
+        ({"APP_QUEUE_BOUND": "2", "APP_MAX_IMAGES_PER_REQUEST": "8"}, "APP_QUEUE_BOUND must be at least"),
+        ({"APP_MAX_BATCH": "0"}, "APP_MAX_BATCH"),
+    ],
+)
+def test_unsafe_settings_stop_startup(store, keys, env: dict[str, str], message: str) -> None:
+    base = {"APP_STORE": str(store.root), "APP_PUBLIC_KEY": str(keys[1])} if env else {}
+    full = {k: v for k, v in os.environ.items() if not k.startswith("APP_")} | base | env
+    r = subprocess.run([sys.executable, "-m", "app"], env=full, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_settings_accept_a_valid_configuration(store, keys) -> None:
+    s = Settings(store=str(store.root), public_key=keys[1], admin_token=ADMIN_TOKEN)
+    assert s.admin_token is not None and ADMIN_TOKEN not in repr(s)  # the secret never shows up in logs
+    with pytest.raises(ValidationError):
+        Settings(store=str(store.root), public_key=keys[1], surprise=1)

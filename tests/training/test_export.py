@@ -1,0 +1,167 @@
+"""Export to a signed bundle, evaluate it, and the whole smoke workflow through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model_store.bundle import load_bundle
+from model_store.predictor import Predictor
+from model_store.store import FilesystemStore
+from tests.training.conftest import SMOKE
+from training.evaluate import evaluate_bundle
+from training.export import ExportError, export_run, export_to_store
+from training.train import checkpoint_sha256
+
+MODEL_SIGNING = Path(sys.executable).with_name("model_signing")
+
+
+@pytest.fixture(scope="module")
+def exported(finished_run, keys, tmp_path_factory):  # type: ignore[no-untyped-def]
+    run_dir, _ = finished_run
+    out = tmp_path_factory.mktemp("export") / "bundle"
+    bundle, diff = export_run(run_dir, keys[0], "2026.11.1", out)
+    return bundle, diff
+
+
+def test_export_writes_a_verified_bundle_that_matches_the_run(exported, finished_run, keys) -> None:
+    bundle, diff = exported
+    run_dir, evaluation = finished_run
+    m = load_bundle(bundle.path, keys[1]).manifest
+    assert diff <= m.parity.tolerance
+    assert m.version == "2026.11.1" and m.model.architecture == "mobilenet_v3_small"
+    assert m.decision.threshold == evaluation["threshold"]
+    assert m.decision.validation is not None
+    assert m.decision.validation.recall == evaluation["validation"]["at_threshold"]["recall"]
+    assert m.lineage.config_sha256 == (run_dir / "config.sha256").read_text().strip()
+    assert m.lineage.split_manifest_sha256 == (run_dir / "split.json.sha256").read_text().strip()
+    assert m.lineage.checkpoint_sha256 == checkpoint_sha256(run_dir)
+    assert m.lineage.epoch == evaluation["best_epoch"]
+    assert m.preprocessing.crop == 64 and m.preprocessing.resize == 72
+    labels = [r.label for r in m.parity.references]
+    assert {"intact", "damaged"} <= set(labels)
+    assert len(labels) == 2 + 2 + 2  # per class, plus the hard cases
+
+
+def test_exported_bundle_passes_parity_and_upstream_verification(exported, keys) -> None:
+    bundle, _ = exported
+    assert Predictor(load_bundle(bundle.path, keys[1])).check_parity().passed
+    result = subprocess.run(
+        [
+            str(MODEL_SIGNING),
+            "verify",
+            "key",
+            str(bundle.path),
+            "--signature",
+            str(bundle.path / "model.sig"),
+            "--public_key",
+            str(keys[1]),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_evaluate_equals_what_training_reported(exported, finished_run, data_dir: Path, keys) -> None:
+    bundle, _ = exported
+    _, evaluation = finished_run
+    got = evaluate_bundle(bundle.path, keys[1], data_dir, "test")
+    assert got["at_threshold"] == evaluation["test"]["at_threshold"]
+    assert got["test_roc_auc"] == evaluation["test"]["test_roc_auc"]
+    assert got["test_pr_auc"] == evaluation["test"]["test_pr_auc"]
+
+
+def test_evaluate_refuses_another_data_set_for_the_test_split(exported, keys, tmp_path: Path) -> None:
+    from training.data import DataError
+    from training.synth import generate
+
+    bundle, _ = exported
+    generate(tmp_path, 30, seed=99)
+    with pytest.raises(DataError, match="--split all"):
+        evaluate_bundle(bundle.path, keys[1], tmp_path, "test")
+    assert evaluate_bundle(bundle.path, keys[1], tmp_path, "all")["at_threshold"]["n"] == 30
+
+
+def test_export_fails_when_the_bundle_disagrees_with_training(finished_run, keys, tmp_path: Path) -> None:
+    import shutil
+
+    run_dir, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    ev = json.loads((copy / "eval.json").read_text())
+    ev["predictions"]["test"][3]["probability"] += 0.01  # what training "reported" is now off
+    (copy / "eval.json").write_text(json.dumps(ev))
+    with pytest.raises(ExportError, match="disagrees with training"):
+        export_run(copy, keys[0], "bad", tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_export_into_a_store(finished_run, keys, tmp_path: Path) -> None:
+    run_dir, _ = finished_run
+    export_to_store(run_dir, keys[0], "v-store", tmp_path / "store", keys[1], actor="ci")
+    store = FilesystemStore(tmp_path / "store", keys[1])
+    assert [v.version for v in store.versions()] == ["v-store"]
+    assert store.audit_log()[-1].actor == "ci"
+
+
+def test_smoke_workflow_through_the_cli(tmp_path: Path) -> None:
+    """synth → train → export → verify, as a data scientist types it."""
+
+    def cli(*args: str, module: str = "training") -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        r = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r
+
+    data, run_dir, keys = tmp_path / "data", tmp_path / "run", tmp_path / "keys"
+    cli("synth", "--out", str(data), "--count", "80", "--seed", "11")
+    trained = cli(
+        "train", "--config", str(SMOKE), "--data", str(data), "--run-dir", str(run_dir), "--set", "loader.workers=0"
+    )
+    assert "epoch 2/2" in trained.stderr and "threshold" in trained.stderr  # progress is visible
+    cli("keygen", "--out", str(keys), module="model_store")
+    exported = cli(
+        "export",
+        "--run",
+        str(run_dir),
+        "--key",
+        str(keys / "private.pem"),
+        "--version",
+        "smoke-1",
+        "--out",
+        str(tmp_path / "bundle"),
+    )
+    assert "exported parcel-damage smoke-1" in exported.stdout
+    verified = cli("verify", str(tmp_path / "bundle"), "--public-key", str(keys / "public.pem"), module="model_store")
+    assert "OK: parcel-damage smoke-1 verified" in verified.stdout
+    evaluated = json.loads(
+        cli(
+            "evaluate",
+            "--bundle",
+            str(tmp_path / "bundle"),
+            "--data",
+            str(data),
+            "--public-key",
+            str(keys / "public.pem"),
+        ).stdout
+    )
+    reported = json.loads((run_dir / "eval.json").read_text())["test"]["at_threshold"]
+    assert evaluated["at_threshold"] == reported
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "training", "train", "--data", str(tmp_path / "none"), "--run-dir", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"error: data directory {tmp_path / 'none'} does not exist"]

@@ -1,0 +1,111 @@
+"""`python -m training`: synth, train, export, evaluate. Exit 0, or 1 with one `error:` line."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write the procedural demo data set (ImageFolder layout)")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--count", type=int, default=2000)
+    s.add_argument("--seed", type=int, default=0)
+
+    t = sub.add_parser("train", help="train a run (also under torchrun for DDP)")
+    t.add_argument("--config", type=Path, help="TOML config; defaults apply without one")
+    t.add_argument("--data", type=Path, required=True, help="ImageFolder data directory")
+    t.add_argument("--run-dir", type=Path, required=True)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    t.add_argument("--stop-after-epoch", type=int, help="stop cleanly after this epoch (resume later)")
+
+    e = sub.add_parser("export", help="best checkpoint -> signed bundle (directory or store)")
+    e.add_argument("--run", type=Path, required=True)
+    e.add_argument("--key", type=Path, required=True, help="private signing key PEM")
+    e.add_argument("--version", required=True)
+    dest = e.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--out", type=Path, help="write the bundle directory here")
+    dest.add_argument("--store", type=Path, help="import the bundle into this store")
+    e.add_argument("--public-key", type=Path, help="trusted key the store verifies with (default: the signer's)")
+    e.add_argument("--data", type=Path, help="data directory, if it moved since training")
+
+    v = sub.add_parser("evaluate", help="metrics of a bundle on a data set")
+    v.add_argument("--bundle", type=Path, required=True)
+    v.add_argument("--data", type=Path, required=True)
+    v.add_argument("--public-key", type=Path, required=True)
+    v.add_argument("--split", choices=["test", "val", "train", "all"], default="test")
+    return p
+
+
+def _public_key_of(private_key: Path, out: Path) -> Path:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(private_key.read_bytes(), None)
+    out.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "synth":
+        from training.synth import generate
+
+        start = time.perf_counter()
+        counts = generate(args.out, args.count, args.seed)
+        print(f"wrote {sum(counts.values())} images to {args.out} {counts} in {time.perf_counter() - start:.1f}s")
+    elif args.command == "train":
+        from training.config import load_config
+        from training.train import run as train_run
+
+        config = load_config(args.config, args.set)
+        train_run(config, args.data, args.run_dir, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
+    elif args.command == "export":
+        import tempfile
+
+        from training.export import export_run, export_to_store
+
+        if args.out:
+            bundle, diff = export_run(args.run, args.key, args.version, args.out, args.data)
+            where = str(args.out)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                pub = args.public_key or _public_key_of(args.key, Path(tmp) / "public.pem")
+                actor = f"{getpass.getuser()}@{socket.gethostname()}"
+                bundle, diff = export_to_store(args.run, args.key, args.version, args.store, pub, actor, args.data)
+            where = f"store {args.store}"
+        m = bundle.manifest
+        print(
+            f"exported {m.name} {m.version} to {where}: threshold {m.decision.threshold:.4f}, "
+            f"{len(m.parity.references)} reference images, max |bundle - training| on test {diff:.2g}"
+        )
+    elif args.command == "evaluate":
+        from training.evaluate import evaluate_bundle
+
+        print(json.dumps(evaluate_bundle(args.bundle, args.public_key, args.data, args.split), indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from model_store.errors import ModelStoreError
+    from training.config import ConfigError
+    from training.data import DataError
+    from training.export import ExportError
+    from training.train import RunError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (ConfigError, DataError, RunError, ExportError, ModelStoreError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,53 @@
+"""Metrics of a signed bundle on a data set, through the serving `Predictor`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_store.bundle import load_bundle
+from model_store.predictor import Predictor
+from training import metrics as M
+from training.data import DataError, Item, make_split, scan
+from training.train import ranking_metrics
+
+
+def evaluate_bundle(
+    bundle_dir: Path, public_key: Path, data_dir: Path, split: str = "test", batch_size: int | None = None
+) -> dict[str, Any]:
+    """`split="test"` rebuilds the training split and refuses data that differs from it;
+    `split="all"` evaluates every image (a new data set, e.g. real photos)."""
+    bundle = load_bundle(bundle_dir, public_key)
+    m = bundle.manifest
+    labels = (m.decision.negative_label, m.decision.positive_label)
+    if split == "all":
+        items = [Item(p, d, lbl, "test") for p, d, lbl in scan(data_dir, labels)]
+    else:
+        data_cfg = m.lineage.config["data"]
+        manifest = make_split(data_dir, labels, m.lineage.seed, data_cfg["val_fraction"], data_cfg["test_fraction"])
+        if manifest.sha256 != m.lineage.split_manifest_sha256:
+            raise DataError(
+                f"{data_dir} is not the data set {m.version} was trained on (split manifest differs); "
+                "use --split all to evaluate on other data"
+            )
+        items = manifest.select(split)  # type: ignore[arg-type]
+    batch_size = batch_size or int(m.lineage.config.get("optim", {}).get("batch_size", 32))
+    predictor = Predictor(bundle)
+    probs: list[float] = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        probs += [o.probability for o in predictor.predict([(Path(data_dir) / i.path).read_bytes() for i in chunk])]
+    p = np.array(probs)
+    t = np.array([int(i.label == m.decision.positive_label) for i in items])
+    op = M.at_threshold(p, t, m.decision.threshold, m.decision.cost_false_alarm, m.decision.cost_miss)
+    # Loss from probabilities, clipped like BCEWithLogits saturates, so it is comparable.
+    eps = 1e-12
+    loss = float(-np.mean(t * np.log(np.clip(p, eps, 1)) + (1 - t) * np.log(np.clip(1 - p, eps, 1))))
+    return {
+        "version": m.version,
+        "split": split,
+        **ranking_metrics(split, p, t, loss),
+        "at_threshold": op.as_dict(),
+    }

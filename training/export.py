@@ -1,0 +1,163 @@
+"""A run's best checkpoint → a signed bundle, checked against the training evaluation.
+
+Reference images are a fixed sample of the test split (both classes) plus the test images
+nearest the threshold. Their expected outputs are computed by `write_bundle`, which reloads
+the signed draft through the serving `Predictor`. Then the whole test split goes through
+that `Predictor` too, and export fails if it disagrees with what training reported.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from model_store.bundle import Bundle, ReferenceInput, current_environment, write_bundle
+from model_store.errors import ModelStoreError
+from model_store.manifest import (
+    DecisionSpec,
+    Lineage,
+    Manifest,
+    ParitySpec,
+    ReferenceImage,
+    ValidationMetrics,
+)
+from model_store.predictor import Predictor
+from training.checkpoint import load_checkpoint
+from training.config import TrainConfig
+from training.data import SplitManifest, check_matches
+from training.train import config_from_run
+
+
+class ExportError(Exception):
+    """The run cannot be exported as it is; the message says why."""
+
+
+def choose_references(config: TrainConfig, test_predictions: list[dict[str, Any]], threshold: float) -> list[str]:
+    """Paths of the reference images: per class the first N by path, then the hardest."""
+    chosen: list[str] = []
+    for label in (config.decision.negative_label, config.decision.positive_label):
+        of_label = sorted(r["path"] for r in test_predictions if r["label"] == label)
+        chosen += of_label[: config.export.references_per_class]
+    rest = sorted(
+        (r for r in test_predictions if r["path"] not in chosen),
+        key=lambda r: (abs(r["probability"] - threshold), r["path"]),
+    )
+    chosen += [r["path"] for r in rest[: config.export.hard_references]]
+    return chosen
+
+
+def _manifest(
+    config: TrainConfig, run_dir: Path, version: str, evaluation: dict[str, Any], split: SplitManifest
+) -> Manifest:
+    meta = json.loads((run_dir / "run.json").read_text())
+    op = evaluation["validation"]["at_threshold"]
+    dc = config.decision
+    placeholder = ReferenceImage(file="pending", sha256="0" * 64, expected_probability=0, expected_decision="")
+    return Manifest(
+        name=config.export.name,
+        version=version,
+        created_at=datetime.now(UTC),
+        model=config.model_spec(),
+        preprocessing=config.preprocessing.spec(),
+        decision=DecisionSpec(
+            threshold=evaluation["threshold"],
+            positive_label=dc.positive_label,
+            negative_label=dc.negative_label,
+            cost_false_alarm=dc.cost_false_alarm,
+            cost_miss=dc.cost_miss,
+            method=dc.method,
+            validation=ValidationMetrics(**{k: op[k] for k in ValidationMetrics.model_fields}),
+        ),
+        lineage=Lineage(
+            config=config.model_dump(mode="json"),
+            config_sha256=config.sha256,
+            split_manifest_sha256=split.sha256,
+            dataset_fingerprint=split.fingerprint,
+            seed=config.seed,
+            epoch=evaluation["best_epoch"],
+            checkpoint_sha256=evaluation["checkpoint_sha256"],
+            code_revision=meta["code_revision"],
+        ),
+        environment=current_environment(meta.get("device", "cpu")),
+        weights_sha256="0" * 64,
+        parity=ParitySpec(tolerance=config.export.parity_tolerance, references=[placeholder]),
+    )
+
+
+def check_against_training(bundle: Bundle, data_dir: Path, evaluation: dict[str, Any], batch_size: int) -> float:
+    """Max abs difference between the bundle's and training's test-split probabilities."""
+    predictor = Predictor(bundle)
+    rows = evaluation["predictions"]["test"]
+    tol = bundle.manifest.parity.tolerance
+    worst = 0.0
+    for start in range(0, len(rows), batch_size):  # same batches as training's evaluation
+        chunk = rows[start : start + batch_size]
+        outputs = predictor.predict([(data_dir / r["path"]).read_bytes() for r in chunk])
+        for r, o in zip(chunk, outputs, strict=True):
+            diff = abs(o.probability - r["probability"])
+            worst = max(worst, diff)
+            trained_decision = predictor.decide(r["probability"])
+            near_threshold = abs(r["probability"] - predictor.threshold) <= tol
+            if diff > tol or (o.decision != trained_decision and not near_threshold):
+                raise ExportError(
+                    f"the exported bundle disagrees with training on {r['path']}: "
+                    f"{o.probability:.6f} vs {r['probability']:.6f} (tolerance {tol:g})"
+                )
+    return worst
+
+
+def export_run(
+    run_dir: Path, private_key: Path, version: str, out: Path, data_dir: Path | None = None
+) -> tuple[Bundle, float]:
+    """Write the bundle to `out`; returns it and the max abs diff against training."""
+    run_dir = Path(run_dir)
+    config = config_from_run(run_dir)
+    try:
+        evaluation = json.loads((run_dir / "eval.json").read_text())
+    except FileNotFoundError:
+        raise ExportError(f"{run_dir} has no eval.json: the run has not finished training") from None
+    split = SplitManifest.from_json_bytes((run_dir / "split.json").read_bytes())
+    data_dir = Path(data_dir or json.loads((run_dir / "run.json").read_text())["data_dir"])
+    check_matches(split, data_dir)
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    if ckpt["epoch"] != evaluation["best_epoch"]:
+        raise ExportError("checkpoints/best.pt is not the checkpoint eval.json describes")
+
+    paths = choose_references(config, evaluation["predictions"]["test"], evaluation["threshold"])
+    label_of = {i.path: i.label for i in split.items}
+    refs = [
+        ReferenceInput(f"{i:02d}-{label_of[p]}{Path(p).suffix.lower()}", (data_dir / p).read_bytes(), label_of[p])
+        for i, p in enumerate(paths)
+    ]
+    manifest = _manifest(config, run_dir, version, evaluation, split)
+    try:
+        bundle = write_bundle(Path(out), manifest, ckpt["model"], refs, private_key)
+    except ModelStoreError as exc:
+        raise ExportError(str(exc)) from None
+    try:
+        diff = check_against_training(bundle, data_dir, evaluation, config.optim.batch_size)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return bundle, diff
+
+
+def export_to_store(
+    run_dir: Path,
+    private_key: Path,
+    version: str,
+    store: Path,
+    public_key: Path,
+    actor: str,
+    data_dir: Path | None = None,
+) -> tuple[Bundle, float]:
+    from model_store.store import open_store
+
+    with tempfile.TemporaryDirectory(dir=Path(store).parent if Path(store).parent.exists() else None) as tmp:
+        bundle, diff = export_run(run_dir, private_key, version, Path(tmp) / version, data_dir)
+        open_store(store, public_key).import_bundle(bundle.path, actor=actor, reason=f"export of {run_dir}")
+    return bundle, diff

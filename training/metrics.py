@@ -1,0 +1,157 @@
+"""Ranking metrics and the operating point, on plain arrays of probabilities and 0/1 targets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+def _arrays(probs: object, targets: object) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.int64)
+    if p.shape != y.shape or p.ndim != 1:
+        raise ValueError("probs and targets must be 1-D and the same length")
+    return p, y
+
+
+def roc_auc(probs: object, targets: object) -> float:
+    """Area under the ROC curve (ties count one half); NaN when a class is missing."""
+    p, y = _arrays(probs, targets)
+    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(p, kind="mergesort")
+    ranks = np.empty(len(p), dtype=np.float64)
+    sorted_p = p[order]
+    i = 0
+    while i < len(p):  # average ranks over ties
+        j = i
+        while j + 1 < len(p) and sorted_p[j + 1] == sorted_p[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_curve(probs: object, targets: object) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) as the threshold sweeps from high to low."""
+    p, y = _arrays(probs, targets)
+    thresholds = np.r_[np.inf, np.unique(p)[::-1]]
+    tpr = np.array([(p[y == 1] >= t).mean() if y.sum() else 0.0 for t in thresholds])
+    fpr = np.array([(p[y == 0] >= t).mean() if (1 - y).sum() else 0.0 for t in thresholds])
+    return fpr, tpr
+
+
+def pr_curve(probs: object, targets: object) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) as the threshold sweeps from high to low."""
+    p, y = _arrays(probs, targets)
+    thresholds = np.unique(p)[::-1]
+    recall, precision = [], []
+    for t in thresholds:
+        pred = p >= t
+        tp = int((pred & (y == 1)).sum())
+        recall.append(tp / max(1, int(y.sum())))
+        precision.append(tp / max(1, int(pred.sum())))
+    return np.array(recall), np.array(precision)
+
+
+def average_precision(probs: object, targets: object) -> float:
+    """PR-AUC as average precision: sum over thresholds of (ΔRecall × Precision)."""
+    p, y = _arrays(probs, targets)
+    if y.sum() == 0:
+        return float("nan")
+    recall, precision = pr_curve(p, y)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    threshold: float
+    precision: float
+    recall: float
+    false_positive_rate: float
+    accuracy: float
+    expected_cost: float  # per parcel, in the units of the configured costs
+    n: int
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def at_threshold(
+    probs: object, targets: object, threshold: float, cost_false_alarm: float, cost_miss: float
+) -> OperatingPoint:
+    """Metrics when `probability >= threshold` means positive (the service's rule)."""
+    p, y = _arrays(probs, targets)
+    pred = p >= threshold
+    tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
+    fn, tn = int((~pred & (y == 1)).sum()), int((~pred & (y == 0)).sum())
+    n = len(p)
+    return OperatingPoint(
+        threshold=float(threshold),
+        precision=tp / (tp + fp) if tp + fp else 0.0,
+        recall=tp / (tp + fn) if tp + fn else 0.0,
+        false_positive_rate=fp / (fp + tn) if fp + tn else 0.0,
+        accuracy=(tp + tn) / n if n else 0.0,
+        expected_cost=(fp * cost_false_alarm + fn * cost_miss) / n if n else 0.0,
+        n=n,
+        tp=tp,
+        fp=fp,
+        tn=tn,
+        fn=fn,
+    )
+
+
+def candidate_thresholds(probs: object) -> np.ndarray:
+    """Midpoints between distinct probabilities, plus 0 and 1.
+
+    A threshold exactly on a validation probability would let a rounding difference flip
+    that case; midpoints keep every validation decision the same with the widest margin.
+    """
+    u = np.unique(np.asarray(probs, dtype=np.float64))
+    return np.r_[0.0, (u[:-1] + u[1:]) / 2, 1.0]
+
+
+def cost_curve(
+    probs: object, targets: object, cost_false_alarm: float, cost_miss: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(threshold, expected cost per parcel) over all candidate thresholds."""
+    p, y = _arrays(probs, targets)
+    ts = candidate_thresholds(p)
+    costs = np.array([at_threshold(p, y, t, cost_false_alarm, cost_miss).expected_cost for t in ts])
+    return ts, costs
+
+
+def choose_threshold(
+    probs: object,
+    targets: object,
+    *,
+    method: str,
+    cost_false_alarm: float,
+    cost_miss: float,
+    target_recall: float = 0.95,
+) -> OperatingPoint:
+    """The operating point on validation data.
+
+    - `min_expected_cost`: lowest (false alarms × cost + misses × cost) per parcel; among
+      equally cheap thresholds, the middle one.
+    - `target_recall`: the highest threshold whose recall reaches the target, i.e. the
+      fewest false alarms that still catch that share of damaged parcels.
+    """
+    p, y = _arrays(probs, targets)
+    if method == "min_expected_cost":
+        ts, costs = cost_curve(p, y, cost_false_alarm, cost_miss)
+        best = np.flatnonzero(np.isclose(costs, costs.min(), rtol=0, atol=1e-12))
+        t = float(ts[best[len(best) // 2]])
+    elif method == "target_recall":
+        ts = candidate_thresholds(p)
+        ok = [t for t in ts if at_threshold(p, y, t, cost_false_alarm, cost_miss).recall >= target_recall]
+        t = float(max(ok))  # t = 0 always reaches recall 1
+    else:
+        raise ValueError(f"unknown threshold method {method!r}")
+    return at_threshold(p, y, t, cost_false_alarm, cost_miss)

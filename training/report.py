@@ -1,0 +1,155 @@
+"""`report.html` with PNG plots: curves, ROC, PR, cost vs threshold, confusion, worst errors."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image, ImageOps
+
+from training import metrics as M
+from training.config import TrainConfig
+
+
+def _save(fig: Any, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+def _arrays(rows: list[dict[str, Any]], positive: str) -> tuple[np.ndarray, np.ndarray]:
+    return (
+        np.array([r["probability"] for r in rows]),
+        np.array([int(r["label"] == positive) for r in rows]),
+    )
+
+
+def write_report(run_dir: Path, data_dir: Path, config: TrainConfig) -> Path:
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    ev = json.loads((run_dir / "eval.json").read_text())
+    dc = config.decision
+    vp, vt = _arrays(ev["predictions"]["val"], dc.positive_label)
+    tp, tt = _arrays(ev["predictions"]["test"], dc.positive_label)
+    t = ev["threshold"]
+    images: list[tuple[str, str]] = []
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
+    a.plot(epochs, [r["val_loss"] for r in rows], "o-", label="validation")
+    a.axvline(ev["best_epoch"], color="grey", ls=":", label="best checkpoint")
+    a.set(xlabel="epoch", ylabel="BCE loss", title="Loss")
+    a.legend()
+    for key, label in (
+        ("val_accuracy", "accuracy@0.5"),
+        ("val_roc_auc", "ROC-AUC"),
+        ("val_pr_auc", "PR-AUC"),
+    ):
+        b.plot(epochs, [r[key] for r in rows], "o-", label=label)
+    b.set(xlabel="epoch", title="Validation metrics", ylim=(0, 1.02))
+    b.legend()
+    images.append(("Training curves", _save(fig, plots / "curves.png")))
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, p, y in (("validation", vp, vt), ("test", tp, tt)):
+        fpr, tpr = M.roc_curve(p, y)
+        a.plot(fpr, tpr, label=f"{name} (AUC {M.roc_auc(p, y):.3f})")
+        rec, prec = M.pr_curve(p, y)
+        b.plot(rec, prec, label=f"{name} (AP {M.average_precision(p, y):.3f})")
+    op = ev["test"]["at_threshold"]
+    a.plot([op["false_positive_rate"]], [op["recall"]], "k*", ms=12, label=f"test @ threshold {t:.3f}")
+    a.plot([0, 1], [0, 1], color="grey", ls=":")
+    a.set(xlabel="false positive rate", ylabel="true positive rate (recall)", title="ROC")
+    a.legend(loc="lower right")
+    b.plot([op["recall"]], [op["precision"]], "k*", ms=12, label="test @ threshold")
+    b.set(xlabel="recall", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))
+    b.legend(loc="lower left")
+    images.append(("ROC and precision-recall", _save(fig, plots / "roc_pr.png")))
+
+    ts, costs = M.cost_curve(vp, vt, dc.cost_false_alarm, dc.cost_miss)
+    fig, a = plt.subplots(figsize=(7, 3.8))
+    a.plot(ts, costs, label="validation")
+    a.axvline(t, color="k", ls="--")
+    a.plot([t], [ev["validation"]["at_threshold"]["expected_cost"]], "ro", label=f"chosen {t:.3f}")
+    a.set(
+        xlabel="threshold",
+        ylabel="expected cost per parcel",
+        title=f"Cost: false alarm {dc.cost_false_alarm:g}, miss {dc.cost_miss:g} ({ev['method']})",
+    )
+    a.legend()
+    images.append(("Expected cost versus threshold", _save(fig, plots / "cost.png")))
+
+    cm = np.array([[op["tn"], op["fp"]], [op["fn"], op["tp"]]])
+    fig, a = plt.subplots(figsize=(4.2, 3.8))
+    a.imshow(cm, cmap="Blues")
+    labels = [dc.negative_label, dc.positive_label]
+    a.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=labels,
+        yticklabels=labels,
+        xlabel="predicted",
+        ylabel="actual",
+        title=f"Test confusion @ {t:.3f}",
+    )
+    for (i, j), v in np.ndenumerate(cm):
+        a.text(
+            j,
+            i,
+            str(v),
+            ha="center",
+            va="center",
+            color="white" if v > cm.max() / 2 else "black",
+            fontsize=14,
+        )
+    images.append(("Test confusion matrix", _save(fig, plots / "confusion.png")))
+
+    errors = [r for r in ev["predictions"]["test"] if (r["probability"] >= t) != (r["label"] == dc.positive_label)]
+    errors.sort(key=lambda r: abs(r["probability"] - t), reverse=True)
+    worst = errors[:12]
+    if worst:
+        cols = 4
+        fig, axes = plt.subplots((len(worst) + cols - 1) // cols, cols, figsize=(12, 2.6 * ((len(worst) + 3) // 4)))
+        for ax in np.atleast_1d(axes).ravel():
+            ax.axis("off")
+        for ax, r in zip(np.atleast_1d(axes).ravel(), worst, strict=False):
+            img = ImageOps.exif_transpose(Image.open(data_dir / r["path"])).convert("RGB")
+            ax.imshow(img)
+            ax.set_title(f"{r['label']}  p={r['probability']:.3f}", fontsize=9)
+        images.append((f"Worst test errors ({len(errors)} in all)", _save(fig, plots / "worst_errors.png")))
+
+    val_op = ev["validation"]["at_threshold"]
+    table = "".join(
+        f"<tr><td>{name}</td><td>{m['recall']:.3f}</td><td>{m['precision']:.3f}</td>"
+        f"<td>{m['false_positive_rate']:.3f}</td><td>{m['accuracy']:.3f}</td><td>{m['expected_cost']:.3f}</td>"
+        f"<td>{ev[key][f'{pre}_roc_auc']:.3f}</td><td>{ev[key][f'{pre}_pr_auc']:.3f}</td><td>{m['n']}</td></tr>"
+        for name, m, key, pre in (("validation", val_op, "validation", "val"), ("test", op, "test", "test"))
+    )
+    body = "\n".join(
+        f"<h2>{html.escape(title)}</h2><img src='plots/{name}' alt='{html.escape(title)}'>" for title, name in images
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Training report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:4px 10px;text-align:right}}
+img{{max-width:100%}}</style></head><body>
+<h1>Training report: {html.escape(config.model.architecture)}</h1>
+<p>Best checkpoint: epoch {ev["best_epoch"]} (sha256 {ev["checkpoint_sha256"][:16]}&hellip;).
+Threshold <b>{t:.4f}</b> chosen on validation by {html.escape(ev["method"])}
+(false alarm cost {dc.cost_false_alarm:g}, miss cost {dc.cost_miss:g}).</p>
+<table><tr><th></th><th>recall</th><th>precision</th><th>false positive rate</th><th>accuracy</th>
+<th>cost/parcel</th><th>ROC-AUC</th><th>PR-AUC</th><th>n</th></tr>{table}</table>
+{body}
+</body></html>
+"""
+    out = run_dir / "report.html"
+    out.write_text(page)
+    return out

@@ -1,0 +1,428 @@
+"""The training run: plain functions, in the style of torchvision's reference scripts.
+
+`run(...)` trains and validates every epoch, writes `metrics.jsonl` and the `last`/`best`
+checkpoints, and at the end evaluates the best checkpoint, chooses the operating
+threshold on validation data, reports test metrics at it, and writes the report.
+Under `torchrun` it uses DistributedDataParallel; rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from model_store.preprocessing import Preprocessor
+from model_store.zoo import build_model
+from training import metrics as M
+from training.checkpoint import file_sha256, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from training.config import ConfigError, TrainConfig, validate_config
+from training.data import Augment, ImageDataset, SplitManifest, check_matches, make_split, summary
+
+Log = Callable[[str], None]
+# Keys a resumed run may change; anything else would make it a different run.
+RESUMABLE_CHANGES = {"optim.epochs", "loader.workers", "device"}
+
+
+def log_stderr(message: str) -> None:
+    """Progress lines on stderr, printed around any active progress bar."""
+    tqdm.write(message, file=sys.stderr)
+
+
+class RunError(Exception):
+    """The run cannot start or continue; the message says why."""
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Dist:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; gloo on CPU, nccl on GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(config: TrainConfig, d: Dist) -> torch.device:
+    want = config.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda":
+        if not torch.cuda.is_available():
+            raise RunError("device = 'cuda' but no CUDA device is available")
+        torch.cuda.set_device(d.local_rank)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        return torch.device("cuda", d.local_rank)
+    if config.optim.amp:
+        raise RunError("optim.amp needs a CUDA device")
+    return torch.device("cpu")
+
+
+def code_revision() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev.stdout.strip() + ("-dirty" if dirty.strip() else "")
+
+
+def load_pretrained(model: nn.Module, path: str, log: Log) -> None:
+    """Weights from a local safetensors file; mismatched heads are skipped. Never a pickle."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        raise RunError(f"pretrained weights must be a .safetensors file, not {p.name}; pickles are not loaded")
+    if not p.is_file():
+        raise RunError(f"pretrained weights file {p} does not exist")
+    given = load_file(p)
+    own = model.state_dict()
+    usable = {k: v for k, v in given.items() if k in own and own[k].shape == v.shape}
+    if len(usable) < len(own) // 2:
+        raise RunError(f"{p.name} fits only {len(usable)} of {len(own)} tensors: wrong architecture?")
+    model.load_state_dict(usable, strict=False)
+    log(f"pretrained: loaded {len(usable)}/{len(own)} tensors from {p} (the rest, e.g. the head, stay new)")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):  # type: ignore[no-untyped-def]
+    """Linear warm-up then cosine decay to zero, per optimizer step."""
+    total = max(1, config.optim.epochs * steps_per_epoch)
+    warmup = min(total - 1, config.optim.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler | None,
+    device: torch.device,
+    epoch: int,
+    d: Dist,
+) -> dict[str, float]:
+    model.train()
+    loss_fn = nn.BCEWithLogitsLoss()
+    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not d.main, leave=False, file=sys.stderr)
+    for x, y, _ in bar:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, enabled=scaler is not None):
+            loss = loss_fn(model(x)[:, 0], y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        total_loss += loss.item() * len(y)
+        seen += len(y)
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+    seconds = time.perf_counter() - start
+    totals = torch.tensor([total_loss, float(seen)], dtype=torch.float64)
+    if d.world > 1:
+        dist.all_reduce(totals)
+    return {
+        "train_loss": float(totals[0] / totals[1]),
+        "train_images_per_s": float(totals[1]) / seconds,
+        "epoch_seconds": seconds,
+    }
+
+
+def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device, max_images: int) -> None:
+    """Precise BN: exact batch-norm statistics over `max_images` un-augmented training images.
+
+    Only BN layers switch to train mode, so dropout draws no random numbers and the run's
+    RNG stream (and therefore resume) is unaffected.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or max_images <= 0:
+        return
+    model.eval()
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average = the exact mean over batches
+        m.train()
+    seen = 0
+    with torch.no_grad():
+        for x, _, _ in loader:
+            model(x.to(device))
+            seen += len(x)
+            if seen >= max_images:
+                break
+    for m, momentum in zip(bns, saved, strict=True):
+        m.momentum = momentum
+    model.eval()
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
+    """(probabilities, targets, mean BCE loss) in eval mode, under inference_mode."""
+    model.eval()
+    probs, targets, total = [], [], 0.0
+    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    with torch.inference_mode():
+        for x, y, _ in loader:
+            logits = model(x.to(device))[:, 0].float().cpu()
+            total += loss_fn(logits, y).item()
+            probs.append(torch.sigmoid(logits))
+            targets.append(y)
+    p = torch.cat(probs).numpy().astype(np.float64)
+    t = torch.cat(targets).numpy().astype(np.int64)
+    return p, t, total / max(1, len(t))
+
+
+def eval_loader(dataset: ImageDataset, config: TrainConfig) -> DataLoader:
+    # Its own generator: starting an iterator draws a worker seed, and drawing it from the
+    # global RNG would shift dropout's random stream and break bitwise resume.
+    return DataLoader(
+        dataset,
+        batch_size=config.optim.batch_size,
+        shuffle=False,
+        num_workers=config.loader.workers,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def ranking_metrics(prefix: str, probs: np.ndarray, targets: np.ndarray, loss: float) -> dict[str, float]:
+    return {
+        f"{prefix}_loss": loss,
+        f"{prefix}_accuracy": float(((probs >= 0.5) == targets).mean()),
+        f"{prefix}_roc_auc": M.roc_auc(probs, targets),
+        f"{prefix}_pr_auc": M.average_precision(probs, targets),
+    }
+
+
+def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> set[str]:
+    keys = set(old) | set(new)
+    out: set[str] = set()
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out |= _config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.add(f"{prefix}{k}")
+    return out
+
+
+def prepare_run(
+    config: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, d: Dist, log: Log
+) -> tuple[TrainConfig, SplitManifest]:
+    """Create or re-open a run directory; refuse anything that would silently change it."""
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    if resume:
+        if not ckpt.exists():
+            raise RunError(f"--resume: {run_dir} has no checkpoints/last.pt")
+        saved = json.loads((run_dir / "config.json").read_text())
+        changed = _config_diff(saved, config.model_dump(mode="json")) - RESUMABLE_CHANGES
+        if changed:
+            raise RunError(f"--resume cannot change {sorted(changed)}; start a new run directory instead")
+        split = SplitManifest.from_json_bytes((run_dir / "split.json").read_bytes())
+        check_matches(split, data_dir)
+    else:
+        if ckpt.exists():
+            raise RunError(f"{run_dir} already holds a run; use --resume or a new --run-dir")
+        split = make_split(
+            data_dir,
+            (config.decision.negative_label, config.decision.positive_label),
+            config.seed,
+            config.data.val_fraction,
+            config.data.test_fraction,
+        )
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_bytes(config.to_json_bytes())
+        (run_dir / "config.sha256").write_text(config.sha256 + "\n")
+        split.write(run_dir / "split.json")
+        meta = {
+            "data_dir": str(Path(data_dir).resolve()),
+            "code_revision": code_revision(),
+            "dataset_fingerprint": split.fingerprint,
+            "split": summary(split),
+        }
+        (run_dir / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+        log(f"data: {json.dumps(summary(split))}  split sha256 {split.sha256[:12]}")
+    return config, split
+
+
+def run(
+    config: TrainConfig,
+    data_dir: Path,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    stop_after_epoch: int | None = None,
+    log: Log = log_stderr,
+) -> dict[str, Any] | None:
+    """Train (or resume) a run. Returns the final evaluation on rank 0 when training finished."""
+    d = setup_distributed(
+        config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    device = resolve_device(config, d)
+    config, split = prepare_run(config, data_dir, Path(run_dir), resume, d, log)
+    if d.world > 1:
+        dist.barrier()
+
+    torch.manual_seed(config.seed)
+    pre = Preprocessor(config.preprocessing.spec())
+    aug = config.augment
+    augment = Augment(aug.hflip, aug.rotate_degrees, aug.brightness, aug.contrast, tuple(aug.crop_scale))  # type: ignore[arg-type]
+    positive = config.decision.positive_label
+    train_ds = ImageDataset(data_dir, split.select("train"), pre, positive, augment, config.seed)
+    val_ds = ImageDataset(data_dir, split.select("val"), pre, positive)
+    calib_ds = ImageDataset(data_dir, split.select("train"), pre, positive)  # no augmentation
+    sampler = DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=config.seed)
+    loader_gen = torch.Generator()
+    train_loader = DataLoader(
+        train_ds,
+        batch_size=config.optim.batch_size,
+        sampler=sampler,
+        num_workers=config.loader.workers,
+        generator=loader_gen,
+        drop_last=False,
+    )
+
+    model = build_model(config.model_spec())
+    if config.model.pretrained and not resume:
+        load_pretrained(model, config.model.pretrained, log)
+    model.to(device)
+    core = model
+    if d.world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(core.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    scheduler = make_scheduler(optimizer, config, len(train_loader))
+    scaler = torch.amp.GradScaler("cuda") if config.optim.amp else None
+
+    start_epoch, best, best_epoch = 1, math.inf, 0
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if resume:
+        ckpt = load_checkpoint(ckpt_dir / "last.pt")
+        if ckpt["split_sha256"] != split.sha256:
+            raise RunError("checkpoint was made with another split manifest")
+        core.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt["scaler"]:
+            scaler.load_state_dict(ckpt["scaler"])
+        if len(ckpt["rng"]) != d.world:
+            raise RunError(f"checkpoint holds RNG states of {len(ckpt['rng'])} rank(s), this run has {d.world}")
+        set_rng_state(ckpt["rng"][d.rank])
+        start_epoch, best, best_epoch = ckpt["epoch"] + 1, ckpt["best_metric"], ckpt["best_epoch"]
+        log(f"resumed from epoch {ckpt['epoch']} (step {ckpt['step']})")
+
+    sign = 1.0 if config.optim.select_metric == "val_loss" else -1.0  # lower is better after sign
+    for epoch in range(start_epoch, config.optim.epochs + 1):
+        sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        loader_gen.manual_seed(config.seed * 100_003 + epoch)
+        stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, device, epoch, d)
+        rngs = _gather_rng(d)
+        if d.main:
+            recalibrate_batchnorm(core, eval_loader(calib_ds, config), device, config.optim.bn_recalibration_images)
+            p, t, loss = evaluate(core, eval_loader(val_ds, config), device)
+            row = {
+                "epoch": epoch,
+                "lr": scheduler.get_last_lr()[0],
+                **stats,
+                **ranking_metrics("val", p, t, loss),
+            }
+            score = sign * row[config.optim.select_metric]
+            improved = score < best
+            if improved:
+                best, best_epoch = score, epoch
+            ckpt = {
+                "model": core.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler else {},
+                "epoch": epoch,
+                "step": epoch * len(train_loader),
+                "best_metric": best,
+                "best_epoch": best_epoch,
+                "rng": rngs,
+                "config": config.model_dump(mode="json"),
+                "split_sha256": split.sha256,
+            }
+            save_checkpoint(ckpt_dir / "last.pt", ckpt)
+            if improved:
+                save_checkpoint(ckpt_dir / "best.pt", ckpt)
+            with open(Path(run_dir) / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            log(
+                f"epoch {epoch}/{config.optim.epochs}  train_loss {row['train_loss']:.4f}  "
+                f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}  "
+                f"val_auc {row['val_roc_auc']:.3f}  {row['train_images_per_s']:.0f} img/s"
+                + ("  *best" if improved else "")
+            )
+        if d.world > 1:
+            dist.barrier()
+        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.optim.epochs:
+            log(f"stopping after epoch {epoch} as asked; continue with --resume")
+            return None
+
+    result = None
+    if d.main:
+        from training.finalize import finalize
+
+        result = finalize(config, split, data_dir, Path(run_dir), device, log)
+    if d.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def _gather_rng(d: Dist) -> list[dict[str, Any]]:
+    state = rng_state()
+    if d.world == 1:
+        return [state]
+    states: list[Any] = [None] * d.world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def checkpoint_sha256(run_dir: Path) -> str:
+    return file_sha256(Path(run_dir) / "checkpoints" / "best.pt")
+
+
+def config_from_run(run_dir: Path) -> TrainConfig:
+    try:
+        return validate_config(json.loads((Path(run_dir) / "config.json").read_text()), str(run_dir))
+    except FileNotFoundError:
+        raise ConfigError(f"{run_dir} is not a run directory (no config.json)") from None
