@@ -49,8 +49,8 @@ until curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null; do
   kill -0 $SERVER 2>/dev/null || { echo "the service exited; see the log above" >&2; exit 1; }
   sleep 0.5
 done
-DAMAGED=$(ls "$DEMO"/data/damaged/*.jpg | head -1)
-INTACT=$(ls "$DEMO"/data/intact/*.jpg | head -1)
+damaged=("$DEMO"/data/damaged/*.jpg) intact=("$DEMO"/data/intact/*.jpg)
+DAMAGED=${damaged[0]} INTACT=${intact[0]}
 cat <<MSG
 
 Ready in $(( $(date +%s) - START ))s. Paste into another terminal:
