@@ -44,6 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
             limits=DecodeLimits(settings.max_image_bytes, settings.max_pixels),
             decode_threads=settings.decode_threads,
             on_swap=on_swap,
+            on_refusal=lambda code: metrics.refusals.labels(code).inc(),
         )
         app.state.host = host
         # Load in the background: /healthz answers at once, /readyz turns 200 when proven.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from app.batcher import MicroBatcher
-from model_store.errors import ImageError, ModelStoreError, ParityFailed, StoreError
+from model_store.errors import ImageError, ModelStoreError, NothingToRollBack, ParityFailed, StoreError
 from model_store.predictor import ParityReport, Predictor
 from model_store.preprocessing import DecodeLimits
 from model_store.store.base import AuditEntry, Store
@@ -56,6 +56,7 @@ class ModelHost:
         limits: DecodeLimits,
         decode_threads: int,
         on_swap: Callable[[Loaded, str], None] | None = None,
+        on_refusal: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.batcher = batcher
@@ -66,10 +67,16 @@ class ModelHost:
         self._decode = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
         self._swap_lock = asyncio.Lock()
         self._on_swap = on_swap or (lambda loaded, how: None)
+        self._on_refusal = on_refusal or (lambda code: None)
         self._failed: dict[str, str] = {}  # version -> why it was refused, so following does not retry forever
 
     def close(self) -> None:
         self._decode.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def refused(self) -> dict[str, str]:
+        """Versions the store pointed at that this replica refused to serve, and why."""
+        return dict(self._failed)
 
     def require(self) -> Loaded:
         loaded = self.current
@@ -104,6 +111,13 @@ class ModelHost:
 
     async def load(self, version: str) -> Loaded:
         """Verify, build, warm up, and run parity; raises ParityFailed if it does not pass."""
+        try:
+            return await self._load(version)
+        except ModelStoreError as exc:
+            self._on_refusal(exc.code)
+            raise
+
+    async def _load(self, version: str) -> Loaded:
         started = time.perf_counter()
 
         def build() -> Predictor:
@@ -143,8 +157,6 @@ class ModelHost:
         async with self._swap_lock:
             target = await asyncio.to_thread(self.store.previous_version)
             if target is None:
-                from model_store.errors import NothingToRollBack
-
                 raise NothingToRollBack("no earlier active version to roll back to")
             loaded = await self.load(target)
 

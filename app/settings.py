@@ -5,7 +5,6 @@ Unsafe or inconsistent values stop startup with a message naming the variable.
 
 from __future__ import annotations
 
-import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -60,19 +59,6 @@ class Settings(BaseSettings):
         if self.queue_bound < self.max_images_per_request:
             raise ValueError("APP_QUEUE_BOUND must be at least APP_MAX_IMAGES_PER_REQUEST, or big requests always fail")
         return self
-
-    @property
-    def exposed(self) -> bool:
-        return not _is_loopback(self.host)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @lru_cache

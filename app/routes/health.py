@@ -29,6 +29,7 @@ async def readyz(host: HostDep) -> JSONResponse:
             "version": loaded.version,
             "manifest_sha256": loaded.manifest_sha256,
             "parity_max_abs_diff": loaded.parity.max_abs_diff,
+            "refused": host.refused,
         }
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -27,7 +29,6 @@ async def parity(request: Request, host: HostDep, version: str | None = None) ->
             raise APIError(503, "not_ready", f"no model is being served yet: {exc}") from None
     else:
         require_admin(request)
-        import asyncio
 
         def build() -> Predictor:
             return Predictor(host.store.load(version), device=host.device, limits=host.limits)

@@ -40,6 +40,7 @@ async def read_images(request: Request, settings: Settings) -> list[tuple[str, b
             "or several as multipart/form-data fields named 'files'",
         )
     n = settings.max_images_per_request
+    # Read (and bound) the body ourselves; Starlette's form parser then reuses the cached body.
     request._body = await read_body(request, n * settings.max_image_bytes + 64 * 1024, "multipart body")
     try:
         form = await request.form(max_files=n + 1, max_fields=n + 16)

@@ -134,6 +134,7 @@ def test_a_bundle_failing_parity_can_never_become_active(server: LiveServer, sto
     r = httpx.post(f"{server.url}/v1/models/v2-bad/activate", headers=admin(), timeout=60)
     assert r.status_code == 409 and r.json()["error"] == "parity_failed"
     assert store.active_version() == "v1" and server.wait_ready()["version"] == "v1"
+    assert 'model_load_refusals_total{reason="parity_failed"} 1.0' in httpx.get(f"{server.url}/metrics").text
 
     good = httpx.get(f"{server.url}/v1/parity", params={"version": "v2"}, headers=admin(), timeout=60)
     assert good.status_code == 200 and good.json()["version"] == "v2"

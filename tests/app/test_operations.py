@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.settings import Settings
+from model_store.signing import sign_directory
 from model_store.store import FilesystemStore
 from tests.utils.factories import image_bytes
 from tests.utils.server import ADMIN_TOKEN, LiveServer
@@ -39,6 +41,28 @@ def test_not_ready_until_a_version_is_active_then_follows_the_store(tmp_path: Pa
         while httpx.get(f"{srv.url}/readyz").json().get("version") != "v2":
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        assert httpx.get(f"{srv.url}/readyz").json()["refused"] == {}
+
+
+def test_a_replica_keeps_serving_when_the_store_points_at_a_bad_bundle(store, keys, bundles, tmp_path) -> None:
+    bad = tmp_path / "v3"
+    shutil.copytree(bundles["v2"], bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    m["version"] = "v3"
+    for ref in m["parity"]["references"]:
+        ref["expected_probability"] = round(1 - ref["expected_probability"], 6)
+    (bad / "manifest.json").write_text(json.dumps(m))
+    sign_directory(bad, keys[0])
+    store.import_bundle(bad, actor="t")
+    with LiveServer(store.root, keys[1], follow_interval_s=0.1) as srv:
+        assert srv.wait_ready()["version"] == "v1"
+        store.activate("v3", actor="cli")  # the store-level activate has no parity hook: only the replica can refuse
+        deadline = time.monotonic() + 30
+        while not (body := httpx.get(f"{srv.url}/readyz").json())["refused"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert body["ready"] and body["version"] == "v1" and "fails parity" in body["refused"]["v3"]
+        assert 'model_load_refusals_total{reason="parity_failed"} 1.0' in httpx.get(f"{srv.url}/metrics").text
 
 
 def test_a_store_pointer_to_a_tampered_bundle_is_refused_and_reported(tmp_path: Path, keys, bundles) -> None:

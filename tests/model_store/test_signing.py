@@ -6,8 +6,6 @@ import json
 import os
 import pickle
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,9 +23,7 @@ from model_store.errors import (
 )
 from model_store.predictor import Predictor
 from model_store.signing import generate_keypair, sign_directory
-from tests.utils.factories import model_state
-
-MODEL_SIGNING = Path(sys.executable).with_name("model_signing")
+from tests.utils.factories import model_state, upstream_verify
 
 
 def _flip_byte(path: Path, offset: int = -1) -> None:
@@ -52,18 +48,7 @@ def test_good_bundle_verifies(bundles: dict[str, Path], keys: tuple[Path, Path])
 
 
 def test_upstream_model_signing_command_accepts_our_bundle(bundles: dict[str, Path], keys: tuple[Path, Path]) -> None:
-    path = bundles["v1"]
-    cmd = [
-        str(MODEL_SIGNING),
-        "verify",
-        "key",
-        str(path),
-        "--signature",
-        str(path / "model.sig"),
-        "--public_key",
-        str(keys[1]),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    result = upstream_verify(bundles["v1"], keys[1])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Verification succeeded" in result.stdout
 
@@ -71,18 +56,7 @@ def test_upstream_model_signing_command_accepts_our_bundle(bundles: dict[str, Pa
 def test_upstream_model_signing_command_refuses_a_tampered_bundle(bundle_copy, keys: tuple[Path, Path]) -> None:
     path = bundle_copy()
     _flip_byte(path / "model.safetensors")
-    cmd = [
-        str(MODEL_SIGNING),
-        "verify",
-        "key",
-        str(path),
-        "--signature",
-        str(path / "model.sig"),
-        "--public_key",
-        str(keys[1]),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert result.returncode != 0
+    assert upstream_verify(path, keys[1]).returncode != 0
 
 
 def test_missing_signature_is_refused(bundle_copy, keys: tuple[Path, Path]) -> None:

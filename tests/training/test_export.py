@@ -14,11 +14,10 @@ from model_store.bundle import load_bundle
 from model_store.predictor import Predictor
 from model_store.store import FilesystemStore
 from tests.training.conftest import SMOKE
+from tests.utils.factories import upstream_verify
 from training.evaluate import evaluate_bundle
 from training.export import ExportError, export_run, export_to_store
 from training.train import checkpoint_sha256
-
-MODEL_SIGNING = Path(sys.executable).with_name("model_signing")
 
 
 @pytest.fixture(scope="module")
@@ -51,21 +50,7 @@ def test_export_writes_a_verified_bundle_that_matches_the_run(exported, finished
 def test_exported_bundle_passes_parity_and_upstream_verification(exported, keys) -> None:
     bundle, _ = exported
     assert Predictor(load_bundle(bundle.path, keys[1])).check_parity().passed
-    result = subprocess.run(
-        [
-            str(MODEL_SIGNING),
-            "verify",
-            "key",
-            str(bundle.path),
-            "--signature",
-            str(bundle.path / "model.sig"),
-            "--public_key",
-            str(keys[1]),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = upstream_verify(bundle.path, keys[1])
     assert result.returncode == 0, result.stdout + result.stderr
 
 

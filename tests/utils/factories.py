@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -113,3 +115,10 @@ def make_bundle(
     return write_bundle(
         out, draft_manifest(version, architecture), model_state(architecture, seed), references(), private_key
     )
+
+
+def upstream_verify(bundle_dir: Path, public_key: Path) -> subprocess.CompletedProcess[str]:
+    """The OpenSSF `model_signing verify key` command, run as a user would."""
+    cmd = [str(Path(sys.executable).with_name("model_signing")), "verify", "key", str(bundle_dir),
+           "--signature", str(bundle_dir / "model.sig"), "--public_key", str(public_key)]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
