@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +27,10 @@ from tqdm import tqdm
 from model_store.preprocessing import Preprocessor
 from model_store.zoo import build_model
 from training import metrics as M
-from training.checkpoint import file_sha256, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from training.checkpoint import file_sha256, load_checkpoint, save_checkpoint, set_rng_state
 from training.config import ConfigError, TrainConfig, validate_config
 from training.data import Augment, ImageDataset, SplitManifest, check_matches, make_split, summary
+from training.distributed import Dist, gather_rng, setup_distributed
 
 Log = Callable[[str], None]
 # Keys a resumed run may change; anything else would make it a different run.
@@ -45,27 +44,6 @@ def log_stderr(message: str) -> None:
 
 class RunError(Exception):
     """The run cannot start or continue; the message says why."""
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str) -> Dist:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; gloo on CPU, nccl on GPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def resolve_device(config: TrainConfig, d: Dist) -> torch.device:
@@ -363,7 +341,7 @@ def run(
         train_ds.set_epoch(epoch)
         loader_gen.manual_seed(config.seed * 100_003 + epoch)
         stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, device, epoch, d)
-        rngs = _gather_rng(d)
+        rngs = gather_rng(d)
         if d.main:
             recalibrate_batchnorm(core, eval_loader(calib_ds, config), device, config.optim.bn_recalibration_images)
             p, t, loss = evaluate(core, eval_loader(val_ds, config), device)
@@ -416,15 +394,6 @@ def run(
         dist.barrier()
         dist.destroy_process_group()
     return result
-
-
-def _gather_rng(d: Dist) -> list[dict[str, Any]]:
-    state = rng_state()
-    if d.world == 1:
-        return [state]
-    states: list[Any] = [None] * d.world
-    dist.all_gather_object(states, state)
-    return states
 
 
 def checkpoint_sha256(run_dir: Path) -> str:

@@ -133,3 +133,33 @@ def test_different_interpolation_gives_a_different_tensor() -> None:
 def test_spec_refuses_crop_larger_than_resize() -> None:
     with pytest.raises(ValueError, match="crop 80 is larger than resize 64"):
         preprocessing_spec(resize=64, crop=80)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_corrupted_images_only_ever_raise_image_errors(fmt: str) -> None:
+    """Whatever bytes a client sends, decoding ends in a tensor or an ImageError (a 4xx), never a crash."""
+    import random
+
+    from model_store.errors import ImageError
+
+    rng = random.Random(fmt)
+    base = image_bytes(1, (64, 48), fmt)
+    pre = Preprocessor(preprocessing_spec())
+    outcomes = {"decoded": 0, "refused": 0}
+    for _ in range(300):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 8)):
+            pos = rng.randrange(len(data))
+            op = rng.random()
+            if op < 0.6:
+                data[pos] = rng.randrange(256)
+            elif op < 0.8:
+                del data[pos : pos + rng.randint(1, 50)]
+            else:
+                data[pos:pos] = rng.randbytes(rng.randint(1, 20))
+        try:
+            assert pre(bytes(data)).shape == (3, 64, 64)
+            outcomes["decoded"] += 1
+        except ImageError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0  # the mutations really did break images
