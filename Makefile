@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # pytest exits 5 when it collected no tests: that is a broken suite, not a pass.
 test: lint

@@ -15,21 +15,24 @@ from app.settings import Settings
 
 
 def get_settings_dep(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def get_host(request: Request) -> ModelHost:
-    return request.app.state.host
+    host: ModelHost = request.app.state.host
+    return host
 
 
 def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics
+    metrics: Metrics = request.app.state.metrics
+    return metrics
 
 
 def get_loaded(request: Request) -> Loaded:
     """The model this request will be served by, pinned now."""
     try:
-        loaded = request.app.state.host.require()
+        loaded: Loaded = get_host(request).require()
     except NotReady as exc:
         raise APIError(503, "not_ready", f"no model is being served yet: {exc}", {"Retry-After": "5"}) from None
     request.state.version = loaded.version

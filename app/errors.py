@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model_store import errors as E
+from model_store.errors import describe_validation_errors
 
 
 class APIError(Exception):
@@ -51,9 +52,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"])
-        return JSONResponse(body("invalid_request", f"{where}: {first['msg']}"), status_code=422)
+        return JSONResponse(body("invalid_request", describe_validation_errors(exc.errors())), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from app.batcher import MicroBatcher
-from model_store.errors import ImageError, ModelStoreError, NothingToRollBack, ParityFailed, StoreError
-from model_store.predictor import ParityReport, Predictor
+from model_store.errors import ImageError, ModelStoreError, NothingToRollBack
+from model_store.parity import ParityReport
+from model_store.predictor import Predictor
 from model_store.preprocessing import DecodeLimits
 from model_store.store.base import AuditEntry, Store
 
@@ -92,12 +93,14 @@ class ModelHost:
         pre = predictor.preprocessor
         futures = [loop.run_in_executor(self._decode, pre, data) for _, data in images]
         results = await asyncio.gather(*futures, return_exceptions=True)
+        tensors: list[torch.Tensor] = []
         for (name, _), r in zip(images, results, strict=True):
             if isinstance(r, ImageError):
                 raise type(r)(f"{name}: {r}")
             if isinstance(r, BaseException):
                 raise r
-        return results  # type: ignore[return-value]
+            tensors.append(r)
+        return tensors
 
     async def probabilities(self, predictor: Predictor, images: Sequence[tuple[str, bytes]]) -> list[float]:
         return await self.batcher.submit(predictor, await self.preprocess(predictor, images))
@@ -134,8 +137,7 @@ class ModelHost:
             time.perf_counter() - started,
             "passed" if report.passed else "FAILED",
         )
-        if not report.passed:
-            raise ParityFailed(f"{version} fails parity: {report.summary()}")
+        report.require_pass()
         return Loaded(predictor, report, predictor.bundle.manifest_sha256, time.time())
 
     def _swap(self, loaded: Loaded, how: str) -> None:
@@ -149,7 +151,8 @@ class ModelHost:
     async def activate(self, version: str, *, actor: str, reason: str) -> tuple[AuditEntry, Loaded]:
         async with self._swap_lock:
             loaded = await self.load(version)  # nothing changes unless this passes
-            entry = await asyncio.to_thread(self.store.activate, version, actor=actor, reason=reason)
+            proof = loaded.parity.require_pass()
+            entry = await asyncio.to_thread(self.store.activate, version, actor=actor, reason=reason, proof=proof)
             self._swap(loaded, "activate")
             return entry, loaded
 
@@ -159,12 +162,8 @@ class ModelHost:
             if target is None:
                 raise NothingToRollBack("no earlier active version to roll back to")
             loaded = await self.load(target)
-
-            def same_target(bundle) -> None:  # type: ignore[no-untyped-def]
-                if bundle.version != target:
-                    raise StoreError("the store's history changed during rollback; try again")
-
-            entry = await asyncio.to_thread(self.store.rollback, actor=actor, reason=reason, check=same_target)
+            proof = loaded.parity.require_pass()
+            entry = await asyncio.to_thread(self.store.rollback, actor=actor, reason=reason, proof=proof)
             self._swap(loaded, "rollback")
             return entry, loaded
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from model_store.predictor import ParityReport
+from model_store.parity import ParityReport
 
 
 class ModelRef(BaseModel):
@@ -61,7 +61,7 @@ class ParityResponse(BaseModel):
                     abs_diff=c.abs_diff,
                     expected_decision=c.expected_decision,
                     actual_decision=c.actual_decision,
-                    passed=report.check_passed(c),
+                    passed=c.passed,
                 )
                 for c in report.checks
             ],

@@ -9,8 +9,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model_store.errors import describe_validation_errors
 
 
 class Settings(BaseSettings):
@@ -61,6 +63,12 @@ class Settings(BaseSettings):
         return self
 
 
+def settings_error(exc: ValidationError) -> str:
+    """One line naming the environment variable: `APP_MAX_BATCH: Input should be ...`."""
+    errors = [{**e, "loc": tuple(f"APP_{str(p).upper()}" for p in e["loc"])} for e in exc.errors()]
+    return describe_validation_errors(errors, "settings")
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()  # type: ignore[call-arg]
+    return Settings()

@@ -6,30 +6,21 @@ Exit codes: 0 success, 1 refused (one line on stderr saying why), 2 usage error.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model_store.errors import ModelStoreError, ParityFailed
+from model_store.errors import ModelStoreError
+from model_store.store.base import default_actor
 
 if TYPE_CHECKING:
     from model_store.store.base import AuditEntry, Store
 
 ENV_STORE = "MODEL_STORE"
 ENV_PUBLIC_KEY = "MODEL_STORE_PUBLIC_KEY"
-
-
-def _default_actor() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
 
 
 def _common_options(p: argparse.ArgumentParser, *, top_level: bool) -> None:
@@ -49,7 +40,7 @@ def _common_options(p: argparse.ArgumentParser, *, top_level: bool) -> None:
         default=default(os.environ.get(ENV_PUBLIC_KEY)),
         help=f"trusted public key PEM for verification (env {ENV_PUBLIC_KEY})",
     )
-    p.add_argument("--actor", default=default(_default_actor()), help="who, for the audit log")
+    p.add_argument("--actor", default=default(default_actor()), help="who, for the audit log")
     p.add_argument("--json", action="store_true", default=default(False), help="machine-readable output")
 
 
@@ -93,14 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("log", help="the audit log")
     return p
-
-
-def _parity_check(bundle) -> None:  # type: ignore[no-untyped-def]
-    from model_store.predictor import Predictor  # torch models load only when needed
-
-    report = Predictor(bundle).check_parity()
-    if not report.passed:
-        raise ParityFailed(f"{bundle.version} fails parity: {report.summary()}")
 
 
 def _store(args: argparse.Namespace) -> Store:
@@ -160,10 +143,14 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == "show":
         print(store.manifest(args.version).to_json_bytes().decode(), end="")
     elif cmd == "activate":
-        e = store.activate(args.version, actor=args.actor, reason=args.reason, check=_parity_check)
+        from model_store import activation  # the Predictor: torch loads only when needed
+
+        e = activation.activate(store, args.version, actor=args.actor, reason=args.reason)
         print(f"active: {e.to_version} (was {e.from_version or 'none'}); parity passed")
     elif cmd == "rollback":
-        e = store.rollback(actor=args.actor, reason=args.reason, check=_parity_check)
+        from model_store import activation
+
+        e = activation.rollback(store, actor=args.actor, reason=args.reason)
         print(f"rolled back: active {e.to_version} (was {e.from_version}); parity passed")
     elif cmd == "log":
         for e in store.audit_log():

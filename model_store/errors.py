@@ -5,6 +5,9 @@ The CLI prints `str(error)` and exits non-zero; the service maps `code` to a JSO
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 
 class ModelStoreError(Exception):
     """Base class: something was refused. `code` is stable for APIs and scripts."""
@@ -113,3 +116,22 @@ class ParityFailed(ModelStoreError):
     """The bundle's reference images do not reproduce the recorded outputs."""
 
     code = "parity_failed"
+
+
+# --- formatting ----------------------------------------------------------------------
+
+
+def describe_validation_errors(errors: Sequence[Mapping[str, Any]], source: str = "") -> str:
+    """One line for a pydantic (or FastAPI) validation error list: where, what, how many.
+
+    Every refusal of a config, manifest, setting or request body reads the same way.
+    """
+    if not errors:
+        text = "<root>: invalid"
+    else:
+        first = errors[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "<root>"
+        msg = "unknown key" if first.get("type") == "extra_forbidden" else str(first.get("msg", "invalid"))
+        more = f" (+{len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        text = f"{where}: {msg}{more}"
+    return f"{source}: {text}" if source else text

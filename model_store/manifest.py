@@ -13,11 +13,11 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from model_store.errors import ManifestInvalid
+from model_store.errors import ManifestInvalid, describe_validation_errors
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _REFERENCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -74,13 +74,32 @@ class ValidationMetrics(_Strict):
     n: int
 
 
-class DecisionSpec(_Strict):
-    threshold: Probability
+ThresholdMethod = Literal["min_expected_cost", "target_recall", "fixed"]
+
+
+class DecisionPolicy(_Strict):
+    """What a decision costs and how its threshold is chosen; training configs embed it."""
+
     positive_label: str = "damaged"
     negative_label: str = "intact"
+    cost_false_alarm: float = Field(1.0, ge=0)  # an intact parcel pulled for inspection
+    cost_miss: float = Field(5.0, ge=0)  # a damaged parcel shipped to a customer
+    method: ThresholdMethod = "min_expected_cost"
+
+    @model_validator(mode="after")
+    def _distinct_labels(self) -> DecisionPolicy:
+        if self.positive_label == self.negative_label:
+            raise ValueError("positive_label and negative_label must differ")
+        return self
+
+
+class DecisionSpec(DecisionPolicy):
+    """The policy plus the threshold it chose and the validation metrics there."""
+
+    threshold: Probability
+    method: ThresholdMethod  # stated in every manifest, no default
     cost_false_alarm: float = Field(ge=0)
     cost_miss: float = Field(ge=0)
-    method: Literal["min_expected_cost", "target_recall", "fixed"]
     validation: ValidationMetrics | None = None
 
 
@@ -165,11 +184,7 @@ def parse_manifest(raw: bytes) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "<root>"
-        raise ManifestInvalid(
-            f"manifest.json fails the schema at {where}: {first['msg']} ({exc.error_count()} problem(s))"
-        ) from None
+        raise ManifestInvalid(f"manifest.json fails the schema at {describe_validation_errors(exc.errors())}") from None
 
 
 def sha256_bytes(data: bytes) -> str:

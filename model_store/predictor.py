@@ -13,6 +13,7 @@ import torch
 
 from model_store.bundle import Bundle
 from model_store.errors import WeightsInvalid
+from model_store.parity import ParityCheck, ParityReport, parity_ok
 from model_store.preprocessing import DecodeLimits, Preprocessor
 from model_store.zoo import build_model
 
@@ -21,50 +22,6 @@ from model_store.zoo import build_model
 class Prediction:
     probability: float  # P(positive label)
     decision: str  # positive label when probability >= threshold
-
-
-@dataclass(frozen=True)
-class ParityCheck:
-    file: str
-    expected_probability: float
-    actual_probability: float
-    expected_decision: str
-    actual_decision: str
-
-    @property
-    def abs_diff(self) -> float:
-        return abs(self.actual_probability - self.expected_probability)
-
-
-@dataclass(frozen=True)
-class ParityReport:
-    version: str
-    tolerance: float
-    threshold: float
-    checks: list[ParityCheck]
-
-    @property
-    def max_abs_diff(self) -> float:
-        return max(c.abs_diff for c in self.checks)
-
-    @property
-    def passed(self) -> bool:
-        return all(self.check_passed(c) for c in self.checks)
-
-    def check_passed(self, c: ParityCheck) -> bool:
-        # A decision flip fails even inside the tolerance, since that is what a station sees,
-        # unless the recorded probability sits within the tolerance of the threshold.
-        if c.abs_diff > self.tolerance:
-            return False
-        near_threshold = abs(c.expected_probability - self.threshold) <= self.tolerance
-        return c.actual_decision == c.expected_decision or near_threshold
-
-    def summary(self) -> str:
-        flips = sum(c.actual_decision != c.expected_decision for c in self.checks)
-        return (
-            f"max abs diff {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g}), "
-            f"{flips} decision flip(s) over {len(self.checks)} reference image(s)"
-        )
 
 
 class Predictor:
@@ -119,12 +76,21 @@ class Predictor:
 
     def parity_report(self, probabilities: Sequence[float]) -> ParityReport:
         """Compare probabilities of the reference images (in manifest order) with the record."""
-        refs = self.manifest.parity.references
+        spec = self.manifest.parity
         checks = [
-            ParityCheck(r.file, r.expected_probability, p, r.expected_decision, self.decide(p))
-            for r, p in zip(refs, probabilities, strict=True)
+            ParityCheck(
+                r.file,
+                r.expected_probability,
+                p,
+                r.expected_decision,
+                self.decide(p),
+                parity_ok(
+                    r.expected_probability, p, tolerance=spec.tolerance, threshold=self.threshold, decide=self.decide
+                ),
+            )
+            for r, p in zip(spec.references, probabilities, strict=True)
         ]
-        return ParityReport(self.bundle.version, self.manifest.parity.tolerance, self.threshold, checks)
+        return ParityReport(self.bundle.version, self.bundle.manifest_sha256, spec.tolerance, self.threshold, checks)
 
 
 def _check_weights_fit(model: torch.nn.Module, bundle: Bundle) -> None:

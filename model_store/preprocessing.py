@@ -75,7 +75,7 @@ def decode(data: bytes, limits: DecodeLimits | None = None, *, exif: bool = True
     if not data:
         raise NotAnImage("image is empty (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        img: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
         for magic, name in _KNOWN_OTHER_FORMATS:
             if data.startswith(magic):
@@ -139,7 +139,7 @@ class Preprocessor:
     def transform(self, img: Image.Image) -> torch.Tensor:
         """Decoded RGB image → model input. Deterministic; no randomness here, ever."""
         spec = self.spec
-        x = F.pil_to_tensor(img)  # uint8 [3, H, W]
+        x: torch.Tensor = F.pil_to_tensor(img)  # uint8 [3, H, W]
         x = F.resize(
             x,
             [spec.resize],

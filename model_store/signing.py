@@ -56,6 +56,21 @@ def generate_keypair(out_dir: Path) -> tuple[Path, Path]:
     return private_path, public_path
 
 
+def public_key_pem(private_key: Path) -> bytes:
+    """The PEM public half of a private key file; `BundleError` when it cannot be read."""
+    try:
+        key = serialization.load_pem_private_key(Path(private_key).read_bytes(), None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise BundleError(f"cannot read private key {private_key}: {exc}") from None
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def public_key_file(private_key: Path, out: Path) -> Path:
+    """Write the public half of `private_key` to `out` (to verify what was just signed)."""
+    out.write_bytes(public_key_pem(private_key))
+    return out
+
+
 def _hashing_config() -> hashing.Config:
     # Git paths are signed like any file: a bundle holds nothing unsigned.
     return hashing.Config().set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False)

@@ -5,13 +5,15 @@ Only torchvision constructors with `weights=None`: building a model never downlo
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torchvision
 from torch import nn
 
 from model_store.errors import ManifestInvalid
-from model_store.manifest import ModelSpec
+from model_store.manifest import Architecture, ModelSpec
 
-ARCHITECTURES = ("mobilenet_v3_small", "resnet18", "efficientnet_b0")
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)  # declared once, in the manifest schema
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
@@ -19,8 +21,9 @@ def build_model(spec: ModelSpec) -> nn.Module:
     if spec.architecture not in ARCHITECTURES:
         raise ManifestInvalid(f"unknown architecture {spec.architecture!r}; known: {ARCHITECTURES}")
     try:
-        return torchvision.models.get_model(
+        model: nn.Module = torchvision.models.get_model(
             spec.architecture, weights=None, num_classes=spec.num_outputs, **spec.kwargs
         )
     except TypeError as exc:
         raise ManifestInvalid(f"model arguments {spec.kwargs} rejected: {exc}") from None
+    return model

@@ -41,3 +41,14 @@ def bundle_copy(tmp_path: Path, bundles: dict[str, Path]) -> Callable[[str], Pat
         return dest
 
     return copy
+
+
+# Fixtures that train a model, start a server or spawn processes: a test using one is an
+# end-to-end test, marked `slow` so `pytest -m "not slow"` is a quick inner loop.
+SLOW_FIXTURES = {"server", "finished_run", "data_dir", "exported", "ddp_run"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

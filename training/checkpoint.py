@@ -8,14 +8,14 @@ starts at `epoch + 1` and continues bit for bit.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from model_store.fsutil import atomic_write
 
 CHECKPOINT_FORMAT = 1
 
@@ -23,7 +23,7 @@ CHECKPOINT_FORMAT = 1
 def rng_state() -> dict[str, Any]:
     """All RNG states as plain types and tensors, so `weights_only=True` can read them."""
     version, mt, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": {"version": version, "state": list(mt), "gauss": gauss},
         "numpy": {
@@ -51,23 +51,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> str:
     """Write atomically (temp file, fsync, rename); returns the file's sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, **checkpoint}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **checkpoint}, f))
     return file_sha256(path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint without unpickling arbitrary objects."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: checkpoint format {ckpt.get('format')!r} is not {CHECKPOINT_FORMAT}")
     return ckpt

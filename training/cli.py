@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -47,16 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _public_key_of(private_key: Path, out: Path) -> Path:
-    from cryptography.hazmat.primitives import serialization
-
-    key = serialization.load_pem_private_key(private_key.read_bytes(), None)
-    out.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     if args.command == "synth":
         from training.synth import generate
@@ -73,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "export":
         import tempfile
 
+        from model_store.signing import public_key_file
+        from model_store.store.base import default_actor
         from training.export import export_run, export_to_store
 
         if args.out:
@@ -80,9 +70,10 @@ def run(args: argparse.Namespace) -> int:
             where = str(args.out)
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                pub = args.public_key or _public_key_of(args.key, Path(tmp) / "public.pem")
-                actor = f"{getpass.getuser()}@{socket.gethostname()}"
-                bundle, diff = export_to_store(args.run, args.key, args.version, args.store, pub, actor, args.data)
+                pub = args.public_key or public_key_file(args.key, Path(tmp) / "public.pem")
+                bundle, diff = export_to_store(
+                    args.run, args.key, args.version, args.store, pub, default_actor(), args.data
+                )
             where = f"store {args.store}"
         m = bundle.manifest
         print(

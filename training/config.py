@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from model_store.manifest import Architecture, Interpolation, ModelSpec, PreprocessingSpec
+from model_store.errors import describe_validation_errors
+from model_store.manifest import DecisionPolicy, ModelSpec, PreprocessingSpec
 
 
 class ConfigError(Exception):
@@ -30,22 +31,26 @@ class DataConfig(_Section):
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
 
 
-class ModelConfig(_Section):
-    architecture: Architecture = "mobilenet_v3_small"
-    kwargs: dict[str, float | int | bool | str] = Field(default_factory=dict)
+class ModelConfig(ModelSpec):
+    """The manifest's `model` section, plus where initial weights come from."""
+
     pretrained: str = ""  # path to a local .safetensors file; never downloaded
 
+    def spec(self) -> ModelSpec:
+        return ModelSpec.model_validate(self.model_dump(exclude={"pretrained"}))
 
-class PreprocessingConfig(_Section):
-    resize: int = Field(144, gt=0)  # shorter side, pixels
-    crop: int = Field(128, gt=0)  # centre crop, pixels
-    interpolation: Interpolation = "bilinear"
-    antialias: bool = True
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-    def spec(self) -> PreprocessingSpec:
-        return PreprocessingSpec(**self.model_dump())
+# Training's defaults for the sections that go into the bundle as they are. The contract
+# (`model_store.manifest`) has no defaults for these on purpose: a manifest states them.
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {"architecture": "mobilenet_v3_small"},
+    "preprocessing": {
+        "resize": 144,  # shorter side, pixels
+        "crop": 128,  # centre crop, pixels
+        "mean": [0.485, 0.456, 0.406],  # ImageNet statistics
+        "std": [0.229, 0.224, 0.225],
+    },
+}
 
 
 class AugmentConfig(_Section):
@@ -74,13 +79,16 @@ class LoaderConfig(_Section):
     workers: int = Field(2, ge=0)
 
 
-class DecisionConfig(_Section):
-    method: Literal["min_expected_cost", "target_recall"] = "min_expected_cost"
-    cost_false_alarm: float = Field(1.0, ge=0)  # cost of flagging an intact parcel
-    cost_miss: float = Field(5.0, ge=0)  # cost of shipping a damaged one unflagged
+class DecisionConfig(DecisionPolicy):
+    """The manifest's decision policy, plus what `target_recall` aims for."""
+
     target_recall: float = Field(0.95, gt=0, le=1)  # used by method = "target_recall"
-    positive_label: str = "damaged"
-    negative_label: str = "intact"
+
+    @model_validator(mode="after")
+    def _chosen_by_training(self) -> DecisionConfig:
+        if self.method == "fixed":
+            raise ValueError("method 'fixed' is for hand-made bundles; training chooses by cost or recall")
+        return self
 
 
 class ExportConfig(_Section):
@@ -94,29 +102,33 @@ class TrainConfig(_Section):
     seed: int = 1234
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    preprocessing: PreprocessingConfig = PreprocessingConfig()
+    model: ModelConfig
+    preprocessing: PreprocessingSpec
     augment: AugmentConfig = AugmentConfig()
     optim: OptimConfig = OptimConfig()
     loader: LoaderConfig = LoaderConfig()
     decision: DecisionConfig = DecisionConfig()
     export: ExportConfig = ExportConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _training_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for section, defaults in _DEFAULTS.items():
+            given = merged.get(section, {})
+            merged[section] = {**defaults, **given} if isinstance(given, dict) else given
+        return merged
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.preprocessing.crop > self.preprocessing.resize:
-            raise ValueError("preprocessing.crop must not exceed preprocessing.resize")
-        if self.decision.positive_label == self.decision.negative_label:
-            raise ValueError("decision.positive_label and negative_label must differ")
         if self.data.val_fraction + self.data.test_fraction >= 0.8:
             raise ValueError("data.val_fraction + data.test_fraction leaves too little to train on")
         return self
 
     def to_json_bytes(self) -> bytes:
         return (json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n").encode()
-
-    def model_spec(self) -> ModelSpec:
-        return ModelSpec(architecture=self.model.architecture, kwargs=dict(self.model.kwargs))
 
     @property
     def sha256(self) -> str:
@@ -159,7 +171,18 @@ def validate_config(data: dict[str, Any], source: str = "config") -> TrainConfig
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "<root>"
-        kind = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ConfigError(f"{source}: {where}: {kind}") from None
+        raise ConfigError(describe_validation_errors(exc.errors(), source)) from None
+
+
+def config_from_run(run_dir: Path) -> TrainConfig:
+    """The resolved config a run directory was started with."""
+    path = Path(run_dir) / "config.json"
+    try:
+        raw = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{run_dir} is not a run directory (no config.json)") from None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    return validate_config(data, str(path))

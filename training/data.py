@@ -80,7 +80,7 @@ class SplitManifest:
             seed=data["seed"],
             val_fraction=data["val_fraction"],
             test_fraction=data["test_fraction"],
-            labels=tuple(data["labels"]),  # type: ignore[arg-type]
+            labels=(data["labels"][0], data["labels"][1]),
         )
 
     def write(self, path: Path) -> None:
@@ -232,6 +232,6 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
 def summary(manifest: SplitManifest) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for split in ("train", "val", "test"):
-        items = manifest.select(split)  # type: ignore[arg-type]
+        items = manifest.select(split)
         out[split] = {label: sum(i.label == label for i in items) for label in manifest.labels}
     return out

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from model_store.bundle import load_bundle
 from model_store.predictor import Predictor
 from training import metrics as M
-from training.data import DataError, Item, make_split, scan
-from training.train import ranking_metrics
+from training.data import DataError, Item, Split, make_split, scan
 
 
 def evaluate_bundle(
-    bundle_dir: Path, public_key: Path, data_dir: Path, split: str = "test", batch_size: int | None = None
+    bundle_dir: Path,
+    public_key: Path,
+    data_dir: Path,
+    split: Split | Literal["all"] = "test",
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """`split="test"` rebuilds the training split and refuses data that differs from it;
     `split="all"` evaluates every image (a new data set, e.g. real photos)."""
@@ -32,7 +35,7 @@ def evaluate_bundle(
                 f"{data_dir} is not the data set {m.version} was trained on (split manifest differs); "
                 "use --split all to evaluate on other data"
             )
-        items = manifest.select(split)  # type: ignore[arg-type]
+        items = manifest.select(split)
     batch_size = batch_size or int(m.lineage.config.get("optim", {}).get("batch_size", 32))
     predictor = Predictor(bundle)
     probs: list[float] = []
@@ -48,6 +51,6 @@ def evaluate_bundle(
     return {
         "version": m.version,
         "split": split,
-        **ranking_metrics(split, p, t, loss),
+        **M.ranking_metrics(split, p, t, loss),
         "at_threshold": op.as_dict(),
     }

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from model_store.bundle import Bundle, ReferenceInput, current_environment, write_bundle
+from model_store.bundle import Bundle
 from model_store.errors import ModelStoreError
 from model_store.manifest import (
     DecisionSpec,
@@ -25,11 +25,12 @@ from model_store.manifest import (
     ReferenceImage,
     ValidationMetrics,
 )
+from model_store.parity import parity_ok
 from model_store.predictor import Predictor
+from model_store.writer import ReferenceInput, current_environment, write_bundle
 from training.checkpoint import load_checkpoint
-from training.config import TrainConfig
+from training.config import TrainConfig, config_from_run
 from training.data import SplitManifest, check_matches
-from training.train import config_from_run
 
 
 class ExportError(Exception):
@@ -61,8 +62,8 @@ def _manifest(
         name=config.export.name,
         version=version,
         created_at=datetime.now(UTC),
-        model=config.model_spec(),
-        preprocessing=config.preprocessing.spec(),
+        model=config.model.spec(),
+        preprocessing=config.preprocessing,
         decision=DecisionSpec(
             threshold=evaluation["threshold"],
             positive_label=dc.positive_label,
@@ -82,7 +83,7 @@ def _manifest(
             checkpoint_sha256=evaluation["checkpoint_sha256"],
             code_revision=meta["code_revision"],
         ),
-        environment=current_environment(meta.get("device", "cpu")),
+        environment=current_environment(meta.get("device", "unknown")),  # runs before 0.2 did not record it
         weights_sha256="0" * 64,
         parity=ParitySpec(tolerance=config.export.parity_tolerance, references=[placeholder]),
     )
@@ -98,11 +99,10 @@ def check_against_training(bundle: Bundle, data_dir: Path, evaluation: dict[str,
         chunk = rows[start : start + batch_size]
         outputs = predictor.predict([(data_dir / r["path"]).read_bytes() for r in chunk])
         for r, o in zip(chunk, outputs, strict=True):
-            diff = abs(o.probability - r["probability"])
-            worst = max(worst, diff)
-            trained_decision = predictor.decide(r["probability"])
-            near_threshold = abs(r["probability"] - predictor.threshold) <= tol
-            if diff > tol or (o.decision != trained_decision and not near_threshold):
+            worst = max(worst, abs(o.probability - r["probability"]))
+            if not parity_ok(
+                r["probability"], o.probability, tolerance=tol, threshold=predictor.threshold, decide=predictor.decide
+            ):
                 raise ExportError(
                     f"the exported bundle disagrees with training on {r['path']}: "
                     f"{o.probability:.6f} vs {r['probability']:.6f} (tolerance {tol:g})"

@@ -17,9 +17,10 @@ from model_store.zoo import build_model
 from training import metrics as M
 from training.checkpoint import file_sha256, load_checkpoint
 from training.config import TrainConfig
-from training.data import ImageDataset, SplitManifest
+from training.data import ImageDataset, Split, SplitManifest
+from training.loops import eval_loader, evaluate
+from training.progress import Log
 from training.report import write_report
-from training.train import Log, eval_loader, evaluate, ranking_metrics
 
 
 def finalize(
@@ -27,18 +28,19 @@ def finalize(
 ) -> dict[str, Any]:
     best_path = run_dir / "checkpoints" / "best.pt"
     ckpt = load_checkpoint(best_path)
-    model = build_model(config.model_spec())
+    model = build_model(config.model.spec())
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
 
-    pre = Preprocessor(config.preprocessing.spec())
+    pre = Preprocessor(config.preprocessing)
     positive = config.decision.positive_label
     results: dict[str, Any] = {}
     predictions: dict[str, list[dict[str, Any]]] = {}
-    for name in ("val", "test"):
-        ds = ImageDataset(data_dir, split.select(name), pre, positive)  # type: ignore[arg-type]
-        p, t, loss = evaluate(model, eval_loader(ds, config), device)
-        results[name] = (p, t, ranking_metrics(name, p, t, loss))
+    names: tuple[Split, Split] = ("val", "test")
+    for name in names:
+        ds = ImageDataset(data_dir, split.select(name), pre, positive)
+        p, t, loss = evaluate(model, eval_loader(ds, config.optim.batch_size, config.loader.workers), device)
+        results[name] = (p, t, M.ranking_metrics(name, p, t, loss))
         predictions[name] = [
             {"path": item.path, "label": item.label, "probability": float(prob)}
             for item, prob in zip(ds.items, p, strict=True)

@@ -34,6 +34,16 @@ def roc_auc(probs: object, targets: object) -> float:
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def ranking_metrics(prefix: str, probs: np.ndarray, targets: np.ndarray, loss: float) -> dict[str, float]:
+    """Loss, accuracy at 0.5, ROC-AUC and PR-AUC, keyed `{prefix}_...` as runs report them."""
+    return {
+        f"{prefix}_loss": loss,
+        f"{prefix}_accuracy": float(((probs >= 0.5) == targets).mean()),
+        f"{prefix}_roc_auc": roc_auc(probs, targets),
+        f"{prefix}_pr_auc": average_precision(probs, targets),
+    }
+
+
 def roc_curve(probs: object, targets: object) -> tuple[np.ndarray, np.ndarray]:
     """(false positive rate, true positive rate) as the threshold sweeps from high to low."""
     p, y = _arrays(probs, targets)
@@ -114,7 +124,8 @@ def candidate_thresholds(probs: object) -> np.ndarray:
     that case; midpoints keep every validation decision the same with the widest margin.
     """
     u = np.unique(np.asarray(probs, dtype=np.float64))
-    return np.r_[0.0, (u[:-1] + u[1:]) / 2, 1.0]
+    candidates: np.ndarray = np.r_[0.0, (u[:-1] + u[1:]) / 2, 1.0]
+    return candidates
 
 
 def cost_curve(

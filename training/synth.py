@@ -25,7 +25,8 @@ _BACKGROUNDS = [(70, 70, 75), (110, 105, 100), (40, 45, 50), (150, 150, 140), (9
 
 
 def _jitter(rng: random.Random, c: tuple[int, int, int], amount: int) -> tuple[int, int, int]:
-    return tuple(max(0, min(255, v + rng.randint(-amount, amount))) for v in c)  # type: ignore[return-value]
+    r, g, b = (max(0, min(255, v + rng.randint(-amount, amount))) for v in c)
+    return r, g, b
 
 
 def _box_geometry(rng: random.Random) -> tuple[list[Point], list[Point], list[Point]]:

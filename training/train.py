@@ -11,35 +11,30 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from model_store.preprocessing import Preprocessor
 from model_store.zoo import build_model
-from training import metrics as M
-from training.checkpoint import file_sha256, load_checkpoint, save_checkpoint, set_rng_state
-from training.config import ConfigError, TrainConfig, validate_config
+from training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from training.config import TrainConfig
 from training.data import Augment, ImageDataset, SplitManifest, check_matches, make_split, summary
 from training.distributed import Dist, gather_rng, setup_distributed
+from training.finalize import finalize
+from training.loops import eval_loader, evaluate, recalibrate_batchnorm, train_one_epoch
+from training.metrics import ranking_metrics
+from training.progress import Log, log_stderr
 
-Log = Callable[[str], None]
-# Keys a resumed run may change; anything else would make it a different run.
-RESUMABLE_CHANGES = {"optim.epochs", "loader.workers", "device"}
-
-
-def log_stderr(message: str) -> None:
-    """Progress lines on stderr, printed around any active progress bar."""
-    tqdm.write(message, file=sys.stderr)
+# Keys a resumed run may change: they do not alter a single number the run computes
+# (augmentation randomness is a function of (seed, epoch, index), not of the workers).
+# Anything else, `optim.epochs` included (it reshapes the learning-rate schedule), would
+# make the result match neither run, so resume refuses it and names the key.
+RESUMABLE_CHANGES = {"loader.workers"}
 
 
 class RunError(Exception):
@@ -90,7 +85,9 @@ def load_pretrained(model: nn.Module, path: str, log: Log) -> None:
     log(f"pretrained: loaded {len(usable)}/{len(own)} tensors from {p} (the rest, e.g. the head, stay new)")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):  # type: ignore[no-untyped-def]
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up then cosine decay to zero, per optimizer step."""
     total = max(1, config.optim.epochs * steps_per_epoch)
     warmup = min(total - 1, config.optim.warmup_epochs * steps_per_epoch)
@@ -101,121 +98,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler | None,
-    device: torch.device,
-    epoch: int,
-    d: Dist,
-) -> dict[str, float]:
-    model.train()
-    loss_fn = nn.BCEWithLogitsLoss()
-    total_loss, seen, start = 0.0, 0, time.perf_counter()
-    # A terminal gets a live bar; a log file gets an update every 10 s instead of 10 per second.
-    interval = 0.5 if sys.stderr.isatty() else 10.0
-    bar = tqdm(
-        loader,
-        desc=f"epoch {epoch}",
-        unit="batch",
-        disable=not d.main,
-        leave=False,
-        file=sys.stderr,
-        mininterval=interval,
-    )
-    for x, y, _ in bar:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, enabled=scaler is not None):
-            loss = loss_fn(model(x)[:, 0], y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-        total_loss += loss.item() * len(y)
-        seen += len(y)
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-    seconds = time.perf_counter() - start
-    totals = torch.tensor([total_loss, float(seen)], dtype=torch.float64)
-    if d.world > 1:
-        dist.all_reduce(totals)
-    return {
-        "train_loss": float(totals[0] / totals[1]),
-        "train_images_per_s": float(totals[1]) / seconds,
-        "epoch_seconds": seconds,
-    }
-
-
-def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device, max_images: int) -> None:
-    """Precise BN: exact batch-norm statistics over `max_images` un-augmented training images.
-
-    Only BN layers switch to train mode, so dropout draws no random numbers and the run's
-    RNG stream (and therefore resume) is unaffected.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns or max_images <= 0:
-        return
-    model.eval()
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average = the exact mean over batches
-        m.train()
-    seen = 0
-    with torch.no_grad():
-        for x, _, _ in loader:
-            model(x.to(device))
-            seen += len(x)
-            if seen >= max_images:
-                break
-    for m, momentum in zip(bns, saved, strict=True):
-        m.momentum = momentum
-    model.eval()
-
-
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
-    """(probabilities, targets, mean BCE loss) in eval mode, under inference_mode."""
-    model.eval()
-    probs, targets, total = [], [], 0.0
-    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
-    with torch.inference_mode():
-        for x, y, _ in loader:
-            logits = model(x.to(device))[:, 0].float().cpu()
-            total += loss_fn(logits, y).item()
-            probs.append(torch.sigmoid(logits))
-            targets.append(y)
-    p = torch.cat(probs).numpy().astype(np.float64)
-    t = torch.cat(targets).numpy().astype(np.int64)
-    return p, t, total / max(1, len(t))
-
-
-def eval_loader(dataset: ImageDataset, config: TrainConfig) -> DataLoader:
-    # Its own generator: starting an iterator draws a worker seed, and drawing it from the
-    # global RNG would shift dropout's random stream and break bitwise resume.
-    return DataLoader(
-        dataset,
-        batch_size=config.optim.batch_size,
-        shuffle=False,
-        num_workers=config.loader.workers,
-        generator=torch.Generator().manual_seed(0),
-    )
-
-
-def ranking_metrics(prefix: str, probs: np.ndarray, targets: np.ndarray, loss: float) -> dict[str, float]:
-    return {
-        f"{prefix}_loss": loss,
-        f"{prefix}_accuracy": float(((probs >= 0.5) == targets).mean()),
-        f"{prefix}_roc_auc": M.roc_auc(probs, targets),
-        f"{prefix}_pr_auc": M.average_precision(probs, targets),
-    }
 
 
 def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> set[str]:
@@ -230,8 +112,15 @@ def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return out
 
 
+def device_description(device: torch.device) -> str:
+    """What the bundle's `environment.device` records: `cpu`, or `cuda (<GPU name>)`."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
 def prepare_run(
-    config: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, d: Dist, log: Log
+    config: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, d: Dist, device: torch.device, log: Log
 ) -> tuple[TrainConfig, SplitManifest]:
     """Create or re-open a run directory; refuse anything that would silently change it."""
     ckpt = run_dir / "checkpoints" / "last.pt"
@@ -241,7 +130,10 @@ def prepare_run(
         saved = json.loads((run_dir / "config.json").read_text())
         changed = _config_diff(saved, config.model_dump(mode="json")) - RESUMABLE_CHANGES
         if changed:
-            raise RunError(f"--resume cannot change {sorted(changed)}; start a new run directory instead")
+            raise RunError(
+                f"--resume cannot change {', '.join(sorted(changed))}: the result would match neither run; "
+                "start a new run directory instead"
+            )
         split = SplitManifest.from_json_bytes((run_dir / "split.json").read_bytes())
         check_matches(split, data_dir)
     else:
@@ -261,6 +153,7 @@ def prepare_run(
         split.write(run_dir / "split.json")
         meta = {
             "data_dir": str(Path(data_dir).resolve()),
+            "device": device_description(device),
             "code_revision": code_revision(),
             "dataset_fingerprint": split.fingerprint,
             "split": summary(split),
@@ -284,19 +177,21 @@ def run(
         config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
     device = resolve_device(config, d)
-    config, split = prepare_run(config, data_dir, Path(run_dir), resume, d, log)
+    config, split = prepare_run(config, data_dir, Path(run_dir), resume, d, device, log)
     if d.world > 1:
         dist.barrier()
 
     torch.manual_seed(config.seed)
-    pre = Preprocessor(config.preprocessing.spec())
+    pre = Preprocessor(config.preprocessing)
     aug = config.augment
-    augment = Augment(aug.hflip, aug.rotate_degrees, aug.brightness, aug.contrast, tuple(aug.crop_scale))  # type: ignore[arg-type]
+    augment = Augment(aug.hflip, aug.rotate_degrees, aug.brightness, aug.contrast, aug.crop_scale)
     positive = config.decision.positive_label
     train_ds = ImageDataset(data_dir, split.select("train"), pre, positive, augment, config.seed)
     val_ds = ImageDataset(data_dir, split.select("val"), pre, positive)
     calib_ds = ImageDataset(data_dir, split.select("train"), pre, positive)  # no augmentation
-    sampler = DistributedSampler(train_ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=config.seed)
+    sampler: DistributedSampler[tuple[torch.Tensor, torch.Tensor, int]] = DistributedSampler(
+        train_ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=config.seed
+    )
     loader_gen = torch.Generator()
     train_loader = DataLoader(
         train_ds,
@@ -307,7 +202,7 @@ def run(
         drop_last=False,
     )
 
-    model = build_model(config.model_spec())
+    model = build_model(config.model.spec())
     if config.model.pretrained and not resume:
         load_pretrained(model, config.model.pretrained, log)
     model.to(device)
@@ -343,15 +238,18 @@ def run(
         stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, device, epoch, d)
         rngs = gather_rng(d)
         if d.main:
-            recalibrate_batchnorm(core, eval_loader(calib_ds, config), device, config.optim.bn_recalibration_images)
-            p, t, loss = evaluate(core, eval_loader(val_ds, config), device)
+            batch, workers = config.optim.batch_size, config.loader.workers
+            recalibrate_batchnorm(
+                core, eval_loader(calib_ds, batch, workers), device, config.optim.bn_recalibration_images
+            )
+            p, t, loss = evaluate(core, eval_loader(val_ds, batch, workers), device)
             row = {
                 "epoch": epoch,
                 "lr": scheduler.get_last_lr()[0],
                 **stats,
                 **ranking_metrics("val", p, t, loss),
             }
-            score = sign * row[config.optim.select_metric]
+            score = sign * float(row[config.optim.select_metric])
             improved = score < best
             if improved:
                 best, best_epoch = score, epoch
@@ -387,21 +285,8 @@ def run(
 
     result = None
     if d.main:
-        from training.finalize import finalize
-
         result = finalize(config, split, data_dir, Path(run_dir), device, log)
     if d.world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return result
-
-
-def checkpoint_sha256(run_dir: Path) -> str:
-    return file_sha256(Path(run_dir) / "checkpoints" / "best.pt")
-
-
-def config_from_run(run_dir: Path) -> TrainConfig:
-    try:
-        return validate_config(json.loads((Path(run_dir) / "config.json").read_text()), str(run_dir))
-    except FileNotFoundError:
-        raise ConfigError(f"{run_dir} is not a run directory (no config.json)") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
@@ -45,7 +46,7 @@ async def list_versions(_: AdminDep, host: HostDep) -> VersionsResponse:
 
 
 @router.get("/{version}")
-async def show_version(version: str, _: AdminDep, host: HostDep) -> dict:  # type: ignore[type-arg]
+async def show_version(version: str, _: AdminDep, host: HostDep) -> dict[str, Any]:
     manifest = await asyncio.to_thread(host.store.manifest, version)
     return manifest.model_dump(mode="json")
 

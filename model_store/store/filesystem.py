@@ -22,7 +22,6 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -37,26 +36,20 @@ from model_store.errors import (
     VersionConflict,
     VersionNotFound,
 )
+from model_store.fsutil import atomic_write_bytes, fsync_dir
 from model_store.manifest import Manifest, parse_manifest, sha256_bytes
+from model_store.parity import ParityProof
 from model_store.store.base import (
     Action,
-    ActivationCheck,
     AuditEntry,
     ImportResult,
     Store,
     VersionInfo,
+    check_proof,
     check_version_name,
 )
 
 _EMPTY_STATE: dict[str, Any] = {"active": None, "history": [], "seq": 0, "last": None}
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _now() -> str:
@@ -66,6 +59,7 @@ def _now() -> str:
 class FilesystemStore(Store):
     def __init__(self, root: Path, public_key: Path | None = None) -> None:
         self.root = Path(root)
+        self.location = str(self.root)
         self.public_key = Path(public_key) if public_key else None
         self._versions = self.root / "versions"
         self._staging = self.root / ".staging"
@@ -85,14 +79,15 @@ class FilesystemStore(Store):
         except FileNotFoundError:
             return dict(_EMPTY_STATE)
         try:
-            state = json.loads(raw)
+            state: dict[str, Any] = json.loads(raw)
         except json.JSONDecodeError:
             # Unreachable through this code (atomic replace); someone edited it by hand.
             raise StoreError(f"{self._state_file} is not valid JSON; restore it from backup") from None
         return state
 
     def active_version(self) -> str | None:
-        return self._state()["active"]
+        active: str | None = self._state()["active"]
+        return active
 
     def previous_version(self) -> str | None:
         history = self._state()["history"]
@@ -197,18 +192,7 @@ class FilesystemStore(Store):
             reason=reason,
         )
         new_state = {**state, **changes, "seq": entry.seq, "last": entry.to_dict()}
-        fd, tmp = tempfile.mkstemp(prefix=".state.", dir=self.root)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(json.dumps(new_state, indent=2, sort_keys=True).encode())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._state_file)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(self.root)
+        atomic_write_bytes(self._state_file, json.dumps(new_state, indent=2, sort_keys=True).encode())
         self._append_audit(entry.to_dict())
         return entry
 
@@ -231,7 +215,7 @@ class FilesystemStore(Store):
                 load_bundle(staging, key)  # the copy is what we keep: verify it, not the source
                 _make_read_only(staging)
                 os.rename(staging, target)
-                _fsync_dir(self._versions)
+                fsync_dir(self._versions)
             except BaseException:
                 if staging.exists():
                     _make_writable(staging)
@@ -240,28 +224,29 @@ class FilesystemStore(Store):
             self._commit(state, "import", actor, reason, None, version)
         return ImportResult(version, created=True)
 
-    def activate(
-        self, version: str, *, actor: str, reason: str = "", check: ActivationCheck | None = None
-    ) -> AuditEntry:
+    def _stored_manifest_sha256(self, version: str) -> str:
+        return sha256_bytes((self._version_dir(version) / "manifest.json").read_bytes())
+
+    def activate(self, version: str, *, actor: str, reason: str = "", proof: ParityProof) -> AuditEntry:
         with self._locked() as state:
-            bundle = self.load(version)
-            if check is not None:
-                check(bundle)
+            check_proof(proof, version, self._stored_manifest_sha256(version))
             current = state["active"]
             history = list(state["history"])
             if current is not None and current != version:
                 history.append(current)
             return self._commit(state, "activate", actor, reason, current, version, active=version, history=history)
 
-    def rollback(self, *, actor: str, reason: str = "", check: ActivationCheck | None = None) -> AuditEntry:
+    def rollback(self, *, actor: str, reason: str = "", proof: ParityProof) -> AuditEntry:
         with self._locked() as state:
             history = list(state["history"])
             if not history:
                 raise NothingToRollBack("no earlier active version to roll back to")
             target = history.pop()
-            bundle = self.load(target)
-            if check is not None:
-                check(bundle)
+            if proof.version != target:
+                raise StoreError(
+                    f"the store would roll back to {target}, not {proof.version}: its history changed; try again"
+                )
+            check_proof(proof, target, self._stored_manifest_sha256(target))
             return self._commit(
                 state,
                 "rollback",

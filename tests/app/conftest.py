@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from model_store import activation
 from model_store.store import FilesystemStore
 from tests.utils.server import ADMIN_TOKEN, LiveServer
 
@@ -16,7 +17,7 @@ def store(tmp_path: Path, keys, bundles) -> FilesystemStore:
     s = FilesystemStore(tmp_path / "store", keys[1])
     for v in ("v1", "v2"):
         s.import_bundle(bundles[v], actor="fixture")
-    s.activate("v1", actor="fixture")
+    activation.activate(s, "v1", actor="fixture")
     return s
 
 

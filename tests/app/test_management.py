@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import httpx
 import pytest
 
-from model_store.signing import sign_directory
+from tests.utils.archives import HOSTILE_KINDS, hostile_tar, tar_of
+from tests.utils.bundles import failing_parity_copy, snapshot
 from tests.utils.factories import make_bundle
 from tests.utils.server import ADMIN_TOKEN, LiveServer, admin
 
-
-def _tar(root: Path, arcname: str = "bundle") -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(root, arcname=arcname)
-    return buf.getvalue()
-
-
-def _snapshot(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"
-    }
+pytestmark = pytest.mark.slow  # real servers / subprocesses
 
 
 def _upload(server: LiveServer, data: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -53,11 +41,11 @@ def test_management_is_off_without_a_token(store, keys) -> None:
     "headers", [{}, {"Authorization": "Bearer wrong-token-wrong-token"}, {"Authorization": "Basic x"}]
 )
 def test_management_needs_the_right_bearer_token(server: LiveServer, store, headers: dict[str, str]) -> None:
-    before = _snapshot(store.root)
+    before = snapshot(store.root)
     r = httpx.post(f"{server.url}/v1/models/v2/activate", headers=headers)
     assert r.status_code == 401 and r.json()["error"] == "unauthorized"
     assert r.headers["www-authenticate"] == "Bearer"
-    assert _snapshot(store.root) == before
+    assert snapshot(store.root) == before
 
 
 def test_list_and_show(server: LiveServer) -> None:
@@ -73,9 +61,9 @@ def test_list_and_show(server: LiveServer) -> None:
 
 def test_upload_activate_rollback(server: LiveServer, store, keys, tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "v3", keys[0], version="v3", seed=3).path
-    r = _upload(server, _tar(bundle))
+    r = _upload(server, tar_of(bundle))
     assert r.status_code == 201 and r.json() == {"version": "v3", "created": True}
-    again = _upload(server, _tar(bundle))
+    again = _upload(server, tar_of(bundle))
     assert again.status_code == 200 and again.json()["created"] is False
 
     r = httpx.post(
@@ -102,18 +90,6 @@ def test_upload_activate_rollback(server: LiveServer, store, keys, tmp_path: Pat
     assert store.active_version() == "v1" and server.wait_ready()["version"] == "v1"
 
 
-def _altered_parity_bundle(src: Path, keys, tmp_path: Path, version: str) -> Path:
-    path = tmp_path / version
-    shutil.copytree(src, path)
-    m = json.loads((path / "manifest.json").read_text())
-    m["version"] = version
-    for ref in m["parity"]["references"]:
-        ref["expected_probability"] = round(1 - ref["expected_probability"], 6)
-    (path / "manifest.json").write_text(json.dumps(m))
-    sign_directory(path, keys[0])  # signed with the right key: only parity can catch it
-    return path
-
-
 def test_parity_endpoint_passes_for_the_served_bundle(server: LiveServer) -> None:
     r = httpx.get(f"{server.url}/v1/parity")
     assert r.status_code == 200
@@ -123,8 +99,8 @@ def test_parity_endpoint_passes_for_the_served_bundle(server: LiveServer) -> Non
 
 
 def test_a_bundle_failing_parity_can_never_become_active(server: LiveServer, store, bundles, keys, tmp_path) -> None:
-    bad = _altered_parity_bundle(bundles["v2"], keys, tmp_path, "v2-bad")
-    assert _upload(server, _tar(bad)).status_code == 201  # it verifies: signature and digests are fine
+    bad = failing_parity_copy(bundles["v2"], tmp_path / "v2-bad", keys[0], "v2-bad")
+    assert _upload(server, tar_of(bad)).status_code == 201  # it verifies: signature and digests are fine
 
     r = httpx.get(f"{server.url}/v1/parity", params={"version": "v2-bad"}, headers=admin(), timeout=60)
     assert r.status_code == 409
@@ -141,35 +117,12 @@ def test_a_bundle_failing_parity_can_never_become_active(server: LiveServer, sto
     assert httpx.get(f"{server.url}/v1/parity", params={"version": "v2"}).status_code == 401
 
 
-def _evil_tar(kind: str, good: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(good, arcname="bundle")
-        if kind == "traversal":
-            info = tarfile.TarInfo("../escaped.txt")
-            info.size = 4
-            tar.addfile(info, io.BytesIO(b"evil"))
-        elif kind == "absolute":
-            info = tarfile.TarInfo("/tmp/absolute-escape.txt")
-            info.size = 4
-            tar.addfile(info, io.BytesIO(b"evil"))
-        elif kind == "symlink":
-            info = tarfile.TarInfo("bundle/reference/link.jpg")
-            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
-            tar.addfile(info)
-        elif kind == "device":
-            info = tarfile.TarInfo("bundle/dev")
-            info.type = tarfile.CHRTYPE
-            tar.addfile(info)
-    return buf.getvalue()
-
-
-@pytest.mark.parametrize("kind", ["traversal", "absolute", "symlink", "device"])
+@pytest.mark.parametrize("kind", HOSTILE_KINDS)
 def test_unsafe_archives_are_refused_and_change_nothing(server: LiveServer, store, bundles, kind: str) -> None:
-    before = _snapshot(store.root)
-    r = _upload(server, _evil_tar(kind, bundles["v1"]))
+    before = snapshot(store.root)
+    r = _upload(server, hostile_tar(kind, bundles["v1"]))
     assert r.status_code == 422 and r.json()["error"] == "unsafe_archive", r.text
-    assert _snapshot(store.root) == before
+    assert snapshot(store.root) == before
     assert not Path("/tmp/absolute-escape.txt").exists()
 
 
@@ -182,18 +135,18 @@ def test_tampered_uploads_are_refused_and_change_nothing(server, store, bundles,
     (path / "manifest.json").write_text(json.dumps(m))  # changed after signing
     if tamper == "unsigned":
         (path / "model.sig").unlink()
-    data = b"this is not a tar archive" if tamper == "not_a_tar" else _tar(path)
-    before = _snapshot(store.root)
+    data = b"this is not a tar archive" if tamper == "not_a_tar" else tar_of(path)
+    before = snapshot(store.root)
     r = _upload(server, data)
     expected = {"flip": "bundle_tampered", "unsigned": "signature_missing", "not_a_tar": "unsafe_archive"}[tamper]
     assert r.status_code == 422 and r.json()["error"] == expected, r.text
-    assert _snapshot(store.root) == before
+    assert snapshot(store.root) == before
 
 
 def test_upload_limits_and_content_type(store, keys, bundles) -> None:
     with LiveServer(store.root, keys[1], admin_token=ADMIN_TOKEN, max_upload_bytes=1_000_000) as srv:
         srv.wait_ready()
-        r = _upload(srv, _tar(bundles["v1"]))
+        r = _upload(srv, tar_of(bundles["v1"]))
         assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
         r = httpx.post(f"{srv.url}/v1/models", content=b"{}", headers={**admin(), "Content-Type": "application/json"})
         assert r.status_code == 415

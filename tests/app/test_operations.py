@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,10 +14,15 @@ import pytest
 from pydantic import ValidationError
 
 from app.settings import Settings
-from model_store.signing import sign_directory
+from model_store import activation
 from model_store.store import FilesystemStore
+from tests.utils.bundles import failing_parity_copy, proof_from_elsewhere
 from tests.utils.factories import image_bytes
 from tests.utils.server import ADMIN_TOKEN, LiveServer
+from tests.utils.sockets import listening_addresses
+from tests.utils.waiting import eventually
+
+pytestmark = pytest.mark.slow  # real servers / subprocesses
 
 
 def test_not_ready_until_a_version_is_active_then_follows_the_store(tmp_path: Path, keys, bundles) -> None:
@@ -33,34 +36,23 @@ def test_not_ready_until_a_version_is_active_then_follows_the_store(tmp_path: Pa
         assert p.status_code == 503 and p.json()["error"] == "not_ready"
         assert httpx.get(f"{srv.url}/v1/parity").status_code == 503
 
-        store.activate("v1", actor="cli")  # another process (the CLI, or another replica) moves the pointer
+        activation.activate(store, "v1", actor="cli")  # another process (the CLI, a replica) moves the pointer
         assert srv.wait_ready(timeout=30)["version"] == "v1"
         store.import_bundle(bundles["v2"], actor="t")
-        store.activate("v2", actor="cli")
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{srv.url}/readyz").json().get("version") != "v2":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        activation.activate(store, "v2", actor="cli")
+        eventually(lambda: httpx.get(f"{srv.url}/readyz").json().get("version") == "v2", what="v2 served")
         assert httpx.get(f"{srv.url}/readyz").json()["refused"] == {}
 
 
 def test_a_replica_keeps_serving_when_the_store_points_at_a_bad_bundle(store, keys, bundles, tmp_path) -> None:
-    bad = tmp_path / "v3"
-    shutil.copytree(bundles["v2"], bad)
-    m = json.loads((bad / "manifest.json").read_text())
-    m["version"] = "v3"
-    for ref in m["parity"]["references"]:
-        ref["expected_probability"] = round(1 - ref["expected_probability"], 6)
-    (bad / "manifest.json").write_text(json.dumps(m))
-    sign_directory(bad, keys[0])
+    bad = failing_parity_copy(bundles["v2"], tmp_path / "v3", keys[0], "v3")
     store.import_bundle(bad, actor="t")
     with LiveServer(store.root, keys[1], follow_interval_s=0.1) as srv:
         assert srv.wait_ready()["version"] == "v1"
-        store.activate("v3", actor="cli")  # the store-level activate has no parity hook: only the replica can refuse
-        deadline = time.monotonic() + 30
-        while not (body := httpx.get(f"{srv.url}/readyz").json())["refused"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        # Another machine (other kernels, other outputs) proved v3 and moved the pointer;
+        # this replica runs its own parity before serving, and refuses.
+        store.activate("v3", actor="replica-b", proof=proof_from_elsewhere(store.bundle_dir("v3")))
+        body = eventually(lambda: (b := httpx.get(f"{srv.url}/readyz").json())["refused"] and b, what="v3 refused")
         assert body["ready"] and body["version"] == "v1" and "fails parity" in body["refused"]["v3"]
         assert 'model_load_refusals_total{reason="parity_failed"} 1.0' in httpx.get(f"{srv.url}/metrics").text
 
@@ -68,23 +60,31 @@ def test_a_replica_keeps_serving_when_the_store_points_at_a_bad_bundle(store, ke
 def test_a_store_pointer_to_a_tampered_bundle_is_refused_and_reported(tmp_path: Path, keys, bundles) -> None:
     store = FilesystemStore(tmp_path / "store", keys[1])
     store.import_bundle(bundles["v1"], actor="t")
-    store.activate("v1", actor="t")
+    activation.activate(store, "v1", actor="t")
     weights = store.bundle_dir("v1") / "model.safetensors"
     os.chmod(weights, 0o644)
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
     with LiveServer(store.root, keys[1]) as srv:
-        deadline = time.monotonic() + 30
-        while "refused" not in (reason := httpx.get(f"{srv.url}/readyz").json().get("reason", "")):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        reason = eventually(
+            lambda: "refused" in (r := httpx.get(f"{srv.url}/readyz").json().get("reason", "")) and r,
+            what="the tampered bundle refused",
+        )
         assert "v1" in reason and "digest" in reason
         assert httpx.get(f"{srv.url}/readyz").status_code == 503
 
 
+class _Collect(logging.Handler):
+    def __init__(self, into: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record)
+
+
 def test_metrics_and_structured_logs(server: LiveServer) -> None:
     records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler = _Collect(records)
     logging.getLogger("app.access").addHandler(handler)
     try:
         r = httpx.post(
@@ -116,15 +116,16 @@ def test_json_log_lines_on_stderr(store, keys) -> None:
     env = {**os.environ, "APP_STORE": str(store.root), "APP_PUBLIC_KEY": str(keys[1]), "APP_PORT": "0"}
     env.pop("APP_HOST", None)
     proc = subprocess.Popen([sys.executable, "-m", "app"], env=env, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
     try:
-        assert proc.stderr is not None
         first = json.loads(proc.stderr.readline())
         assert first["logger"] == "app.model" and "loaded v1" in first["message"]
+        bound = eventually(lambda: listening_addresses(proc.pid), what="the service's listening socket")
+        assert {address for address, _ in bound} == {"127.0.0.1"}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-        proc.stderr.close()  # type: ignore[union-attr]
-    assert Settings.model_fields["host"].default == "127.0.0.1"
+        proc.stderr.close()
 
 
 @pytest.mark.parametrize(
@@ -149,4 +150,4 @@ def test_settings_accept_a_valid_configuration(store, keys) -> None:
     s = Settings(store=str(store.root), public_key=keys[1], admin_token=ADMIN_TOKEN)
     assert s.admin_token is not None and ADMIN_TOKEN not in repr(s)  # the secret never shows up in logs
     with pytest.raises(ValidationError):
-        Settings(store=str(store.root), public_key=keys[1], surprise=1)
+        Settings.model_validate({"store": str(store.root), "public_key": keys[1], "surprise": 1})

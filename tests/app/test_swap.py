@@ -6,11 +6,14 @@ import asyncio
 import time
 
 import httpx
+import pytest
 
 from model_store.bundle import load_bundle
 from model_store.predictor import Predictor
 from tests.utils.factories import image_bytes
 from tests.utils.server import LiveServer, admin
+
+pytestmark = pytest.mark.slow  # real servers / subprocesses
 
 CANDIDATES = [image_bytes(700 + i) for i in range(16)]
 
@@ -59,6 +62,7 @@ def test_swap_under_load_drops_nothing_and_never_mixes_versions(server: LiveServ
     versions = {r[3] for r in records}
     assert versions == {"v1", "v2"}
     for _, _, _, version, idx, probs in records:
+        assert version is not None
         # every image in the response really came from the version the response names
         assert all(abs(p - expected[version][j]) <= tolerance for j, p in zip(idx, probs, strict=True))
     after = [r for r in records if r[0] > final_swap_done]

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from model_store.signing import sign_directory
+from tests.utils.bundles import failing_parity_copy
+
+pytestmark = pytest.mark.slow  # real servers / subprocesses
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -85,14 +87,8 @@ def test_store_workflow(tmp_path: Path, bundles, keys) -> None:
     assert log[3]["actor"] == "ops@site" and log[4]["reason"] == "alarm rate doubled"
 
 
-def test_activate_refuses_a_bundle_that_fails_parity(tmp_path: Path, bundle_copy, keys) -> None:
-    path = bundle_copy("v2")
-    manifest = json.loads((path / "manifest.json").read_text())
-    for ref in manifest["parity"]["references"]:
-        ref["expected_probability"] = round(1 - ref["expected_probability"], 6)
-        ref["expected_decision"] = "intact" if ref["expected_decision"] == "damaged" else "damaged"
-    (path / "manifest.json").write_text(json.dumps(manifest))
-    sign_directory(path, keys[0])
+def test_activate_refuses_a_bundle_that_fails_parity(tmp_path: Path, bundles, keys) -> None:
+    path = failing_parity_copy(bundles["v2"], tmp_path / "v2", keys[0])
     env = {"MODEL_STORE": str(tmp_path / "store"), "MODEL_STORE_PUBLIC_KEY": str(keys[1])}
     assert cli("import", str(path), env=env).returncode == 0  # verifies: it is well signed
     assert "fails parity" in refused(cli("activate", "v2", env=env))

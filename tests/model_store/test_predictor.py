@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from model_store.bundle import load_bundle, write_bundle
+from model_store.bundle import load_bundle
 from model_store.errors import BundleError
 from model_store.predictor import Predictor
 from model_store.preprocessing import Preprocessor
 from model_store.signing import sign_directory
+from model_store.writer import write_bundle
 from model_store.zoo import build_model
 from tests.utils.factories import draft_manifest, image_bytes, model_state, references
 
@@ -93,4 +95,4 @@ def test_bundle_manifest_records_environment_and_digests(bundles, keys) -> None:
     bundle = load_bundle(bundles["v1"], keys[1])
     env = bundle.manifest.environment
     assert env.torch == torch.__version__ and env.device == "cpu"
-    assert len(bundle.manifest_sha256) == 64
+    assert bundle.manifest_sha256 == hashlib.sha256((bundles["v1"] / "manifest.json").read_bytes()).hexdigest()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import zlib
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from model_store.errors import (
     UnsupportedImageFormat,
 )
 from model_store.preprocessing import DecodeLimits, Preprocessor, decode
-from tests.utils.factories import image_bytes, preprocessing_spec
+from tests.utils.factories import image_bytes, png_bomb, preprocessing_spec
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
@@ -58,20 +57,8 @@ def test_too_many_bytes_is_refused_before_decoding() -> None:
         decode(data, DecodeLimits(max_bytes=len(data) - 1))
 
 
-def _png_bomb(width: int, height: int) -> bytes:
-    """A valid PNG header announcing a huge image, with a tiny compressed body."""
-    import struct
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 1024)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def test_decompression_bomb_is_refused_from_the_header_alone() -> None:
-    bomb = _png_bomb(60_000, 60_000)  # 3.6 gigapixels in about a hundred bytes
+    bomb = png_bomb(60_000, 60_000)  # 3.6 gigapixels in about a hundred bytes
     assert len(bomb) < 200
     with pytest.raises(TooManyPixels, match="3600000000 pixels"):
         decode(bomb)

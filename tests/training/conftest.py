@@ -7,16 +7,9 @@ from typing import Any
 
 import pytest
 
-from training.config import TrainConfig, load_config
+from tests.utils.training import smoke_config
 from training.synth import generate
 from training.train import run
-
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke.toml"
-
-
-def smoke_config(*overrides: str) -> TrainConfig:
-    return load_config(SMOKE, list(overrides))
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,15 +14,15 @@ import pytest
 from model_store.bundle import load_bundle
 from model_store.predictor import Predictor
 from model_store.store import FilesystemStore
-from tests.training.conftest import SMOKE
 from tests.utils.factories import upstream_verify
+from tests.utils.training import SMOKE
+from training.checkpoint import file_sha256
 from training.evaluate import evaluate_bundle
 from training.export import ExportError, export_run, export_to_store
-from training.train import checkpoint_sha256
 
 
 @pytest.fixture(scope="module")
-def exported(finished_run, keys, tmp_path_factory):  # type: ignore[no-untyped-def]
+def exported(finished_run, keys, tmp_path_factory):
     run_dir, _ = finished_run
     out = tmp_path_factory.mktemp("export") / "bundle"
     bundle, diff = export_run(run_dir, keys[0], "2026.11.1", out)
@@ -39,9 +40,11 @@ def test_export_writes_a_verified_bundle_that_matches_the_run(exported, finished
     assert m.decision.validation.recall == evaluation["validation"]["at_threshold"]["recall"]
     assert m.lineage.config_sha256 == (run_dir / "config.sha256").read_text().strip()
     assert m.lineage.split_manifest_sha256 == (run_dir / "split.json.sha256").read_text().strip()
-    assert m.lineage.checkpoint_sha256 == checkpoint_sha256(run_dir)
+    assert m.lineage.checkpoint_sha256 == file_sha256(run_dir / "checkpoints" / "best.pt")
     assert m.lineage.epoch == evaluation["best_epoch"]
     assert m.preprocessing.crop == 64 and m.preprocessing.resize == 72
+    # The device the run trained on, as the run recorded it (not a default).
+    assert m.environment.device == json.loads((run_dir / "run.json").read_text())["device"] == "cpu"
     labels = [r.label for r in m.parity.references]
     assert {"intact", "damaged"} <= set(labels)
     assert len(labels) == 2 + 2 + 2  # per class, plus the hard cases
@@ -96,6 +99,7 @@ def test_export_into_a_store(finished_run, keys, tmp_path: Path) -> None:
     assert store.audit_log()[-1].actor == "ci"
 
 
+@pytest.mark.slow
 def test_smoke_workflow_through_the_cli(tmp_path: Path) -> None:
     """synth → train → export → verify, as a data scientist types it."""
 
@@ -141,6 +145,7 @@ def test_smoke_workflow_through_the_cli(tmp_path: Path) -> None:
     assert evaluated["at_threshold"] == reported
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "training", "train", "--data", str(tmp_path / "none"), "--run-dir", str(tmp_path / "r")],
@@ -150,3 +155,15 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     )
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [f"error: data directory {tmp_path / 'none'} does not exist"]
+
+
+def test_export_records_the_device_the_run_trained_on(finished_run, keys, tmp_path: Path) -> None:
+    """A GPU-trained run says so in its bundle (faked here by the run's own record)."""
+    run_dir, _ = finished_run
+    gpu_run = tmp_path / "gpu-run"
+    shutil.copytree(run_dir, gpu_run)
+    meta = json.loads((gpu_run / "run.json").read_text())
+    meta["device"] = "cuda (NVIDIA H100 80GB HBM3)"
+    (gpu_run / "run.json").write_text(json.dumps(meta))
+    bundle, _ = export_run(gpu_run, keys[0], "gpu-1", tmp_path / "bundle")
+    assert bundle.manifest.environment.device == "cuda (NVIDIA H100 80GB HBM3)"

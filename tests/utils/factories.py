@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import subprocess
 import sys
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from model_store.bundle import Bundle, ReferenceInput, current_environment, write_bundle
+from model_store.bundle import Bundle
 from model_store.manifest import (
     DecisionSpec,
     Lineage,
@@ -25,7 +27,9 @@ from model_store.manifest import (
     ReferenceImage,
 )
 from model_store.preprocessing import Preprocessor
+from model_store.writer import ReferenceInput, current_environment, write_bundle
 from model_store.zoo import build_model
+from training.loops import recalibrate_batchnorm
 
 ZERO_SHA = "0" * 64
 
@@ -39,6 +43,17 @@ def image_bytes(seed: int, size: tuple[int, int] = (96, 80), fmt: str = "JPEG", 
     buf = io.BytesIO()
     Image.fromarray(arr, "RGB").save(buf, format=fmt, **save)
     return buf.getvalue()
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid PNG header announcing `width` x `height` RGB pixels, with a tiny compressed body."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def preprocessing_spec(**overrides: object) -> PreprocessingSpec:
@@ -61,7 +76,7 @@ def draft_manifest(version: str = "v1", architecture: str = "mobilenet_v3_small"
         name="parcel-damage",
         version=version,
         created_at=datetime.now(UTC),
-        model=ModelSpec(architecture=architecture),  # type: ignore[arg-type]
+        model=ModelSpec.model_validate({"architecture": architecture}),
         preprocessing=preprocessing_spec(),
         decision=DecisionSpec(threshold=0.5, cost_false_alarm=1.0, cost_miss=5.0, method="fixed", validation=None),
         lineage=Lineage(
@@ -90,23 +105,22 @@ def references(n: int = 4) -> list[ReferenceInput]:
 def model_state(architecture: str = "mobilenet_v3_small", seed: int = 0) -> dict[str, torch.Tensor]:
     """Untrained weights whose outputs still spread over (0, 1).
 
-    A freshly initialised network answers ~0.5 for everything, which would hide bugs;
-    calibrating batch-norm statistics on a few images and widening the head fixes that.
+    A freshly initialised network answers ~0.5 (or saturates) for everything, which would
+    hide bugs; calibrating batch-norm statistics on a few images and scaling the head so
+    their logits have a standard deviation of 1 fixes that.
     """
     torch.manual_seed(seed)
-    model = build_model(ModelSpec(architecture=architecture))  # type: ignore[arg-type]
-    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    nn.init.normal_(head.weight, 0.0, 0.01)
+    model = build_model(ModelSpec.model_validate({"architecture": architecture}))
     pre = Preprocessor(preprocessing_spec())
-    x = torch.stack([pre(image_bytes(1000 + seed * 16 + i)) for i in range(8)])
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration batch
-    model.train()
+    x = torch.stack([pre(image_bytes(1000 + seed * 64 + i)) for i in range(32)])
+    recalibrate_batchnorm(model, [x], torch.device("cpu"), max_images=len(x))
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     with torch.no_grad():
-        model(x)
-    return model.eval().state_dict()
+        logits = model(x)[:, 0]
+        scale = 1.0 / max(float(logits.std()), 1e-6)
+        head.weight.mul_(scale)
+        head.bias.sub_(float(logits.mean()) * scale)  # centred: some references on each side of 0.5
+    return model.state_dict()
 
 
 def make_bundle(

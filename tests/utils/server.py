@@ -46,7 +46,8 @@ class LiveServer:
         while True:
             r = httpx.get(f"{self.url}/readyz")
             if r.status_code == 200:
-                return r.json()
+                body: dict[str, Any] = r.json()
+                return body
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not ready: {r.json()}")
             time.sleep(0.05)

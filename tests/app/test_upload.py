@@ -1,0 +1,59 @@
+"""Bundle archive extraction, in process: what lands on disk, what is refused."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from app.upload import MAX_MEMBERS, extract_bundle_tar
+from model_store.bundle import load_bundle
+from model_store.errors import UnsafeArchive
+from tests.utils.archives import HOSTILE_KINDS, hostile_tar, tar_of
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("arcname", ["bundle", "."])
+def test_a_bundle_extracts_whether_archived_in_a_folder_or_flat(tmp_path: Path, bundles, keys, arcname: str) -> None:
+    dest = tmp_path / "x"
+    dest.mkdir()
+    root = extract_bundle_tar(tar_of(bundles["v1"], arcname), dest, max_bytes=50_000_000)
+    assert _files(root) == _files(bundles["v1"])
+    assert load_bundle(root, keys[1]).version == "v1"
+
+
+def test_compressed_archives_are_read(tmp_path: Path, bundles) -> None:
+    root = extract_bundle_tar(tar_of(bundles["v1"], mode="w:gz"), tmp_path, max_bytes=50_000_000)
+    assert (root / "manifest.json").read_bytes() == (bundles["v1"] / "manifest.json").read_bytes()
+
+
+@pytest.mark.parametrize("kind", HOSTILE_KINDS)
+def test_hostile_members_are_refused_before_anything_is_written(tmp_path: Path, bundles, kind: str) -> None:
+    dest = tmp_path / "x"
+    dest.mkdir()
+    with pytest.raises(UnsafeArchive):
+        extract_bundle_tar(hostile_tar(kind, bundles["v1"]), dest, max_bytes=50_000_000)
+    assert list(dest.iterdir()) == []  # checked first, extracted never
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_size_and_member_limits(tmp_path: Path, bundles) -> None:
+    with pytest.raises(UnsafeArchive, match="expands beyond 1000 bytes"):
+        extract_bundle_tar(tar_of(bundles["v1"]), tmp_path, max_bytes=1000)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i in range(MAX_MEMBERS + 1):
+            tar.addfile(tarfile.TarInfo(f"f{i}"), io.BytesIO(b""))
+    with pytest.raises(UnsafeArchive, match=f"{MAX_MEMBERS + 1} members"):
+        extract_bundle_tar(buf.getvalue(), tmp_path, max_bytes=1000)
+
+
+@pytest.mark.parametrize("data", [b"", b"not a tar at all", b"\x1f\x8b\x08\x00" + b"\xff" * 64])
+def test_garbage_is_an_unsafe_archive(tmp_path: Path, data: bytes) -> None:
+    with pytest.raises(UnsafeArchive, match="tar archive"):
+        extract_bundle_tar(data, tmp_path, max_bytes=1000)
