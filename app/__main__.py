@@ -1,22 +1,28 @@
-"""`python -m app`: serve the store's active bundle with uvicorn."""
+"""`python -m app`: serve the store's active bundle with uvicorn (uvloop and httptools when installed)."""
 
 import sys
 
-import uvicorn
 from pydantic import ValidationError
-
-from app.main import create_app
-from app.settings import get_settings, settings_error
 
 
 def main() -> int:
+    from app.settings import get_settings, settings_error
+
     try:
         settings = get_settings()
     except ValidationError as exc:
         print(f"error: {settings_error(exc)}", file=sys.stderr)
         return 2
+    # Only now the heavy imports (torch, via the pipeline): a bad setting is refused at once.
+    import uvicorn
+
+    from app.main import create_app
+
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning", access_log=False)
     return 0
 
 
-sys.exit(main())
+# Inference workers are started by multiprocessing, which imports this module again in
+# each of them (as `__mp_main__`): only the real entry point may start a server.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,9 +1,10 @@
-"""Dependencies, declared once: handlers read `host: HostDep`, `_: AdminDep`."""
+"""Dependencies, declared once: handlers read `host: HostDep`, `loaded: PinnedDep`, `_: AdminDep`."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -29,14 +30,18 @@ def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
-def get_loaded(request: Request) -> Loaded:
-    """The model this request will be served by, pinned now."""
+async def pinned(request: Request) -> AsyncIterator[Loaded]:
+    """The version that serves this request, pinned on arrival and kept loaded until it is answered."""
+    host = get_host(request)
     try:
-        loaded: Loaded = get_host(request).require()
+        loaded = host.pin()
     except NotReady as exc:
         raise APIError(503, "not_ready", f"no model is being served yet: {exc}", {"Retry-After": "5"}) from None
     request.state.version = loaded.version
-    return loaded
+    try:
+        yield loaded
+    finally:
+        host.unpin(loaded)
 
 
 def require_admin(request: Request) -> str:
@@ -59,5 +64,5 @@ def require_admin(request: Request) -> str:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 HostDep = Annotated[ModelHost, Depends(get_host)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-LoadedDep = Annotated[Loaded, Depends(get_loaded)]
+PinnedDep = Annotated[Loaded, Depends(pinned)]
 AdminDep = Annotated[str, Depends(require_admin)]

@@ -1,16 +1,30 @@
-"""API errors: a stable `error` code, a human `message`, and the right status."""
+"""API errors: a stable `error` code, a human `message`, the right status, and always JSON.
+
+Anything unexpected becomes a JSON 500 naming the request id, logged once with its
+traceback, in `app.observability.RequestObserver` (the outermost layer we own, so the
+server never sees the exception and never answers in plain text).
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model_store import errors as E
 from model_store.errors import describe_validation_errors
+
+
+class JSONLines(JSONResponse):
+    """JSON with a trailing newline, so `curl a; curl b` output does not run together."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode() + b"\n"
 
 
 class APIError(Exception):
@@ -29,7 +43,7 @@ _STATUS: list[tuple[type[E.ModelStoreError], int]] = [
     (E.NothingToRollBack, 409),
     (E.ParityFailed, 409),
     (E.BundleError, 422),
-    (E.StoreError, 500),
+    (E.StoreError, 503),  # the store is unreachable or inconsistent: not the client's doing
 ]
 
 
@@ -41,20 +55,26 @@ def body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": code, "message": message, **extra}
 
 
+def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    return JSONLines(body(code, message), status_code=status, headers=headers)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def _api(request: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(body(exc.code, exc.message), status_code=exc.status, headers=exc.headers)
+    async def _api(request: Request, exc: APIError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(E.ModelStoreError)
-    async def _store(request: Request, exc: E.ModelStoreError) -> JSONResponse:
-        return JSONResponse(body(exc.code, str(exc)), status_code=status_for(exc))
+    async def _store(request: Request, exc: E.ModelStoreError) -> Response:
+        status = status_for(exc)
+        headers = {"Retry-After": "5"} if status == 503 else None
+        return error_response(status, exc.code, str(exc), headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(body("invalid_request", describe_validation_errors(exc.errors())), status_code=422)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(422, "invalid_request", describe_validation_errors(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+        return error_response(exc.status_code, code, str(exc.detail), exc.headers)

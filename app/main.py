@@ -1,17 +1,19 @@
-"""Wiring only: settings, store, batcher, model host, middleware, routers."""
+"""Wiring only: settings, store, pipeline, model host, middleware, routers."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from fastapi import FastAPI
+from prometheus_client.core import Metric
 
 from app import errors
-from app.batcher import MicroBatcher
+from app.errors import JSONLines
 from app.model_host import Loaded, ModelHost
-from app.observability import Metrics, RequestObserver, configure_logging
+from app.observability import Metrics, RequestObserver, configure_logging, counter, gauge
+from app.pipeline import Pipeline
 from app.routes import health, models, parity, predict
 from app.settings import Settings
 from model_store.preprocessing import DecodeLimits
@@ -28,37 +30,57 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.parity_diff.set(loaded.parity.max_abs_diff)
         metrics.swaps.labels(how).inc()
 
-    def on_batch(size: int, seconds: float) -> None:
-        metrics.batch_size.observe(size)
-        metrics.batch_seconds.observe(seconds)
+    def on_batch(images: int, decode_s: float, forward_s: float) -> None:
+        metrics.batch_size.observe(images)
+        metrics.decode_seconds.observe(decode_s)
+        metrics.batch_seconds.observe(forward_s)
+
+    def on_follow_error() -> None:
+        metrics.follow_errors.inc()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging()
-        batcher = MicroBatcher(settings.max_batch, settings.batch_wait_ms / 1000, settings.queue_bound, on_batch)
-        batcher.start()
+        pipeline = Pipeline(
+            workers=settings.workers,
+            device=settings.device,
+            threads_per_worker=settings.worker_threads,
+            max_batch=settings.max_batch,
+            queue_bound=settings.queue_bound,
+            max_pending_pixels=settings.max_pending_megapixels * 1_000_000,
+            limits=DecodeLimits(settings.max_image_bytes, settings.max_pixels),
+            on_batch=on_batch,
+        )
         host = ModelHost(
             open_store(settings.store, settings.public_key),
-            batcher,
-            device=settings.device,
-            limits=DecodeLimits(settings.max_image_bytes, settings.max_pixels),
-            decode_threads=settings.decode_threads,
+            pipeline,
             on_swap=on_swap,
             on_refusal=lambda code: metrics.refusals.labels(code).inc(),
+            on_follow_error=on_follow_error,
         )
+
+        def live() -> Iterator[Metric]:
+            yield gauge("queue_depth_images", "Images queued or in a forward pass", pipeline.queued_images)
+            yield gauge("queue_depth_megapixels", "Decode work queued or in progress", pipeline.queued_pixels / 1e6)
+            yield gauge("inference_workers", "Inference processes", pipeline.workers)
+            busy: dict[tuple[str, ...], float] = {(str(i),): s for i, s in enumerate(pipeline.worker_busy_seconds())}
+            yield counter("worker_busy_seconds", "Seconds each worker spent on a frame", ["worker"], busy)
+            yield counter(
+                "worker_restarts", "Inference workers started again after dying", [], {(): pipeline.worker_restarts()}
+            )
+            metrics.follow_healthy.set(1 if host.follow_status.healthy else 0)
+
+        metrics.watch(live)
         app.state.host = host
+        await pipeline.start()
         # Load in the background: /healthz answers at once, /readyz turns 200 when proven.
-        tasks = [asyncio.create_task(host.sync_with_store(), name="initial-load")]
-        if settings.follow_interval_s > 0:
-            tasks.append(asyncio.create_task(host.follow(settings.follow_interval_s), name="follow-store"))
+        follow = asyncio.create_task(host.follow(settings.follow_interval_s), name="follow-store")
         try:
             yield
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await batcher.stop()
-            host.close()
+            follow.cancel()
+            await asyncio.gather(follow, return_exceptions=True)
+            await pipeline.close()
 
     app = FastAPI(
         title="Parcel damage detection",
@@ -66,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        default_response_class=JSONLines,
     )
     app.state.settings = settings
     app.state.metrics = metrics

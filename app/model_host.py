@@ -1,9 +1,13 @@
-"""The active model inside the service: load, prove, swap, follow the store.
+"""The served model: load, prove, swap, and follow the store's active pointer.
 
-A model is served only after: signature and digests verified, weights loaded strictly,
-`eval()`, a warm-up pass, and parity of its reference images through the same path as
-`/v1/predict` (decode pool → micro-batcher). Swaps replace one reference; requests that
-pinned the old model finish on it.
+A version is served only after: signature and digests verified (once, here, in the front
+process), every worker has built and warmed up its model from those verified bytes, and
+parity of its reference images has passed on every worker through the serving pipeline.
+That parity report is the `ParityProof` the store needs to move its pointer.
+
+Requests pin the version that was served when they arrived (`pin`/`unpin`); a swap only
+changes which version new requests pin, so in-flight requests finish on the old one, which
+the workers unload once its last request is answered.
 """
 
 from __future__ import annotations
@@ -11,17 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
-from app.batcher import MicroBatcher
-from model_store.errors import ImageError, ModelStoreError, NothingToRollBack
+from app.pipeline import Pipeline
+from model_store.errors import ModelStoreError, NothingToRollBack
+from model_store.manifest import Manifest
 from model_store.parity import ParityReport
-from model_store.predictor import Predictor
-from model_store.preprocessing import DecodeLimits
 from model_store.store.base import AuditEntry, Store
 
 log = logging.getLogger("app.model")
@@ -29,55 +29,61 @@ log = logging.getLogger("app.model")
 
 @dataclass(frozen=True)
 class Loaded:
-    predictor: Predictor
-    parity: ParityReport
+    version: str
+    manifest: Manifest
     manifest_sha256: str
+    parity: ParityReport
     loaded_at: float
 
     @property
-    def version(self) -> str:
-        return self.predictor.bundle.version
+    def name(self) -> str:
+        return self.manifest.name
 
     @property
-    def name(self) -> str:
-        return self.predictor.manifest.name
+    def threshold(self) -> float:
+        return self.manifest.decision.threshold
 
 
 class NotReady(Exception):
     pass
 
 
+@dataclass
+class FollowStatus:
+    """How following the store goes; shown in /readyz and /metrics."""
+
+    healthy: bool = True
+    failures: int = 0  # consecutive
+    error: str | None = None  # the last error's type and code, never a path or a secret
+    since: float | None = None  # when the current run of failures began
+    last_success: float | None = None
+
+
 class ModelHost:
     def __init__(
         self,
         store: Store,
-        batcher: MicroBatcher,
+        pipeline: Pipeline,
         *,
-        device: str,
-        limits: DecodeLimits,
-        decode_threads: int,
         on_swap: Callable[[Loaded, str], None] | None = None,
         on_refusal: Callable[[str], None] | None = None,
+        on_follow_error: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
-        self.batcher = batcher
-        self.device = device
-        self.limits = limits
+        self.pipeline = pipeline
         self.current: Loaded | None = None
         self.reason = "starting: loading the active bundle"
-        self._decode = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
+        self.follow_status = FollowStatus()
         self._swap_lock = asyncio.Lock()
         self._on_swap = on_swap or (lambda loaded, how: None)
         self._on_refusal = on_refusal or (lambda code: None)
-        self._failed: dict[str, str] = {}  # version -> why it was refused, so following does not retry forever
-
-    def close(self) -> None:
-        self._decode.shutdown(wait=False, cancel_futures=True)
+        self._on_follow_error = on_follow_error or (lambda: None)
+        self._refused: dict[str, ModelStoreError] = {}  # so following does not retry a bad bundle forever
 
     @property
     def refused(self) -> dict[str, str]:
-        """Versions the store pointed at that this replica refused to serve, and why."""
-        return dict(self._failed)
+        """Versions the store pointed at that this replica refused to serve: version -> error code."""
+        return {v: exc.code for v, exc in self._refused.items()}
 
     def require(self) -> Loaded:
         loaded = self.current
@@ -85,74 +91,80 @@ class ModelHost:
             raise NotReady(self.reason)
         return loaded
 
-    # --- the serving path ----------------------------------------------------------------
+    def pin(self) -> Loaded:
+        """The served version, kept loaded until `unpin` (no await in between: no swap race)."""
+        loaded = self.require()
+        self.pipeline.pin(loaded.version)
+        return loaded
 
-    async def preprocess(self, predictor: Predictor, images: Sequence[tuple[str, bytes]]) -> list[torch.Tensor]:
-        """Decode and transform off the event loop; an ImageError names the bad image."""
-        loop = asyncio.get_running_loop()
-        pre = predictor.preprocessor
-        futures = [loop.run_in_executor(self._decode, pre, data) for _, data in images]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        tensors: list[torch.Tensor] = []
-        for (name, _), r in zip(images, results, strict=True):
-            if isinstance(r, ImageError):
-                raise type(r)(f"{name}: {r}")
-            if isinstance(r, BaseException):
-                raise r
-            tensors.append(r)
-        return tensors
+    def unpin(self, loaded: Loaded) -> None:
+        self.pipeline.release(loaded.version)
 
-    async def probabilities(self, predictor: Predictor, images: Sequence[tuple[str, bytes]]) -> list[float]:
-        return await self.batcher.submit(predictor, await self.preprocess(predictor, images))
+    # --- loading and proving -----------------------------------------------------------
 
-    async def parity(self, predictor: Predictor) -> ParityReport:
-        refs = predictor.manifest.parity.references
-        images = [(r.file, predictor.bundle.references[r.file]) for r in refs]
-        return predictor.parity_report(await self.probabilities(predictor, images))
+    async def prepare(self, version: str) -> Loaded:
+        """Verify, load into every worker, and run parity; the caller must `unpin` it.
 
-    # --- loading and swapping ------------------------------------------------------------
-
-    async def load(self, version: str) -> Loaded:
-        """Verify, build, warm up, and run parity; raises ParityFailed if it does not pass."""
+        Returns the result whether or not parity passed; `load` is the strict form.
+        """
+        started = time.perf_counter()
         try:
-            return await self._load(version)
+            bundle = await asyncio.to_thread(self.store.load, version)  # verification, once
+            await self.pipeline.load(bundle)
         except ModelStoreError as exc:
             self._on_refusal(exc.code)
             raise
-
-    async def _load(self, version: str) -> Loaded:
-        started = time.perf_counter()
-
-        def build() -> Predictor:
-            bundle = self.store.load(version)
-            predictor = Predictor(bundle, device=self.device, limits=self.limits)
-            predictor.warm_up()
-            return predictor
-
-        predictor = await asyncio.to_thread(build)
-        report = await self.parity(predictor)
+        try:
+            report = await self.pipeline.parity(version)
+        except BaseException:
+            self.pipeline.release(version)
+            raise
         log.info(
-            "loaded %s in %.2fs; parity %s",
+            "loaded %s in %.2fs on %d worker(s); parity %s (max abs diff %.3g)",
             version,
             time.perf_counter() - started,
+            self.pipeline.workers,
             "passed" if report.passed else "FAILED",
+            report.max_abs_diff,
         )
-        report.require_pass()
-        return Loaded(predictor, report, predictor.bundle.manifest_sha256, time.time())
+        return Loaded(version, bundle.manifest, bundle.manifest_sha256, report, time.time())
+
+    async def load(self, version: str) -> Loaded:
+        """`prepare`, refusing (and unloading) a version that fails parity."""
+        loaded = await self.prepare(version)
+        if not loaded.parity.passed:
+            self.unpin(loaded)
+            self._on_refusal("parity_failed")
+            loaded.parity.require_pass()  # raises ParityFailed with the summary
+        return loaded
+
+    async def check(self, version: str) -> ParityReport:
+        """Parity of a stored version through the serving pipeline, without serving it."""
+        loaded = await self.prepare(version)
+        self.unpin(loaded)
+        return loaded.parity
 
     def _swap(self, loaded: Loaded, how: str) -> None:
         previous = self.current
         self.current = loaded
         self.reason = ""
-        self._failed.pop(loaded.version, None)
+        self._refused.pop(loaded.version, None)
+        if previous is not None:
+            self.unpin(previous)  # unloaded once its last in-flight request is answered
         self._on_swap(loaded, how)
         log.info("serving %s (was %s) after %s", loaded.version, previous.version if previous else "none", how)
 
+    # --- moving the pointer ------------------------------------------------------------
+
     async def activate(self, version: str, *, actor: str, reason: str) -> tuple[AuditEntry, Loaded]:
         async with self._swap_lock:
-            loaded = await self.load(version)  # nothing changes unless this passes
-            proof = loaded.parity.require_pass()
-            entry = await asyncio.to_thread(self.store.activate, version, actor=actor, reason=reason, proof=proof)
+            loaded = await self.load(version)  # nothing changes unless this passes on every worker
+            try:
+                proof = loaded.parity.require_pass()
+                entry = await asyncio.to_thread(self.store.activate, version, actor=actor, reason=reason, proof=proof)
+            except BaseException:
+                self.unpin(loaded)
+                raise
             self._swap(loaded, "activate")
             return entry, loaded
 
@@ -162,37 +174,64 @@ class ModelHost:
             if target is None:
                 raise NothingToRollBack("no earlier active version to roll back to")
             loaded = await self.load(target)
-            proof = loaded.parity.require_pass()
-            entry = await asyncio.to_thread(self.store.rollback, actor=actor, reason=reason, proof=proof)
+            try:
+                proof = loaded.parity.require_pass()
+                entry = await asyncio.to_thread(self.store.rollback, actor=actor, reason=reason, proof=proof)
+            except BaseException:
+                self.unpin(loaded)
+                raise
             self._swap(loaded, "rollback")
             return entry, loaded
 
+    # --- following the store -----------------------------------------------------------
+
     async def sync_with_store(self) -> None:
-        """Serve the store's active version if it changed (another replica or the CLI moved it)."""
+        """Serve the store's active version if it changed (another replica or the CLI moved it).
+
+        Store errors propagate (the follow loop counts and backs off); a bundle that fails
+        verification or parity is refused, recorded, and the current version keeps serving.
+        """
         async with self._swap_lock:
-            try:
-                wanted = await asyncio.to_thread(self.store.active_version)
-            except ModelStoreError as exc:
-                self.reason = self.reason or f"store unreadable: {exc}"
-                log.error("cannot read the store: %s", exc)
-                return
+            wanted = await asyncio.to_thread(self.store.active_version)
             if wanted is None:
                 if self.current is None:
                     self.reason = "no active version in the store"
                 return
-            if self.current is not None and self.current.version == wanted:
-                return
-            if wanted in self._failed:
+            if (self.current is not None and self.current.version == wanted) or wanted in self._refused:
                 return
             try:
-                self._swap(await self.load(wanted), "store pointer change")
+                loaded = await self.load(wanted)
             except ModelStoreError as exc:
-                self._failed[wanted] = str(exc)
+                self._refused[wanted] = exc
                 if self.current is None:
-                    self.reason = f"active version {wanted} refused: {exc}"
+                    self.reason = f"active version {wanted} refused ({exc.code})"
                 log.error("refusing to serve %s: %s", wanted, exc)
+                return
+            self._swap(loaded, "store pointer change")
 
     async def follow(self, interval_s: float) -> None:
+        """Poll the store forever; any error is logged, counted, reported, and retried with backoff."""
+        delay = 0.0  # the first sync (startup) happens at once
         while True:
-            await asyncio.sleep(interval_s)
-            await self.sync_with_store()
+            await asyncio.sleep(delay)
+            try:
+                await self.sync_with_store()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                status = self.follow_status
+                code = getattr(exc, "code", None) or type(exc).__name__
+                if status.healthy:
+                    status.since = time.time()
+                status.healthy, status.failures, status.error = False, status.failures + 1, code
+                if self.current is None:
+                    self.reason = f"store unreadable ({code})"
+                self._on_follow_error()
+                log.error("following the store failed (%d in a row): %s: %s", status.failures, type(exc).__name__, exc)
+                # Back off to at most a minute, so a broken store is not hammered.
+                delay = min(max(interval_s, 0.5) * 2**status.failures, max(60.0, interval_s))
+                continue
+            self.follow_status = FollowStatus(last_success=time.time())
+            if interval_s <= 0:
+                return  # following is off: the startup sync was all
+            delay = interval_s

@@ -1,4 +1,4 @@
-"""Prometheus metrics and one JSON log line per request."""
+"""Prometheus metrics and one JSON log line per request; the service's last line of defence."""
 
 from __future__ import annotations
 
@@ -8,12 +8,19 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import error_response
+from app.intake import ClientGone
+
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer"
 
 
 class Metrics:
@@ -33,7 +40,7 @@ class Metrics:
             "batch_size_images", "Images per forward pass", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128)
         )
         self.batch_seconds = Histogram("batch_forward_seconds", "Forward pass time", registry=r)
-        self.queue_depth = Gauge("queue_depth_images", "Images waiting for a forward pass", registry=r)
+        self.decode_seconds = Histogram("batch_decode_seconds", "Decode and preprocess time per batch", registry=r)
         self.images = Counter("predicted_images_total", "Images predicted", ["decision"], registry=r)
         self.active = Gauge(
             "active_model_info", "The bundle being served", ["name", "version", "manifest_sha256"], registry=r
@@ -42,6 +49,33 @@ class Metrics:
         self.parity_diff = Gauge("parity_max_abs_diff", "Max abs diff of the last parity check", registry=r)
         self.swaps = Counter("model_swaps_total", "Model swaps", ["how"], registry=r)
         self.refusals = Counter("model_load_refusals_total", "Bundles refused at load", ["reason"], registry=r)
+        self.shed = Counter("admission_refusals_total", "Requests refused by admission control", ["reason"], registry=r)
+        self.follow_errors = Counter("store_follow_errors_total", "Failed reads of the store's pointer", registry=r)
+        self.follow_healthy = Gauge("store_follow_healthy", "1 while following the store works", registry=r)
+        self.follow_healthy.set(1)
+
+    def watch(self, collect: Callable[[], Iterator[Metric]]) -> None:
+        """Add metrics read from live state at scrape time (queue depth, worker counters)."""
+        self.registry.register(_Live(collect))
+
+
+class _Live(Collector):
+    def __init__(self, collect: Callable[[], Iterator[Metric]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterator[Metric]:
+        return self._collect()
+
+
+def counter(name: str, doc: str, labels: list[str], values: dict[tuple[str, ...], float]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, value in values.items():
+        family.add_metric(list(key), value)
+    return family
+
+
+def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
 
 
 def configure_logging() -> None:
@@ -64,14 +98,22 @@ class _JsonFormatter(logging.Formatter):
             entry.update(record.msg)
         else:
             entry["message"] = record.getMessage()
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
 access_log = logging.getLogger("app.access")
+error_log = logging.getLogger("app.errors")
 
 
 class RequestObserver:
-    """Pure ASGI middleware: request id, metrics, one JSON access line per request."""
+    """Pure ASGI middleware: request id, metrics, one JSON access line per request.
+
+    It is also where an unexpected exception stops: logged once (with the request id and
+    traceback) and answered as a JSON 500 if nothing was sent yet. A client that hung up
+    mid-body is counted as 499 and logged in one line, without a traceback.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -86,16 +128,30 @@ class RequestObserver:
         scope.setdefault("state", {})["request_id"] = request_id
         start = time.perf_counter()
         status = 500
+        started = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except ClientGone:
+            status = CLIENT_CLOSED
+        except Exception as exc:
+            status = 500
+            error_log.error(
+                {"request_id": request_id, "message": f"unhandled {type(exc).__name__}: {exc}", "path": scope["path"]},
+                exc_info=exc,
+            )
+            if not started:
+                response = error_response(
+                    500, "internal_error", f"an unexpected error occurred; the log has it under request id {request_id}"
+                )
+                await response(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", "unmatched")

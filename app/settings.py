@@ -5,6 +5,7 @@ Unsafe or inconsistent values stop startup with a message naming the variable.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -13,6 +14,11 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model_store.errors import describe_validation_errors
+
+
+def default_workers() -> int:
+    """One inference process per core this process may run on."""
+    return len(os.sched_getaffinity(0))
 
 
 class Settings(BaseSettings):
@@ -24,22 +30,34 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     device: Literal["cpu", "cuda"] = "cpu"
+    workers: int = Field(
+        default_factory=default_workers, ge=1, le=256, description="inference processes; default: one per core"
+    )
+    worker_threads: int = Field(1, ge=1, le=64, description="torch threads per inference process")
     max_batch: int = Field(16, ge=1, le=1024, description="images per forward pass")
-    batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill")
-    queue_bound: int = Field(256, ge=1, description="images queued before answering 503")
+    queue_bound: int = Field(256, ge=1, description="images queued or in a forward pass before answering 503")
+    max_pending_megapixels: int = Field(
+        512, ge=1, description="decode work (image header megapixels) queued before answering 503"
+    )
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
-    max_pixels: int = Field(40_000_000, ge=1024)
+    max_pixels: int = Field(40_000_000, ge=1024, description="per image, and per image after its resize")
     max_images_per_request: int = Field(64, ge=1)
+    max_request_bytes: int = Field(128 * 1024 * 1024, ge=1024, description="a predict request's whole body")
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="bundle .tar upload limit")
-    decode_threads: int = Field(2, ge=1, le=64, description="threads decoding images off the event loop")
     follow_interval_s: float = Field(5.0, ge=0, description="poll the store's active pointer; 0 = never")
     retry_after_s: int = Field(1, ge=1, description="Retry-After on 503 overload")
 
     @field_validator("admin_token")
     @classmethod
     def _strong_token(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and len(v.get_secret_value()) < 16:
-            raise ValueError("APP_ADMIN_TOKEN must be at least 16 characters (or unset to disable management)")
+        if v is None:
+            return v
+        token = v.get_secret_value()
+        if len(token) < 16 or any(c.isspace() for c in token) or not token.isprintable():
+            raise ValueError(
+                "APP_ADMIN_TOKEN must be at least 16 printable characters with no spaces "
+                "(or unset to disable management)"
+            )
         return v
 
     @field_validator("public_key")
@@ -60,6 +78,8 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.queue_bound < self.max_images_per_request:
             raise ValueError("APP_QUEUE_BOUND must be at least APP_MAX_IMAGES_PER_REQUEST, or big requests always fail")
+        if self.max_request_bytes < self.max_image_bytes:
+            raise ValueError("APP_MAX_REQUEST_BYTES must be at least APP_MAX_IMAGE_BYTES, or no image fits a request")
         return self
 
 

@@ -41,6 +41,8 @@ class Bundle:
     manifest_sha256: str
     state_dict: dict[str, torch.Tensor]
     references: dict[str, bytes]
+    manifest_bytes: bytes  # exactly what was verified, e.g. to hand to a worker process
+    weights: bytes  # `model.safetensors` as verified; `state_dict` is parsed from it
 
     @property
     def version(self) -> str:
@@ -94,7 +96,7 @@ def load_bundle(path: Path, public_key: Path) -> Bundle:
     # Digests are re-checked on the bytes we actually use, not on what was on disk earlier.
     if sha256_bytes(weights) != manifest.weights_sha256:
         raise BundleTampered(f"{path.name}: {WEIGHTS_FILE} digest differs from the manifest")
-    state_dict = _parse_weights(weights, path.name)
+    state_dict = parse_weights(weights, path.name)
 
     references: dict[str, bytes] = {}
     for ref in manifest.parity.references:
@@ -102,10 +104,10 @@ def load_bundle(path: Path, public_key: Path) -> Bundle:
         if sha256_bytes(data) != ref.sha256:
             raise BundleTampered(f"{path.name}: reference/{ref.file} digest differs from the manifest")
         references[ref.file] = data
-    return Bundle(path, manifest, sha256_bytes(manifest_bytes), state_dict, references)
+    return Bundle(path, manifest, sha256_bytes(manifest_bytes), state_dict, references, manifest_bytes, weights)
 
 
-def _parse_weights(data: bytes, bundle_name: str) -> dict[str, torch.Tensor]:
+def parse_weights(data: bytes, bundle_name: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load as load_safetensors  # torch loads only when weights do
 
     try:

@@ -75,8 +75,20 @@ class TooManyPixels(ImageError):
     code = "too_many_pixels"
 
 
+class AspectRatioTooLarge(ImageError):
+    """Resizing the shorter side would make more pixels than the limit allows."""
+
+    code = "aspect_ratio_too_large"
+
+
 class UnsupportedImageFormat(ImageError):
     code = "unsupported_image_format"
+
+
+class UnsupportedImageMode(ImageError):
+    """A pixel format (PIL mode) we cannot turn into 8-bit RGB faithfully."""
+
+    code = "unsupported_image_mode"
 
 
 class NotAnImage(ImageError):

@@ -1,8 +1,12 @@
-"""`manifest.json`: the bundle's contract, schema_version 1.
+"""`manifest.json`: the bundle's contract.
 
 Everything needed to rebuild the model, its preprocessing and its decision rule with no
 code from the training run. Unknown keys are refused so a typo never silently means
 "use the default".
+
+Schema versions: 2 is written today; 1 (the first release) is still read and served
+exactly as it says. Fields that version 2 added have defaults that reproduce version 1's
+behaviour, and a version 1 manifest may not set them.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from model_store.errors import ManifestInvalid, describe_validation_errors
 
-SCHEMA_VERSION: Literal[1] = 1
+SCHEMA_VERSION: Literal[2] = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _REFERENCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -46,6 +51,11 @@ class PreprocessingSpec(_Strict):
     crop: int = Field(gt=0, description="square centre crop, in pixels")
     interpolation: Interpolation = "bilinear"
     antialias: bool = True
+    # Schema 2. Decode JPEGs at the smallest DCT scale (1/2, 1/4 or 1/8, done inside
+    # libjpeg-turbo) whose shorter side is still at least `resize`, then resize as usual.
+    # About 3x less decode and resize work for camera photos; training and serving both
+    # decode this way through the one Preprocessor, so parity stays exact.
+    jpeg_dct_scaling: bool = False
     mean: tuple[float, float, float]
     std: tuple[Annotated[float, Field(gt=0)], ...]
 
@@ -63,6 +73,19 @@ class PreprocessingSpec(_Strict):
         if resize is not None and v > resize:
             raise ValueError(f"crop {v} is larger than resize {resize}")
         return v
+
+
+class RuntimeSpec(_Strict):
+    """How the forward pass runs (schema 2). Parity expectations were recorded this way.
+
+    - `graph`: `eager` runs the torchvision module; `torchscript` traces it at load (the
+      same weights and operators, with elementwise ops fused: ~1.5x faster on the CPU).
+    - `memory_format`: `channels_last` lays activations out NHWC, which oneDNN's
+      convolutions prefer on the CPU.
+    """
+
+    graph: Literal["eager", "torchscript"] = "eager"
+    memory_format: Literal["contiguous", "channels_last"] = "contiguous"
 
 
 class ValidationMetrics(_Strict):
@@ -101,6 +124,10 @@ class DecisionSpec(DecisionPolicy):
     cost_false_alarm: float = Field(ge=0)
     cost_miss: float = Field(ge=0)
     validation: ValidationMetrics | None = None
+
+    def decide(self, probability: float) -> str:
+        """The one decision rule: the positive label at or above the threshold."""
+        return self.positive_label if probability >= self.threshold else self.negative_label
 
 
 class Lineage(_Strict):
@@ -151,17 +178,33 @@ class ParitySpec(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     name: str = Field(min_length=1, max_length=128)
     version: str = Field(pattern=VERSION_PATTERN)
     created_at: datetime
     model: ModelSpec
     preprocessing: PreprocessingSpec
+    runtime: RuntimeSpec = RuntimeSpec()
     decision: DecisionSpec
     lineage: Lineage
     environment: Environment
     weights_sha256: Sha256
     parity: ParitySpec
+
+    @model_validator(mode="after")
+    def _fields_of_its_schema(self) -> Manifest:
+        if self.schema_version == 1:
+            newer = [
+                name
+                for name, value, default in (
+                    ("preprocessing.jpeg_dct_scaling", self.preprocessing.jpeg_dct_scaling, False),
+                    ("runtime", self.runtime, RuntimeSpec()),
+                )
+                if value != default
+            ]
+            if newer:
+                raise ValueError(f"{', '.join(newer)} need schema_version 2")
+        return self
 
     def to_json_bytes(self) -> bytes:
         """Canonical bytes: the same manifest always serialises identically."""
@@ -177,9 +220,10 @@ def parse_manifest(raw: bytes) -> Manifest:
         raise ManifestInvalid(f"manifest.json is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ManifestInvalid("manifest.json must hold a JSON object")
-    if data.get("schema_version") != SCHEMA_VERSION:
+    if data.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
         raise ManifestInvalid(
-            f"manifest.json schema_version is {data.get('schema_version')!r}, this code reads {SCHEMA_VERSION}"
+            f"manifest.json schema_version is {data.get('schema_version')!r}, "
+            f"this code reads {' and '.join(map(str, READABLE_SCHEMA_VERSIONS))}"
         )
     try:
         return Manifest.model_validate(data)

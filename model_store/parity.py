@@ -7,10 +7,11 @@ only thing a store accepts to move its active pointer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from model_store.errors import ParityFailed
+from model_store.manifest import Manifest
 
 
 def parity_ok(
@@ -88,3 +89,36 @@ class ParityReport:
         if not self.passed:
             raise ParityFailed(f"{self.version} fails parity: {self.summary()}")
         return ParityProof(self.version, self.manifest_sha256, self.max_abs_diff)
+
+
+def report(manifest: Manifest, manifest_sha256: str, probabilities: Sequence[float]) -> ParityReport:
+    """Compare probabilities of the reference images (in manifest order) with the record."""
+    spec, decision = manifest.parity, manifest.decision
+    checks = [
+        ParityCheck(
+            r.file,
+            r.expected_probability,
+            p,
+            r.expected_decision,
+            decision.decide(p),
+            parity_ok(
+                r.expected_probability,
+                p,
+                tolerance=spec.tolerance,
+                threshold=decision.threshold,
+                decide=decision.decide,
+            ),
+        )
+        for r, p in zip(spec.references, probabilities, strict=True)
+    ]
+    return ParityReport(manifest.version, manifest_sha256, spec.tolerance, decision.threshold, checks)
+
+
+def combine(reports: Sequence[ParityReport]) -> ParityReport:
+    """Several runs of the same references (one per worker): the worst outcome per image."""
+    first = reports[0]
+    checks = [
+        max(column, key=lambda c: (not c.passed, c.abs_diff))
+        for column in zip(*(r.checks for r in reports), strict=True)
+    ]
+    return ParityReport(first.version, first.manifest_sha256, first.tolerance, first.threshold, checks)

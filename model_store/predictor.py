@@ -6,16 +6,33 @@ validated is what is served.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from model_store import parity
 from model_store.bundle import Bundle
 from model_store.errors import WeightsInvalid
-from model_store.parity import ParityCheck, ParityReport, parity_ok
+from model_store.parity import ParityReport
 from model_store.preprocessing import DecodeLimits, Preprocessor
 from model_store.zoo import build_model
+
+SERVING_THREADS = 1  # torch threads per inference worker; parity expectations are recorded this way
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with `n` torch threads. CPU kernels split work by thread count, which changes the
+    last bits of a result; the service's workers run single-threaded, so parity expectations
+    are recorded single-threaded too and reproduce bit for bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -46,16 +63,31 @@ class Predictor:
             torch.backends.cuda.matmul.allow_tf32 = False
         self.model = model.to(self.device).eval()
         self.threshold = self.manifest.decision.threshold
+        runtime = self.manifest.runtime
+        self._memory_format = torch.channels_last if runtime.memory_format == "channels_last" else None
+        if self._memory_format is not None:
+            self.model = self.model.to(memory_format=self._memory_format)
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model
+        if runtime.graph == "torchscript":
+            crop = self.manifest.preprocessing.crop
+            example = self._layout(torch.zeros(1, 3, crop, crop, device=self.device))
+            with torch.no_grad():
+                self._forward = torch.jit.trace(self.model, example, check_trace=False)
+
+    def _layout(self, batch: torch.Tensor) -> torch.Tensor:
+        if self._memory_format is None:
+            return batch
+        return batch.contiguous(memory_format=self._memory_format)
 
     def decide(self, probability: float) -> str:
-        d = self.manifest.decision
-        return d.positive_label if probability >= d.threshold else d.negative_label
+        return self.manifest.decision.decide(probability)
 
     def probabilities(self, batch: torch.Tensor) -> list[float]:
         """Model on a preprocessed batch [N, 3, H, W] → P(positive) per row."""
         with torch.inference_mode():
-            logits = self.model(batch.to(self.device, non_blocking=True))
-            return torch.sigmoid(logits[:, 0].float()).cpu().tolist()
+            logits = self._forward(self._layout(batch.to(self.device, non_blocking=True)))
+            probs: list[float] = torch.sigmoid(logits[:, 0].float()).cpu().tolist()
+            return probs
 
     def predict(self, images: Sequence[bytes]) -> list[Prediction]:
         """Image bytes → one Prediction each, in order. Raises ImageError on bad input."""
@@ -64,33 +96,29 @@ class Predictor:
         batch = torch.stack([self.preprocessor(data) for data in images])
         return [Prediction(p, self.decide(p)) for p in self.probabilities(batch)]
 
-    def warm_up(self) -> None:
-        """One forward pass so the first station request does not pay for allocation."""
-        self.predict(list(self.bundle.references.values())[:1])
+    def warm_up(self, max_batch: int = 1) -> None:
+        """Forward passes at every batch size up to `max_batch`, so no station request pays
+        for first-call allocation (or, for a traced graph, for its profiling runs)."""
+        x = self.preprocessor(next(iter(self.bundle.references.values())))
+        runs = 3 if self.manifest.runtime.graph == "torchscript" else 1
+        for size in range(1, max_batch + 1):
+            for _ in range(runs):
+                self.probabilities(x.expand(size, *x.shape).contiguous())
 
     def check_parity(self) -> ParityReport:
-        """Run the bundle's reference images through the serving path and compare."""
+        """Run the bundle's reference images through the serving path and compare.
+
+        Single-threaded and as one batch, as the expectations were recorded (`write_bundle`)
+        and as the service's workers run them, so a healthy bundle reproduces bit for bit.
+        """
         refs = self.manifest.parity.references
-        batch = torch.stack([self.preprocessor(self.bundle.references[r.file]) for r in refs])
-        return self.parity_report(self.probabilities(batch))
+        with torch_threads(SERVING_THREADS):
+            batch = torch.stack([self.preprocessor(self.bundle.references[r.file]) for r in refs])
+            return self.parity_report(self.probabilities(batch))
 
     def parity_report(self, probabilities: Sequence[float]) -> ParityReport:
         """Compare probabilities of the reference images (in manifest order) with the record."""
-        spec = self.manifest.parity
-        checks = [
-            ParityCheck(
-                r.file,
-                r.expected_probability,
-                p,
-                r.expected_decision,
-                self.decide(p),
-                parity_ok(
-                    r.expected_probability, p, tolerance=spec.tolerance, threshold=self.threshold, decide=self.decide
-                ),
-            )
-            for r, p in zip(spec.references, probabilities, strict=True)
-        ]
-        return ParityReport(self.bundle.version, self.bundle.manifest_sha256, spec.tolerance, self.threshold, checks)
+        return parity.report(self.manifest, self.bundle.manifest_sha256, probabilities)
 
 
 def _check_weights_fit(model: torch.nn.Module, bundle: Bundle) -> None:

@@ -7,25 +7,34 @@ tensor-making steps are shared too.
 
 Everything runs on the CPU, on uint8 data until the final normalisation, so the same
 bytes give the same tensor bit for bit on any machine with the same library versions.
+
+Bounded work: `inspect` reads only the header and refuses, before any pixel is decoded,
+an image whose decode *or any later step* would exceed the pixel limit. Resizing the
+shorter side to `resize` multiplies the longer one, so an image of 300000x1 pixels (a
+kilobyte as PNG) is refused for what its resize would cost, not just for its own size.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from model_store.errors import (
+    AspectRatioTooLarge,
     ImageTooLarge,
     NotAnImage,
     TooManyPixels,
     TruncatedImage,
     UnsupportedImageFormat,
+    UnsupportedImageMode,
 )
 from model_store.manifest import PreprocessingSpec
 
@@ -49,6 +58,13 @@ _INTERPOLATION = {
     "bicubic": InterpolationMode.BICUBIC,
 }
 
+# Modes JPEG, PNG and WebP decode to, and how each becomes 8-bit RGB. Anything else is
+# refused rather than guessed at.
+_EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr"}
+# 16-bit greyscale PNG. PIL's convert("RGB") clips these to 255 (a white image), so they
+# are scaled by their high byte, as PIL itself does for 16-bit colour PNGs.
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I"}
+
 
 @dataclass(frozen=True)
 class DecodeLimits:
@@ -58,18 +74,21 @@ class DecodeLimits:
     max_pixels: int = 40_000_000  # 40 MP: ~120 MB as RGB; beyond is a bomb or a mistake
 
 
-def decode(data: bytes, limits: DecodeLimits | None = None, *, exif: bool = True) -> Image.Image:
-    """Decode image bytes into an RGB PIL image, refusing anything outside the allow-list.
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header says, once it passed the limits."""
 
-    Args:
-        data: the bytes a station sends (JPEG, PNG or WebP).
-        limits: byte and pixel bounds; defaults to `DecodeLimits()`.
-        exif: apply the EXIF orientation tag, as cameras expect viewers to.
+    format: str
+    width: int
+    height: int
 
-    Raises:
-        ImageTooLarge, TooManyPixels, UnsupportedImageFormat, NotAnImage, TruncatedImage.
-    """
-    limits = limits or DecodeLimits()
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def _open(data: bytes, limits: DecodeLimits, resize: int | None) -> Image.Image:
+    """Open lazily (header only) and apply every limit that the header can decide."""
     if len(data) > limits.max_bytes:
         raise ImageTooLarge(f"image is {len(data)} bytes; the limit is {limits.max_bytes} bytes")
     if not data:
@@ -84,17 +103,64 @@ def decode(data: bytes, limits: DecodeLimits | None = None, *, exif: bool = True
     except Image.DecompressionBombError as exc:
         # PIL's own guard fires at open for > 2x its global limit; ours is stricter anyway.
         raise TooManyPixels(f"{exc}; the limit is {limits.max_pixels} pixels") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise TruncatedImage(f"image header is corrupt: {exc}") from None
 
     width, height = img.size
+    if width <= 0 or height <= 0:
+        raise NotAnImage(f"image has no pixels ({width}x{height})")
     if width * height > limits.max_pixels:
         raise TooManyPixels(
             f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels} pixels"
         )
-    if width == 0 or height == 0:
-        raise NotAnImage(f"image has no pixels ({width}x{height})")
+    if resize is not None:
+        short, long = min(width, height), max(width, height)
+        resized = resize * math.ceil(resize * long / short)
+        if resized > limits.max_pixels:
+            raise AspectRatioTooLarge(
+                f"image is {width}x{height}: resizing its shorter side to {resize} would make {resized} pixels; "
+                f"the limit is {limits.max_pixels} (aspect ratio at most {limits.max_pixels // resize**2}:1)"
+            )
+    return img
 
+
+def inspect(data: bytes, limits: DecodeLimits | None = None, *, resize: int | None = None) -> ImageInfo:
+    """The header's format and size, after every check that needs no decoding (~30 µs).
+
+    The service calls this before queueing an image, so bad input is refused at once and
+    admission control can count the decode work an image will cost.
+    """
+    img = _open(data, limits or DecodeLimits(), resize)
+    return ImageInfo(img.format or "?", img.width, img.height)
+
+
+def decode(
+    data: bytes,
+    limits: DecodeLimits | None = None,
+    *,
+    exif: bool = True,
+    resize: int | None = None,
+    jpeg_dct_scaling: bool = False,
+) -> Image.Image:
+    """Decode image bytes into an RGB PIL image, refusing anything outside the allow-list.
+
+    Args:
+        data: the bytes a station sends (JPEG, PNG or WebP).
+        limits: byte and pixel bounds; defaults to `DecodeLimits()`.
+        exif: apply the EXIF orientation tag, as cameras expect viewers to.
+        resize: the shorter side the image will be resized to; bounds the work of that step.
+        jpeg_dct_scaling: decode JPEGs at the smallest 1/2, 1/4, 1/8 scale whose shorter
+            side is still at least `resize` (libjpeg-turbo scales in the DCT domain).
+
+    Raises:
+        ImageTooLarge, TooManyPixels, AspectRatioTooLarge, UnsupportedImageFormat,
+        UnsupportedImageMode, NotAnImage, TruncatedImage.
+    """
+    img = _open(data, limits or DecodeLimits(), resize)
+    if jpeg_dct_scaling and resize is not None and img.format == "JPEG":
+        # PIL picks the largest scale s in (8, 4, 2, 1) with width // resize >= s and
+        # height // resize >= s, so the shorter side stays >= resize.
+        img.draft("RGB", (resize, resize))
     try:
         with warnings.catch_warnings():
             # Our own pixel limit above is the bomb guard; PIL's warning would be noise.
@@ -112,11 +178,17 @@ def decode(data: bytes, limits: DecodeLimits | None = None, *, exif: bool = True
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
+    mode = img.mode
+    if mode == "RGB":
         return img
-    if img.mode == "P" and "transparency" in img.info:
+    if mode in _SIXTEEN_BIT_MODES:
+        high = (np.asarray(img).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(high, "L").convert("RGB")
+    if mode not in _EIGHT_BIT_MODES:
+        raise UnsupportedImageMode(f"images in PIL mode {mode!r} are not accepted; send 8- or 16-bit greyscale or RGB")
+    if mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
-    return img.convert("RGB")
+    return img.convert("RGB")  # alpha is dropped: the colours under it are what the camera saw
 
 
 class Preprocessor:
@@ -133,8 +205,18 @@ class Preprocessor:
         self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1)
 
+    def inspect(self, data: bytes) -> ImageInfo:
+        return inspect(data, self.limits, resize=self.spec.resize)
+
     def decode(self, data: bytes) -> Image.Image:
-        return decode(data, self.limits, exif=self.spec.exif_orientation)
+        spec = self.spec
+        return decode(
+            data,
+            self.limits,
+            exif=spec.exif_orientation,
+            resize=spec.resize,
+            jpeg_dct_scaling=spec.jpeg_dct_scaling,
+        )
 
     def transform(self, img: Image.Image) -> torch.Tensor:
         """Decoded RGB image → model input. Deterministic; no randomness here, ever."""

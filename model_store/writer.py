@@ -22,7 +22,7 @@ from safetensors.torch import save as save_safetensors
 from model_store.bundle import MANIFEST_FILE, REFERENCE_DIR, WEIGHTS_FILE, Bundle, load_bundle
 from model_store.errors import BundleError
 from model_store.manifest import Environment, Manifest, ParitySpec, ReferenceImage, parse_manifest, sha256_bytes
-from model_store.predictor import Predictor
+from model_store.predictor import SERVING_THREADS, Predictor, torch_threads
 from model_store.signing import public_key_file, sign_directory
 
 
@@ -96,7 +96,8 @@ def write_bundle(
         _write_and_sign(staging, draft, private_key)
 
         predictor = Predictor(load_bundle(staging, public_key), device="cpu")
-        outputs = predictor.predict([ref.data for ref in references])
+        with torch_threads(SERVING_THREADS):
+            outputs = predictor.predict([ref.data for ref in references])
         final_refs = [
             r.model_copy(update={"expected_probability": o.probability, "expected_decision": o.decision})
             for r, o in zip(draft_refs, outputs, strict=True)

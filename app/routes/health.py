@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import HostDep, MetricsDep
+from app.errors import JSONLines
 
 router = APIRouter(tags=["health"])
 
@@ -18,23 +18,27 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(host: HostDep) -> JSONResponse:
-    """200 only once a verified model has loaded and passed parity; 503 with the reason otherwise."""
+async def readyz(host: HostDep) -> Response:
+    """200 only once a verified model has loaded and passed parity on every worker; 503 with
+    the reason otherwise. No paths or secrets: this route needs no token."""
+    follow = host.follow_status
+    following = {"healthy": follow.healthy, "consecutive_failures": follow.failures, "error": follow.error}
     loaded = host.current
     if loaded is None:
-        return JSONResponse({"ready": False, "reason": host.reason}, status_code=503)
-    return JSONResponse(
+        return JSONLines({"ready": False, "reason": host.reason, "following": following}, status_code=503)
+    return JSONLines(
         {
             "ready": True,
             "version": loaded.version,
             "manifest_sha256": loaded.manifest_sha256,
             "parity_max_abs_diff": loaded.parity.max_abs_diff,
+            "workers": host.pipeline.workers,
             "refused": host.refused,
+            "following": following,
         }
     )
 
 
 @router.get("/metrics")
-async def metrics(host: HostDep, m: MetricsDep) -> Response:
-    m.queue_depth.set(host.batcher.queued_images)
+async def metrics(m: MetricsDep) -> Response:
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from app.deps import AdminDep, HostDep, SettingsDep
 from app.errors import APIError
-from app.routes.predict import read_body
+from app.intake import read_body
 from app.schemas import ParityResponse, SwapResponse, UploadResponse, VersionOut, VersionsResponse
 from app.upload import extract_bundle_tar
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Iterator
 
 import httpx
 import pytest
 from PIL import Image
 
 from model_store.bundle import load_bundle
-from model_store.predictor import Predictor
+from model_store.predictor import SERVING_THREADS, Predictor, torch_threads
 from tests.utils.factories import image_bytes, png_bomb
 from tests.utils.server import LiveServer
 
@@ -18,8 +19,10 @@ pytestmark = pytest.mark.slow  # real servers / subprocesses
 
 
 @pytest.fixture
-def predictor(bundles, keys) -> Predictor:
-    return Predictor(load_bundle(bundles["v1"], keys[1]))
+def predictor(bundles, keys) -> Iterator[Predictor]:
+    """In process, single-threaded like the service's workers: results compare bit for bit."""
+    with torch_threads(SERVING_THREADS):
+        yield Predictor(load_bundle(bundles["v1"], keys[1]))
 
 
 def test_single_image_equals_the_predictor_bitwise(server: LiveServer, predictor: Predictor) -> None:
@@ -131,7 +134,7 @@ def test_multipart_errors(server: LiveServer) -> None:
 
 
 def test_overload_answers_503_with_retry_after(store, keys) -> None:
-    with LiveServer(store.root, keys[1], queue_bound=4, max_images_per_request=4, max_batch=2, batch_wait_ms=20) as srv:
+    with LiveServer(store.root, keys[1], queue_bound=4, max_images_per_request=4, max_batch=2, workers=1) as srv:
         srv.wait_ready()
 
         async def fire() -> list[httpx.Response]:

@@ -150,7 +150,7 @@ def test_a_symlink_is_refused(bundle_copy, keys, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("mutate", "match"),
     [
-        (lambda m: m.update(schema_version=2), "schema_version"),
+        (lambda m: m.update(schema_version=3), "schema_version"),
         (lambda m: m.update(surprise=True), "surprise"),
         (lambda m: m["decision"].update(threshold=1.5), "decision.threshold"),
         (lambda m: m["model"].update(architecture="alexnet"), "model.architecture"),

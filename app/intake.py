@@ -1,0 +1,160 @@
+"""Reading request bodies with bounded memory: one raw image, or multipart `files` parts.
+
+Multipart bodies are parsed as they stream in (python-multipart's push parser): a part is
+refused the moment it passes the per-image limit, the request the moment it passes the
+body limit or has one image too many, so a 1 GB upload costs at most one image's worth of
+memory before the 413. Nothing is spooled to disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from app.errors import APIError
+
+if TYPE_CHECKING:  # declared by python-multipart for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its body arrived; nobody is left to answer."""
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    max_image_bytes: int
+    max_images: int
+    max_request_bytes: int
+
+
+async def _chunks(request: Request, limit: int, what: str) -> AsyncIterator[bytes]:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, "payload_too_large", f"{what} is {declared} bytes; the limit is {limit} bytes")
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise APIError(413, "payload_too_large", f"{what} exceeds the limit of {limit} bytes")
+            yield chunk
+    except ClientDisconnect:
+        raise ClientGone() from None
+
+
+async def read_body(request: Request, limit: int, what: str) -> bytes:
+    """The whole body, refusing more than `limit` bytes (declared or streamed)."""
+    return b"".join([chunk async for chunk in _chunks(request, limit, what)])
+
+
+def content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_images(request: Request, limits: BodyLimits) -> list[tuple[str, bytes]]:
+    """(name, bytes) per image: a raw `image/*` body, or multipart `files` fields."""
+    ctype = content_type(request)
+    if ctype.startswith("image/"):
+        return [("image", await read_body(request, limits.max_image_bytes, "image"))]
+    if ctype != "multipart/form-data":
+        raise APIError(
+            415,
+            "unsupported_media_type",
+            f"content type {ctype or '(none)'!r}: send one image as image/jpeg, image/png or image/webp, "
+            "or several as multipart/form-data fields named 'files'",
+        )
+    _, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise APIError(422, "invalid_multipart", "multipart/form-data needs a boundary parameter")
+    parts = _Parts(limits)
+    parser = MultipartParser(boundary, parts.callbacks())
+    try:
+        async for chunk in _chunks(request, limits.max_request_bytes, "multipart body"):
+            parser.write(chunk)
+        parser.finalize()
+    except APIError:
+        raise
+    except Exception as exc:  # python-multipart's parse errors
+        raise APIError(422, "invalid_multipart", f"multipart body could not be parsed: {exc}") from None
+    if not parts.finished:
+        raise APIError(422, "invalid_multipart", "multipart body ends before its closing boundary")
+    if not parts.images:
+        raise APIError(422, "no_images", "multipart body has no 'files' fields")
+    return parts.images
+
+
+@dataclass
+class _Parts:
+    limits: BodyLimits
+    images: list[tuple[str, bytes]] = field(default_factory=list)
+    finished: bool = False
+    _headers: dict[bytes, bytes] = field(default_factory=dict)
+    _field: bytearray = field(default_factory=bytearray)
+    _value: bytearray = field(default_factory=bytearray)
+    _data: bytearray = field(default_factory=bytearray)
+    _name: str | None = None  # display name of the current image part; None for other fields
+    _other_bytes: int = 0
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": lambda d, s, e: self._field.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self._value.extend(d[s:e]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+            "on_end": self._end,
+        }
+
+    def _begin(self) -> None:
+        self._headers.clear()
+        self._data = bytearray()
+        self._name = None
+
+    def _header_end(self) -> None:
+        self._headers[bytes(self._field).lower()] = bytes(self._value)
+        self._field.clear()
+        self._value.clear()
+
+    def _headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        if params.get(b"name") != b"files":
+            return  # another form field: read past it (bounded below), never returned
+        index = len(self.images)
+        if index >= self.limits.max_images:
+            raise APIError(
+                413,
+                "too_many_images",
+                f"more than {self.limits.max_images} images in one request; the limit is {self.limits.max_images}",
+            )
+        filename = params.get(b"filename")
+        self._name = f"files[{index}]" + (f" ({filename.decode('utf-8', 'replace')[:200]})" if filename else "")
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._name is None:
+            self._other_bytes += end - start
+            if self._other_bytes > 64 * 1024:  # text fields are not part of the API
+                raise APIError(413, "payload_too_large", "form fields other than 'files' exceed 64 KiB")
+            return
+        self._data.extend(data[start:end])
+        if len(self._data) > self.limits.max_image_bytes:
+            raise APIError(
+                413,
+                "image_too_large",
+                f"{self._name} exceeds {self.limits.max_image_bytes} bytes; the limit is {self.limits.max_image_bytes}",
+            )
+
+    def _part_end(self) -> None:
+        if self._name is not None:
+            self.images.append((self._name, bytes(self._data)))
+        self._data = bytearray()
+
+    def _end(self) -> None:
+        self.finished = True

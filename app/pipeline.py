@@ -1,0 +1,538 @@
+"""The one serving pipeline: admit → queue → batch → worker (decode + forward) → results.
+
+The predict route, `/v1/parity`, activation and shadow scoring all go through a
+`Pipeline`. It lives in the front process (the one running the HTTP server) and owns
+`workers` inference processes (`app.worker`), one per core by default, each holding every
+loaded model version.
+
+- **Admission, in one place.** A request is refused with `Overloaded` (503) when the
+  images already queued or in flight, or the pixels they will decode, would pass their
+  bounds; a request that could never fit is `RequestTooLarge` (413). Pixels come from the
+  image headers, read before queueing, so a few huge PNGs count for what they cost.
+- **No fixed batch wait.** An idle worker takes work the moment it arrives; while all
+  workers are busy, images pile up, and the next free worker takes up to `max_batch` of
+  them at once. Batches hold one model version only, so every image of a response comes
+  from the version the response names.
+- **Priorities.** Control work (loading a version, parity runs) goes to a worker before
+  queued images; shadow images (a candidate scored on live traffic) only when no station
+  image is waiting, and are dropped first under load.
+- **Crash recovery.** A worker that dies fails only its in-flight batch, is started
+  again, and gets every loaded version back before it takes work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.context import ForkServerContext
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from app import protocol, worker
+from model_store import parity
+from model_store.bundle import Bundle
+from model_store.errors import ImageError, ModelStoreError
+from model_store.manifest import Manifest
+from model_store.parity import ParityReport
+from model_store.preprocessing import DecodeLimits, ImageInfo, inspect
+
+log = logging.getLogger("app.pipeline")
+
+
+class Overloaded(Exception):
+    """Queued work is at its bound; the client should retry shortly."""
+
+
+class RequestTooLarge(Exception):
+    """This request alone is more work than the service ever queues."""
+
+
+class WorkerFailed(ModelStoreError):
+    """An inference worker could not do what it was asked (or died doing it)."""
+
+    code = "worker_failed"
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One image's outcome: a probability and its decision."""
+
+    probability: float
+    decision: str
+
+
+@dataclass(eq=False)
+class _Request:
+    version: str
+    results: list[float | None]
+    future: asyncio.Future[list[float]]
+    remaining: int
+    shadow: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+
+@dataclass(eq=False)
+class _Item:
+    request: _Request
+    index: int
+    data: bytes
+    pixels: int
+
+
+@dataclass
+class _Model:
+    """A version loaded in the workers, and what it takes to load it into a new one."""
+
+    version: str
+    manifest: Manifest
+    manifest_sha256: str
+    frame: tuple[protocol.Header, tuple[bytes, ...]]
+    users: int = 0  # requests pinned to it, plus the pin of being served or checked
+    ready: set[int] = field(default_factory=set)  # workers that hold it
+
+
+@dataclass(eq=False)
+class _Control:
+    header: protocol.Header
+    blobs: tuple[bytes, ...]
+    future: asyncio.Future[tuple[protocol.Header, list[bytes]]]
+
+
+@dataclass(eq=False)
+class _Worker:
+    index: int
+    process: BaseProcess | None = None
+    reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
+    busy: bool = False
+    alive: bool = False
+    control: deque[_Control] = field(default_factory=deque)
+    busy_seconds: float = 0.0
+    restarts: int = 0
+    started_at: float = 0.0
+    backoff: float = 0.0
+
+
+BatchObserver = Callable[[int, float, float], None]  # images, decode seconds, forward seconds
+
+
+_CONTEXT: ForkServerContext | None = None
+
+
+def _context() -> ForkServerContext:
+    # forkserver: the server process imports torch and the model code once; each worker is
+    # a fork of it (milliseconds), never of the front with its event loop and threads.
+    global _CONTEXT
+    if _CONTEXT is None:
+        ctx = multiprocessing.get_context("forkserver")
+        assert isinstance(ctx, ForkServerContext)
+        ctx.set_forkserver_preload(["app.worker"])
+        _CONTEXT = ctx
+    return _CONTEXT
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        workers: int,
+        device: str = "cpu",
+        threads_per_worker: int = 1,
+        max_batch: int = 16,
+        queue_bound: int = 256,
+        max_pending_pixels: int = 512_000_000,
+        limits: DecodeLimits | None = None,
+        on_batch: BatchObserver | None = None,
+    ) -> None:
+        self.device = device
+        self.threads = threads_per_worker
+        self.max_batch = max_batch
+        self.queue_bound = queue_bound
+        self.max_pending_pixels = max_pending_pixels
+        self.limits = limits or DecodeLimits()
+        self._on_batch = on_batch or (lambda n, d, f: None)
+        self._workers = [_Worker(i) for i in range(workers)]
+        self._models: dict[str, _Model] = {}
+        self._pending: deque[_Item] = deque()
+        self._shadow: deque[_Item] = deque()
+        self.queued_images = 0  # admitted station images not yet answered (queued or in a batch)
+        self.queued_pixels = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def workers(self) -> int:
+        return len(self._workers)
+
+    async def start(self) -> None:
+        await asyncio.gather(*(self._spawn(w) for w in self._workers))
+
+    async def _spawn(self, w: _Worker) -> None:
+        front, back = socket.socketpair()
+        proc = _context().Process(
+            target=worker.serve,
+            args=(back, self.threads, self.device, self.limits, self.max_batch),
+            name=f"inference-worker-{w.index}",
+            daemon=True,
+        )
+        await asyncio.to_thread(proc.start)
+        back.close()
+        w.reader, w.writer = await asyncio.open_unix_connection(sock=front)
+        w.process, w.alive, w.busy, w.started_at = proc, True, False, time.monotonic()
+        # A new worker holds nothing yet: give it every version before it takes images.
+        for model in list(self._models.values()):
+            model.ready.discard(w.index)
+            self._send_control(w, *model.frame).add_done_callback(self._loaded_callback(model, w))
+
+    def _loaded_callback(self, model: _Model, w: _Worker) -> Callable[[asyncio.Future[Any]], None]:
+        def done(f: asyncio.Future[Any]) -> None:
+            if not f.cancelled() and f.exception() is None and f.result()[0].get("ok"):
+                model.ready.add(w.index)
+                self._dispatch()
+
+        return done
+
+    async def close(self) -> None:
+        self._closing = True
+        for items in (self._pending, self._shadow):
+            for item in items:
+                self._fail(item.request, Overloaded("the service is shutting down"))
+            items.clear()
+        stops = []
+        for w in self._workers:
+            if w.alive:
+                stops.append(self._send_control(w, {"op": "stop"}))
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*stops, return_exceptions=True), timeout=5)
+        for w in self._workers:
+            if w.writer is not None:
+                w.writer.close()
+            if w.process is not None:
+                await asyncio.to_thread(w.process.join, 5)
+                if w.process.is_alive():
+                    w.process.kill()
+        for t in list(self._tasks):
+            t.cancel()
+
+    def worker_pids(self) -> list[int | None]:
+        return [w.process.pid if w.process is not None and w.alive else None for w in self._workers]
+
+    def worker_busy_seconds(self) -> list[float]:
+        return [w.busy_seconds for w in self._workers]
+
+    def worker_restarts(self) -> int:
+        return sum(w.restarts for w in self._workers)
+
+    # --- versions ----------------------------------------------------------------------
+
+    async def load(self, bundle: Bundle) -> None:
+        """Give every worker the (already verified) bundle; each builds and warms up its model."""
+        version = bundle.version
+        manifest = bundle.manifest
+        refs = tuple(bundle.references[r.file] for r in manifest.parity.references)
+        header: protocol.Header = {
+            "op": "load",
+            "version": version,
+            "path": str(bundle.path),
+            "manifest_sha256": bundle.manifest_sha256,
+        }
+        model = self._models.get(version)
+        if model is not None and model.manifest_sha256 == bundle.manifest_sha256:
+            model.users += 1  # already loaded (e.g. checked before it was activated)
+            return
+        if model is not None:
+            raise WorkerFailed(f"{version} is loaded with other content; unload it first")
+        model = _Model(
+            version, manifest, bundle.manifest_sha256, (header, (bundle.manifest_bytes, bundle.weights, *refs))
+        )
+        model.users = 1
+        self._models[version] = model
+        replies = await asyncio.gather(
+            *(self._send_control(w, header, model.frame[1]) for w in self._workers), return_exceptions=True
+        )
+        failures = []
+        for w, r in zip(self._workers, replies, strict=True):
+            if isinstance(r, BaseException):
+                failures.append(f"worker {w.index}: {r}")
+            elif not r[0].get("ok"):
+                failures.append(f"worker {w.index}: {r[0].get('message')}")
+            else:
+                model.ready.add(w.index)
+        if failures:
+            self.release(version)
+            raise WorkerFailed(f"{version} could not be loaded: {'; '.join(failures)}")
+
+    def pin(self, version: str) -> None:
+        """Keep `version` loaded until the matching `release` (a request or a served version)."""
+        self._models[version].users += 1
+
+    def release(self, version: str) -> None:
+        model = self._models.get(version)
+        if model is None:
+            return
+        model.users -= 1
+        if model.users <= 0:
+            del self._models[version]
+            for w in self._workers:
+                if w.alive:
+                    self._send_control(w, {"op": "unload", "version": version})
+
+    def manifest(self, version: str) -> Manifest:
+        return self._models[version].manifest
+
+    async def parity(self, version: str) -> ParityReport:
+        """The version's reference images through every worker, each as one batch (as at export)."""
+        model = self._models[version]
+        refs = model.frame[1][2:]
+        replies = await asyncio.gather(
+            *(self._send_control(w, {"op": "predict", "version": version}, refs) for w in self._workers)
+        )
+        reports = []
+        for w, (header, _) in zip(self._workers, replies, strict=True):
+            if not header.get("ok") or header["errors"]:
+                raise WorkerFailed(f"worker {w.index} could not run {version}'s parity images: {header}")
+            reports.append(parity.report(model.manifest, model.manifest_sha256, header["probs"]))
+        return parity.combine(reports)
+
+    # --- predictions -------------------------------------------------------------------
+
+    def inspect(self, version: str, data: bytes) -> ImageInfo:
+        """Header checks with the version's own preprocessing (bounded work), before queueing."""
+        return inspect(data, self.limits, resize=self._models[version].manifest.preprocessing.resize)
+
+    async def predict(
+        self, version: str, images: Sequence[tuple[str, bytes, ImageInfo]], *, shadow: bool = False
+    ) -> list[Scored]:
+        """Scores for `images` (name, bytes, header info) from `version`, in order.
+
+        Raises `Overloaded`, `RequestTooLarge`, or the first `ImageError` (its message
+        names the image) when an image fails to decode in a worker.
+        """
+        if not images:
+            return []
+        pixels = sum(info.pixels for _, _, info in images)
+        n = len(images)
+        if not shadow:
+            if pixels > self.max_pending_pixels:
+                raise RequestTooLarge(
+                    f"{n} image(s) of {pixels / 1e6:.0f} megapixels in all; the service queues at most "
+                    f"{self.max_pending_pixels / 1e6:.0f}"
+                )
+            if self.queued_images + n > self.queue_bound or self.queued_pixels + pixels > self.max_pending_pixels:
+                raise Overloaded(
+                    f"{self.queued_images} images ({self.queued_pixels / 1e6:.0f} megapixels) already queued "
+                    f"(bounds {self.queue_bound} images, {self.max_pending_pixels / 1e6:.0f} megapixels)"
+                )
+            self.queued_images += n
+            self.queued_pixels += pixels
+        model = self._models[version]
+        model.users += 1
+        loop = asyncio.get_running_loop()
+        request = _Request(version, [None] * n, loop.create_future(), n, shadow)
+        queue = self._shadow if shadow else self._pending
+        queue.extend(_Item(request, i, data, info.pixels) for i, (_, data, info) in enumerate(images))
+        self._dispatch()
+        try:
+            probs = await request.future
+        except ImageError as exc:
+            index = int(exc.args[1]) if len(exc.args) > 1 else 0
+            raise type(exc)(f"{images[index][0]}: {exc.args[0]}") from None
+        finally:
+            if not request.done:  # the client went away: drop what is still queued
+                request.future.cancel()
+            self.release(version)
+        decide = model.manifest.decision.decide
+        return [Scored(p, decide(p)) for p in probs]
+
+    def _fail(self, request: _Request, exc: BaseException) -> None:
+        if not request.done:
+            request.future.set_exception(exc)
+
+    def _finish_item(self, item: _Item) -> None:
+        if not item.request.shadow:
+            self.queued_images -= 1
+            self.queued_pixels -= item.pixels
+
+    # --- dispatch ----------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Give every idle worker its next piece of work: control first, then images."""
+        for w in self._workers:
+            if not w.alive or w.busy:
+                continue
+            if w.control:
+                self._start(w, w.control.popleft())
+                continue
+            if self._closing:
+                continue
+            batch = self._take_batch(w, self._pending) or self._take_batch(w, self._shadow)
+            if batch:
+                self._start_batch(w, batch)
+
+    def _take_batch(self, w: _Worker, queue: deque[_Item]) -> list[_Item]:
+        """Up to max_batch queued images of the first live request's version, in order."""
+        while queue and queue[0].request.done:
+            self._finish_item(queue.popleft())  # its client left or it already failed
+        if not queue:
+            return []
+        version = queue[0].request.version
+        if w.index not in self._models[version].ready:
+            return []  # this worker is still loading that version
+        batch: list[_Item] = []
+        keep: deque[_Item] = deque()
+        while queue and len(batch) < self.max_batch:
+            item = queue.popleft()
+            if item.request.done:
+                self._finish_item(item)
+            elif item.request.version == version:
+                batch.append(item)
+            else:
+                keep.append(item)
+        keep.extend(queue)
+        queue.clear()
+        queue.extend(keep)
+        return batch
+
+    def _send_control(
+        self, w: _Worker, header: protocol.Header, blobs: tuple[bytes, ...] = ()
+    ) -> asyncio.Future[tuple[protocol.Header, list[bytes]]]:
+        future: asyncio.Future[tuple[protocol.Header, list[bytes]]] = asyncio.get_running_loop().create_future()
+        if not w.alive:
+            future.set_exception(WorkerFailed(f"worker {w.index} is not running"))
+            return future
+        future.add_done_callback(_retrieve)  # fire-and-forget controls (unload) must not warn
+        w.control.append(_Control(header, blobs, future))
+        self._dispatch()
+        return future
+
+    def _start(self, w: _Worker, control: _Control) -> None:
+        w.busy = True
+        self._spawn_task(self._exchange(w, control.header, control.blobs, control.future))
+
+    def _start_batch(self, w: _Worker, batch: list[_Item]) -> None:
+        w.busy = True
+        future: asyncio.Future[tuple[protocol.Header, list[bytes]]] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda f: self._batch_done(batch, f))
+        header = {"op": "predict", "version": batch[0].request.version}
+        self._spawn_task(self._exchange(w, header, tuple(item.data for item in batch), future))
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _exchange(
+        self,
+        w: _Worker,
+        header: protocol.Header,
+        blobs: tuple[bytes, ...],
+        future: asyncio.Future[tuple[protocol.Header, list[bytes]]],
+    ) -> None:
+        started = time.perf_counter()
+        assert w.reader is not None and w.writer is not None
+        try:
+            await protocol.write_frame(w.writer, header, blobs)
+            reply = await protocol.read_frame(w.reader)
+        except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
+            if not future.done():
+                future.set_exception(WorkerFailed(f"inference worker {w.index} exited unexpectedly ({exc!r})"))
+            await self._restart(w)
+            return
+        except asyncio.CancelledError:
+            if not future.done():
+                future.cancel()
+            raise
+        w.busy_seconds += time.perf_counter() - started
+        w.busy = False
+        if not future.done():
+            future.set_result(reply)
+        self._dispatch()
+
+    async def _restart(self, w: _Worker) -> None:
+        w.alive, w.busy = False, False
+        pending, w.control = w.control, deque()
+        for c in pending:
+            if not c.future.done():
+                c.future.set_exception(WorkerFailed(f"inference worker {w.index} exited unexpectedly"))
+        if w.writer is not None:
+            w.writer.close()
+        if w.process is not None:
+            await asyncio.to_thread(w.process.join, 1)
+        if self._closing:
+            return
+        w.restarts += 1
+        # A worker that keeps dying at once (a broken install, a poisoned model) is started
+        # again with growing pauses, so the front stays responsive and the log readable.
+        lived = time.monotonic() - w.started_at
+        w.backoff = 0.0 if lived > 60 else min(max(1.0, w.backoff * 2), 30.0)
+        log.error(
+            "inference worker %d (pid %s) exited after %.1fs; starting it again in %.0fs",
+            w.index, w.process and w.process.pid, lived, w.backoff,
+        )  # fmt: skip
+        await asyncio.sleep(w.backoff)
+        if not self._closing:
+            await self._spawn(w)
+            self._dispatch()
+
+    def _batch_done(self, batch: list[_Item], f: asyncio.Future[tuple[protocol.Header, list[bytes]]]) -> None:
+        for item in batch:
+            self._finish_item(item)
+        if f.cancelled():
+            return
+        exc = f.exception()
+        if exc is not None:
+            for item in batch:
+                self._fail(item.request, exc)
+            return
+        header, _ = f.result()
+        if not header.get("ok"):
+            failure = WorkerFailed(f"inference failed: {header.get('message')}")
+            for item in batch:
+                self._fail(item.request, failure)
+            return
+        self._on_batch(header["batch"], header["decode_s"], header["forward_s"])
+        failed = {row[0]: (row[1], row[2]) for row in header["errors"]}
+        for i, (item, p) in enumerate(zip(batch, header["probs"], strict=True)):
+            request = item.request
+            if request.done:
+                continue
+            if i in failed:
+                code, message = failed[i]
+                request.future.set_exception(_image_error(code, message, item.index))
+                continue
+            request.results[item.index] = p
+            request.remaining -= 1
+            if request.remaining == 0:
+                request.future.set_result([r for r in request.results if r is not None])
+
+
+def _retrieve(f: asyncio.Future[Any]) -> None:
+    if not f.cancelled():
+        f.exception()
+
+
+def _image_error(code: str, message: str, index: int) -> ImageError:
+    """The worker's decode refusal as the same ImageError subclass, carrying the image index."""
+    cls: type[ImageError] = next((c for c in _image_error_classes() if c.code == code), ImageError)
+    return cls(message, index)
+
+
+def _image_error_classes() -> list[type[ImageError]]:
+    seen, todo = [], [ImageError]
+    while todo:
+        c = todo.pop()
+        seen.append(c)
+        todo.extend(c.__subclasses__())
+    return seen

@@ -1,0 +1,108 @@
+"""An inference worker process: decode, preprocess and forward a batch, on one core.
+
+The front process (HTTP, admission, batching, swaps, metrics) sends it frames over a
+socketpair (`app.protocol`); it answers each one before reading the next. It holds one
+`Predictor` per loaded version, built from bundle bytes the front has already verified,
+so a swap verifies and hashes a bundle once. One torch thread: the service runs one
+worker per core instead of OpenMP threads that would spin beside the decoders.
+
+It imports no web framework, so the forkserver that spawns workers preloads only torch
+and the model code, and a new worker is ready in milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.protocol import Header, recv_frame, send_frame
+from model_store.bundle import Bundle, parse_weights
+from model_store.errors import ImageError, ModelStoreError
+from model_store.manifest import parse_manifest
+from model_store.predictor import Predictor
+from model_store.preprocessing import DecodeLimits
+
+
+def serve(sock: socket.socket, threads: int, device: str, limits: DecodeLimits, max_batch: int) -> None:
+    """The worker's main loop; returns when the front says stop or goes away."""
+    # Ctrl-C reaches the whole process group; the front decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)  # SERVING_THREADS by default: see model_store.predictor
+    models: dict[str, Predictor] = {}
+    while True:
+        try:
+            header, blobs = recv_frame(sock)
+        except (EOFError, ConnectionError):
+            return  # the front exited (or was killed): nothing left to serve
+        op = header.get("op")
+        out: list[bytes] = []
+        try:
+            if op == "predict":
+                reply = _predict(models[header["version"]], blobs)
+            elif op == "load":
+                started = time.perf_counter()
+                models[header["version"]] = _load(header, blobs, device, limits, max_batch)
+                reply = {"ok": True, "seconds": time.perf_counter() - started}
+            elif op == "unload":
+                models.pop(header["version"], None)
+                reply = {"ok": True}
+            elif op == "stop":
+                send_frame(sock, {"ok": True})
+                return
+            else:
+                reply = {"ok": False, "code": "bad_op", "message": f"unknown op {op!r}"}
+        except ModelStoreError as exc:
+            reply = {"ok": False, "code": exc.code, "message": str(exc)}
+        except Exception as exc:  # a model or device error fails this frame, not the worker
+            reply = {"ok": False, "code": "worker_error", "message": f"{type(exc).__name__}: {exc}"}
+        send_frame(sock, {**reply, "pid": os.getpid()}, out)
+
+
+def _load(header: Header, blobs: list[bytes], device: str, limits: DecodeLimits, max_batch: int) -> Predictor:
+    manifest_bytes, weights, *refs = blobs
+    manifest = parse_manifest(manifest_bytes)
+    # The front verified exactly these bytes (signature, file set, digests) before sending
+    # them over a private socketpair; hashing them again here would be the second time.
+    bundle = Bundle(
+        path=Path(header["path"]),
+        manifest=manifest,
+        manifest_sha256=header["manifest_sha256"],
+        state_dict=parse_weights(weights, manifest.version),
+        references={r.file: data for r, data in zip(manifest.parity.references, refs, strict=True)},
+        manifest_bytes=manifest_bytes,
+        weights=weights,
+    )
+    predictor = Predictor(bundle, device=device, limits=limits)
+    predictor.warm_up(max_batch)
+    return predictor
+
+
+def _predict(predictor: Predictor, images: list[bytes]) -> dict[str, Any]:
+    """Probabilities in order; an image that fails to decode gets an error, not the batch."""
+    started = time.perf_counter()
+    tensors, rows, errors = [], [], []
+    for i, data in enumerate(images):
+        try:
+            tensors.append(predictor.preprocessor(data))
+            rows.append(i)
+        except ImageError as exc:
+            errors.append([i, exc.code, str(exc)])
+    decoded = time.perf_counter()
+    probs: list[float | None] = [None] * len(images)
+    if tensors:
+        for i, p in zip(rows, predictor.probabilities(torch.stack(tensors)), strict=True):
+            probs[i] = p
+    return {
+        "ok": True,
+        "probs": probs,
+        "errors": errors,
+        "decode_s": decoded - started,
+        "forward_s": time.perf_counter() - decoded,
+        "batch": len(tensors),
+    }

@@ -1,0 +1,154 @@
+"""A closed-loop HTTP/1.1 load generator: N keep-alive connections, each sending its next
+request the moment the previous answer arrives.
+
+Requests are pre-built bytes and answers are read with minimal parsing, so the client
+costs little CPU on a machine it shares with the server (its own CPU time is reported).
+It speaks plain HTTP to any URL that takes a raw image body (ours, TorchServe's
+`/predictions/<model>`, ...) or, for ours, multipart `files`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+
+import uvloop  # the service's own event loop (a dependency): the client costs less CPU
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    images_per_request: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)  # of successful requests
+    ok: int = 0
+    errors: int = 0  # non-2xx other than 503, and broken connections
+    shed: int = 0  # 503 (overloaded: the service said retry later)
+    client_cpu_s: float = 0.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        lat = sorted(self.latencies)
+
+        def pct(q: float) -> float:
+            return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else float("nan")
+
+        return {
+            "concurrency": self.concurrency,
+            "images_per_request": self.images_per_request,
+            "seconds": self.seconds,
+            "requests_per_s": self.ok / self.seconds,
+            "images_per_s": self.ok * self.images_per_request / self.seconds,
+            "p50_ms": pct(0.50),
+            "p95_ms": pct(0.95),
+            "p99_ms": pct(0.99),
+            "ok": self.ok,
+            "errors": self.errors,
+            "shed_503": self.shed,
+            "client_cores": self.client_cpu_s / self.seconds,
+        }
+
+
+def raw_request(url: str, body: bytes, content_type: str = "image/jpeg") -> bytes:
+    u = urllib.parse.urlsplit(url)
+    head = (
+        f"POST {u.path or '/'}{'?' + u.query if u.query else ''} HTTP/1.1\r\nHost: {u.netloc}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def multipart_request(url: str, images: list[bytes], boundary: str = "benchmark-boundary-7d9f") -> bytes:
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{i}.jpg"\r\n'
+        f"Content-Type: image/jpeg\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for i, data in enumerate(images)
+    ]
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return raw_request(url, body, f"multipart/form-data; boundary={boundary}")
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """(status, keep-alive) after reading the whole response."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    lower = head.lower()
+    keep = b"connection: close" not in lower
+    at = lower.find(b"content-length:")
+    if at >= 0:
+        end = lower.find(b"\r\n", at)
+        await reader.readexactly(int(lower[at + 15 : end]))
+    elif b"transfer-encoding: chunked" in lower:
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    return status, keep
+
+
+async def _connection(
+    host: str, port: int, requests: list[bytes], offset: int, warm_until: float, stop_at: float, result: LevelResult
+) -> None:
+    i = offset
+    reader = writer = None
+    while time.perf_counter() < stop_at:
+        try:
+            if writer is None:
+                reader, writer = await asyncio.open_connection(host, port)
+            assert reader is not None
+            started = time.perf_counter()
+            writer.write(requests[i % len(requests)])
+            i += 1
+            status, keep = await _read_response(reader)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            if time.perf_counter() >= warm_until:
+                result.errors += 1
+            if writer is not None:
+                writer.close()
+            reader = writer = None
+            await asyncio.sleep(0.01)
+            continue
+        finished = time.perf_counter()
+        if started >= warm_until and finished <= stop_at:
+            if 200 <= status < 300:
+                result.ok += 1
+                result.latencies.append(finished - started)
+            elif status == 503:
+                result.shed += 1
+            else:
+                result.errors += 1
+        if not keep:
+            assert writer is not None
+            writer.close()
+            reader = writer = None
+    if writer is not None:
+        writer.close()
+
+
+async def _level(
+    url: str, requests: list[bytes], concurrency: int, images_per_request: int, warmup_s: float, seconds: float
+) -> LevelResult:
+    u = urllib.parse.urlsplit(url)
+    host, port = u.hostname or "127.0.0.1", u.port or 80
+    result = LevelResult(concurrency, images_per_request, seconds)
+    start = time.perf_counter()
+    warm_until, stop_at = start + warmup_s, start + warmup_s + seconds
+    cpu0 = os.times()
+    await asyncio.gather(
+        *(_connection(host, port, requests, c * 7, warm_until, stop_at, result) for c in range(concurrency))
+    )
+    cpu1 = os.times()
+    result.client_cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    result.client_cpu_s *= seconds / (time.perf_counter() - start)  # the measured window's share
+    return result
+
+
+def run_level(
+    url: str, requests: list[bytes], concurrency: int, images_per_request: int, warmup_s: float, seconds: float
+) -> LevelResult:
+    return uvloop.run(_level(url, requests, concurrency, images_per_request, warmup_s, seconds))
