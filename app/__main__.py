@@ -17,8 +17,9 @@ def main() -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.server import config
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    uvicorn.Server(config(create_app(settings), settings)).run()
     return 0
 
 

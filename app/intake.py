@@ -8,6 +8,7 @@ memory before the 413. Nothing is spooled to disk.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -25,31 +26,46 @@ class ClientGone(Exception):
     """The client closed the connection before its body arrived; nobody is left to answer."""
 
 
+BODY_TIMEOUT_S = 60.0  # a whole request body, however slowly it trickles in
+
+
 @dataclass(frozen=True)
 class BodyLimits:
     max_image_bytes: int
     max_images: int
     max_request_bytes: int
+    timeout_s: float = BODY_TIMEOUT_S
 
 
-async def _chunks(request: Request, limit: int, what: str) -> AsyncIterator[bytes]:
+async def _chunks(request: Request, limit: int, what: str, timeout_s: float) -> AsyncIterator[bytes]:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise APIError(413, "payload_too_large", f"{what} is {declared} bytes; the limit is {limit} bytes")
     size = 0
+    stream = request.stream()
+    deadline = asyncio.get_running_loop().time() + timeout_s
     try:
-        async for chunk in request.stream():
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                chunk = await asyncio.wait_for(anext(stream), max(remaining, 0.001))
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise APIError(408, "request_timeout", f"{what} did not arrive within {timeout_s:g} s") from None
             size += len(chunk)
             if size > limit:
                 raise APIError(413, "payload_too_large", f"{what} exceeds the limit of {limit} bytes")
             yield chunk
     except ClientDisconnect:
         raise ClientGone() from None
+    finally:
+        await stream.aclose()
 
 
-async def read_body(request: Request, limit: int, what: str) -> bytes:
-    """The whole body, refusing more than `limit` bytes (declared or streamed)."""
-    return b"".join([chunk async for chunk in _chunks(request, limit, what)])
+async def read_body(request: Request, limit: int, what: str, timeout_s: float = BODY_TIMEOUT_S) -> bytes:
+    """The whole body, refusing more than `limit` bytes (declared or streamed) or a slow one."""
+    return b"".join([chunk async for chunk in _chunks(request, limit, what, timeout_s)])
 
 
 def content_type(request: Request) -> str:
@@ -60,7 +76,7 @@ async def read_images(request: Request, limits: BodyLimits) -> list[tuple[str, b
     """(name, bytes) per image: a raw `image/*` body, or multipart `files` fields."""
     ctype = content_type(request)
     if ctype.startswith("image/"):
-        return [("image", await read_body(request, limits.max_image_bytes, "image"))]
+        return [("image", await read_body(request, limits.max_image_bytes, "image", limits.timeout_s))]
     if ctype != "multipart/form-data":
         raise APIError(
             415,
@@ -75,7 +91,7 @@ async def read_images(request: Request, limits: BodyLimits) -> list[tuple[str, b
     parts = _Parts(limits)
     parser = MultipartParser(boundary, parts.callbacks())
     try:
-        async for chunk in _chunks(request, limits.max_request_bytes, "multipart body"):
+        async for chunk in _chunks(request, limits.max_request_bytes, "multipart body", limits.timeout_s):
             parser.write(chunk)
         parser.finalize()
     except APIError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator
 
 from fastapi import FastAPI
@@ -16,8 +17,11 @@ from app.observability import Metrics, RequestObserver, configure_logging, count
 from app.pipeline import Pipeline
 from app.routes import health, models, parity, predict
 from app.settings import Settings
+from app.upload import clean_stale, upload_root
 from model_store.preprocessing import DecodeLimits
 from model_store.store import open_store
+
+log = logging.getLogger("app.main")
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -41,6 +45,12 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging()
+        if not settings.loopback_only:
+            log.warning(
+                "listening on %s, not only on this machine: any network that reaches it can send predictions "
+                "(management still needs the token); put it behind a proxy or firewall you control",
+                settings.host,
+            )
         pipeline = Pipeline(
             workers=settings.workers,
             device=settings.device,
@@ -72,6 +82,9 @@ def create_app(settings: Settings) -> FastAPI:
 
         metrics.watch(live)
         app.state.host = host
+        stale = clean_stale(upload_root())  # left by a process killed mid-upload
+        if stale:
+            log.warning("removed %d upload folder(s) left by a stopped process", stale)
         await pipeline.start()
         # Load in the background: /healthz answers at once, /readyz turns 200 when proven.
         follow = asyncio.create_task(host.follow(settings.follow_interval_s), name="follow-store")

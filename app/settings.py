@@ -5,6 +5,7 @@ Unsafe or inconsistent values stop startup with a message naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -44,6 +45,7 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(64, ge=1)
     max_request_bytes: int = Field(128 * 1024 * 1024, ge=1024, description="a predict request's whole body")
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="bundle .tar upload limit")
+    max_bundle_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="an uploaded bundle, once extracted")
     follow_interval_s: float = Field(5.0, ge=0, description="poll the store's active pointer; 0 = never")
     retry_after_s: int = Field(1, ge=1, description="Retry-After on 503 overload")
 
@@ -73,6 +75,16 @@ class Settings(BaseSettings):
         if not Path(v).is_dir():
             raise ValueError(f"APP_STORE {v} is not a directory (create it with `python -m model_store import`)")
         return v
+
+    @property
+    def loopback_only(self) -> bool:
+        """True when the bind address only accepts connections from this machine."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a host name: it may resolve to anything
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -16,12 +16,14 @@ from training.synth import render
 CAMERA = (1280, 720)
 
 
-def camera_jpeg(seed: int, size: tuple[int, int] = CAMERA, quality: int = 90) -> bytes:
-    img = render(seed, damaged=seed % 2 == 1).resize(size, Image.Resampling.BICUBIC)
-    noise = np.random.default_rng(seed).normal(0.0, 6.5, (size[1], size[0], 3))
-    pixels = np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
+def camera_jpeg(seed: int, size: tuple[int, int] = CAMERA, quality: int = 90, sensor_noise: float = 5.0) -> bytes:
+    img = render(seed, damaged=seed % 2 == 1, size=size)
+    # Extra sensor noise (grey level sigma) brings the files to the size real cameras write.
+    noisy = np.asarray(img, dtype=np.float32) + np.random.default_rng(seed).normal(
+        0, sensor_noise, (size[1], size[0], 3)
+    )
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "JPEG", quality=quality)
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=quality)
     return buf.getvalue()
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from model_store.errors import describe_validation_errors
-from model_store.manifest import DecisionPolicy, ModelSpec, PreprocessingSpec
+from model_store.manifest import DecisionPolicy, ModelSpec, PreprocessingSpec, RuntimeSpec
 
 
 class ConfigError(Exception):
@@ -47,6 +47,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "preprocessing": {
         "resize": 144,  # shorter side, pixels
         "crop": 128,  # centre crop, pixels
+        "jpeg_dct_scaling": True,  # decode large JPEGs at reduced size (see docs/performance.md)
         "mean": [0.485, 0.456, 0.406],  # ImageNet statistics
         "std": [0.229, 0.224, 0.225],
     },
@@ -104,6 +105,8 @@ class TrainConfig(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig
     preprocessing: PreprocessingSpec
+    # How the bundle's forward pass runs when served (measured fastest here: docs/performance.md).
+    runtime: RuntimeSpec = RuntimeSpec(graph="torchscript", memory_format="channels_last")
     augment: AugmentConfig = AugmentConfig()
     optim: OptimConfig = OptimConfig()
     loader: LoaderConfig = LoaderConfig()

@@ -64,6 +64,7 @@ def _manifest(
         created_at=datetime.now(UTC),
         model=config.model.spec(),
         preprocessing=config.preprocessing,
+        runtime=config.runtime,
         decision=DecisionSpec(
             threshold=evaluation["threshold"],
             positive_label=dc.positive_label,

@@ -154,8 +154,12 @@ def _soft_shadow(d: ImageDraw.ImageDraw, rng: random.Random, face: list[Point]) 
 LOOKALIKES = (_strap, _printed_mark, _soft_shadow)
 
 
-def render(seed: int, damaged: bool) -> Image.Image:
-    """One photo. The same (seed, damaged) always gives the same pixels."""
+def render(seed: int, damaged: bool, size: tuple[int, int] = (WIDTH, HEIGHT)) -> Image.Image:
+    """One photo of `size` pixels. The same (seed, damaged, size) always gives the same pixels.
+
+    The scene is drawn on a 256x192 canvas and scaled to `size`; lighting, blur and sensor
+    noise are then applied at the photo's own resolution, as a camera would.
+    """
     rng = random.Random(seed * 2 + int(damaged))
     bg = _jitter(rng, rng.choice(_BACKGROUNDS), 20)
     img = Image.new("RGB", (WIDTH, HEIGHT), bg)
@@ -201,20 +205,28 @@ def render(seed: int, damaged: bool) -> Image.Image:
             DAMAGE[kind](d, rng, rng.choice([front, front, top]), rng.uniform(0.3, 1.0))
 
     # Lighting: a gradient from a random side; then camera blur, noise and exposure.
+    width, height = size
+    if size != (WIDTH, HEIGHT):
+        img = img.resize(size, Image.Resampling.BICUBIC)
     arr = np.asarray(img, dtype=np.float32)
     angle = rng.uniform(0, 2 * math.pi)
-    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
-    grad = (np.cos(angle) * (xx / WIDTH - 0.5) + np.sin(angle) * (yy / HEIGHT - 0.5)) * rng.uniform(0.1, 0.5)
+    yy, xx = np.mgrid[0:height, 0:width]
+    grad = (np.cos(angle) * (xx / width - 0.5) + np.sin(angle) * (yy / height - 0.5)) * rng.uniform(0.1, 0.5)
     arr = arr * (rng.uniform(0.75, 1.2) + grad)[..., None]
     nrng = np.random.default_rng(seed)
     arr += nrng.normal(0, rng.uniform(2, 9), arr.shape)
     out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
     if rng.random() < 0.4:
-        out = out.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+        out = out.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * width / WIDTH))
     return out
 
 
-def generate(out: Path, count: int, seed: int, damaged_fraction: float = 0.5) -> dict[str, int]:
+PHOTO_SIZE = (640, 480)  # a VGA station camera: large enough that reduced-size JPEG decoding applies
+
+
+def generate(
+    out: Path, count: int, seed: int, damaged_fraction: float = 0.5, size: tuple[int, int] = PHOTO_SIZE
+) -> dict[str, int]:
     """Write `count` JPEGs in ImageFolder layout (intact/, damaged/). Returns per-class counts."""
     rng = random.Random(seed)
     counts = {"intact": 0, "damaged": 0}
@@ -223,7 +235,7 @@ def generate(out: Path, count: int, seed: int, damaged_fraction: float = 0.5) ->
     for i in range(count):
         damaged = rng.random() < damaged_fraction
         label = "damaged" if damaged else "intact"
-        img = render(seed * 1_000_003 + i, damaged)
+        img = render(seed * 1_000_003 + i, damaged, size)
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=rng.randint(70, 95))
         (out / label / f"parcel-{i:06d}.jpg").write_bytes(buf.getvalue())

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -14,7 +12,7 @@ from app.deps import AdminDep, HostDep, SettingsDep
 from app.errors import APIError
 from app.intake import read_body
 from app.schemas import ParityResponse, SwapResponse, UploadResponse, VersionOut, VersionsResponse
-from app.upload import extract_bundle_tar
+from app.upload import extract_bundle_tar, upload_root, workspace
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -61,8 +59,8 @@ async def upload(
     data = await read_body(request, settings.max_upload_bytes, "bundle archive")
 
     def store_it() -> UploadResponse:
-        with tempfile.TemporaryDirectory(prefix="upload-") as tmp:
-            bundle_dir = extract_bundle_tar(data, Path(tmp), settings.max_upload_bytes)
+        with workspace(upload_root()) as tmp:
+            bundle_dir = extract_bundle_tar(data, tmp, settings.max_bundle_bytes)
             result = host.store.import_bundle(bundle_dir, actor=actor, reason="uploaded through the API")
         return UploadResponse(version=result.version, created=result.created)
 

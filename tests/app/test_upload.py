@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from app.upload import MAX_MEMBERS, extract_bundle_tar
+from app.upload import MAX_MEMBERS, clean_stale, extract_bundle_tar, workspace
 from model_store.bundle import load_bundle
 from model_store.errors import UnsafeArchive
 from tests.utils.archives import HOSTILE_KINDS, hostile_tar, tar_of
@@ -57,3 +58,30 @@ def test_size_and_member_limits(tmp_path: Path, bundles) -> None:
 def test_garbage_is_an_unsafe_archive(tmp_path: Path, data: bytes) -> None:
     with pytest.raises(UnsafeArchive, match="tar archive"):
         extract_bundle_tar(data, tmp_path, max_bytes=1000)
+
+
+def test_a_compression_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("bundle/model.safetensors")
+        info.size = 200_000_000  # 200 MB of zeros: about 200 KB compressed
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    data = buf.getvalue()
+    assert len(data) < 1_000_000
+    dest = tmp_path / "x"
+    dest.mkdir()
+    with pytest.raises(UnsafeArchive, match="expands beyond 50000000 bytes"):
+        extract_bundle_tar(data, dest, max_bytes=50_000_000)
+    assert list(dest.rglob("*")) == []  # nothing written
+
+
+def test_upload_folders_left_by_a_killed_process_are_removed(tmp_path: Path) -> None:
+    dead, mine = tmp_path / "upload-999999999-abc", tmp_path / f"upload-{os.getpid()}-def"
+    dead.mkdir()
+    mine.mkdir()
+    (dead / "half.tar").write_bytes(b"x" * 100)
+    assert clean_stale(tmp_path) == 1
+    assert not dead.exists() and mine.exists()
+    with workspace(tmp_path) as ws:
+        assert ws.parent == tmp_path and ws.name.startswith(f"upload-{os.getpid()}-")
+    assert not ws.exists()

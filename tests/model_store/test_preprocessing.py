@@ -10,13 +10,14 @@ import torch
 from PIL import Image
 
 from model_store.errors import (
+    AspectRatioTooLarge,
     ImageTooLarge,
     NotAnImage,
     TooManyPixels,
     TruncatedImage,
     UnsupportedImageFormat,
 )
-from model_store.preprocessing import DecodeLimits, Preprocessor, decode
+from model_store.preprocessing import DecodeLimits, Preprocessor, decode, inspect
 from tests.utils.factories import image_bytes, png_bomb, preprocessing_spec
 
 
@@ -150,3 +151,67 @@ def test_corrupted_images_only_ever_raise_image_errors(fmt: str) -> None:
         except ImageError:
             outcomes["refused"] += 1
     assert outcomes["refused"] > 0  # the mutations really did break images
+
+
+def test_reduced_size_jpeg_decode_keeps_the_shorter_side_at_least_resize() -> None:
+    photo = image_bytes(7, (1280, 720))
+    for resize, expected in [(256, (640, 360)), (180, (320, 180)), (90, (160, 90)), (400, (1280, 720))]:
+        img = decode(photo, resize=resize, jpeg_dct_scaling=True)
+        assert img.size == expected, resize
+        assert min(img.size) >= resize
+    assert decode(photo, resize=256).size == (1280, 720)  # off: full size
+    png = image_bytes(7, (1280, 720), "PNG")
+    assert decode(png, resize=256, jpeg_dct_scaling=True).size == (1280, 720)  # only JPEGs scale
+
+
+def test_reduced_size_decode_is_part_of_the_spec_and_deterministic() -> None:
+    photo = image_bytes(8, (1280, 720))
+    scaled = Preprocessor(preprocessing_spec(resize=256, crop=224, jpeg_dct_scaling=True))
+    full = Preprocessor(preprocessing_spec(resize=256, crop=224))
+    a, b = scaled(photo), scaled(photo)
+    assert torch.equal(a, b) and a.shape == full(photo).shape == (3, 224, 224)
+    assert not torch.equal(a, full(photo))  # another decode: bundles must say which one they used
+    assert (a - full(photo)).abs().mean() < 0.05  # ...of the same picture
+
+
+@pytest.mark.parametrize(
+    ("size", "resize", "refused"),
+    [((300_000, 1), 72, True), ((1, 300_000), 72, True), ((3000, 1), 256, True), ((4000, 1000), 256, False)],
+)
+def test_extreme_aspect_ratios_are_refused_for_what_their_resize_would_cost(
+    size: tuple[int, int], resize: int, refused: bool
+) -> None:
+    """A 957-byte 300000x1 PNG once cost 5.7 GB: resizing its shorter side multiplies the other."""
+    data = png_bomb(*size)
+    if refused:
+        with pytest.raises(AspectRatioTooLarge, match=f"resizing its shorter side to {resize}"):
+            inspect(data, resize=resize)
+        with pytest.raises(AspectRatioTooLarge):
+            Preprocessor(preprocessing_spec(resize=resize, crop=min(resize, 64)))(data)
+    else:
+        assert inspect(data, resize=resize).pixels == size[0] * size[1]
+
+
+def _png(array: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped() -> None:
+    """A 16-bit PNG was once scored as a white image (convert("RGB") clips I;16)."""
+    ramp = np.linspace(0, 65535, 64 * 64).astype(np.uint16).reshape(64, 64)
+    img = decode(_png(ramp))
+    got = np.asarray(img)[..., 0]
+    assert img.mode == "RGB"
+    assert np.array_equal(got, (ramp >> 8).astype(np.uint8))  # the high byte, as PIL does for 16-bit RGB
+    assert got.min() == 0 and got.max() == 255 and 120 < got.mean() < 135  # not white
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA"])
+def test_every_png_mode_becomes_eight_bit_rgb(mode: str) -> None:
+    img = Image.new(mode, (30, 20))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    out = decode(buf.getvalue())
+    assert out.mode == "RGB" and out.size == (30, 20)

@@ -17,7 +17,7 @@ from training import metrics as M
 from training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from training.config import ConfigError, load_config
 from training.data import DataError, SplitManifest, check_matches, check_no_leakage, make_split
-from training.synth import generate
+from training.synth import PHOTO_SIZE, generate
 
 LABELS = ("intact", "damaged")
 
@@ -32,7 +32,7 @@ def test_synth_is_deterministic_and_decodable(tmp_path: Path) -> None:
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     assert any(not (c / f).exists() or (a / f).read_bytes() != (c / f).read_bytes() for f in files)
     img = decode((a / files[0]).read_bytes())
-    assert img.size == (256, 192)
+    assert img.size == PHOTO_SIZE == (640, 480)
 
 
 def test_split_is_deterministic_stratified_and_leak_free(tmp_path: Path) -> None:

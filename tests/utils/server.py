@@ -12,6 +12,7 @@ import httpx
 import uvicorn
 
 from app.main import create_app
+from app.server import config
 from app.settings import Settings
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -28,8 +29,7 @@ class LiveServer:
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on")
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(config(self.app, self.settings))
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
     def __enter__(self) -> LiveServer:
