@@ -366,6 +366,7 @@ class S3Store(Store):
         if target.is_dir():
             return target, False
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_downloads(self.cache_dir)
         partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.cache_dir))
         try:
             for rel in marker["files"]:
@@ -583,6 +584,18 @@ def _safe_relpath(rel: str) -> PurePosixPath:
     if path.is_absolute() or not path.parts or any(p in ("", ".", "..") for p in path.parts) or "\\" in rel:
         raise StoreError(f"unsafe file name {rel!r} in a version marker; the store may have been tampered with")
     return path
+
+
+# A download this old was abandoned (its process was killed): no load takes an hour.
+_STALE_DOWNLOAD_S = 3600
+
+
+def _remove_stale_downloads(cache_dir: Path) -> None:
+    cutoff = time.time() - _STALE_DOWNLOAD_S
+    for path in [*cache_dir.glob(".partial-*"), *cache_dir.glob(".discard-*")]:
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _discard(path: Path) -> None:

@@ -688,6 +688,12 @@ def test_s3_loads_always_verify_and_the_cache_only_saves_the_download(s3_store: 
     assert {k: t.sum().item() for k, t in again.state_dict.items()} == {
         k: t.sum().item() for k, t in first.state_dict.items()
     }
+    # A download that a killed process abandoned is removed by the next download.
+    stale = s3_store.cache_dir / ".partial-killed"
+    stale.mkdir()
+    os.utime(stale, (0, 0))
+    s3_store.load("v2")
+    assert not stale.exists()
 
 
 def test_s3_a_prefix_with_objects_but_no_store_is_not_a_store(s3_server, keys, tmp_path) -> None:
