@@ -279,7 +279,10 @@ class S3Store(Store):
     def _marker_or_none(self, version: str) -> dict[str, Any] | None:
         marker = self._get_json(self._marker_key(version))
         if marker is not None and (
-            marker.get("version") != version or not _SHA256.fullmatch(str(marker.get("manifest_sha256")))
+            marker.get("version") != version
+            or not _SHA256.fullmatch(str(marker.get("manifest_sha256")))
+            or not isinstance(marker.get("files"), list)
+            or not all(isinstance(f, str) for f in marker["files"])
         ):
             raise StoreError(f"{self.location}: the marker of {version!r} is malformed; restore it from backup")
         return marker
@@ -417,6 +420,13 @@ class S3Store(Store):
         # If-None-Match: the entry for a seq is written once; a second writer's copy is a no-op.
         self._put(self._key("audit", f"{entry['seq']:012d}.json"), _dump(entry), if_none_match=True)
 
+    def _write_audit_after_commit(self, entry: AuditEntry) -> None:
+        # The change is committed and its entry is in the state, where readers see it and
+        # the next writer writes it: failing the caller now would only invite a retry
+        # that commits the change twice.
+        with contextlib.suppress(StoreError):
+            self._write_audit(entry.to_dict())
+
     def _write_marker(self, pending: dict[str, Any]) -> None:
         marker = {k: pending[k] for k in ("version", "manifest_sha256", "name", "created_at", "files")}
         self._put(self._marker_key(pending["version"]), _dump(marker), if_none_match=True)
@@ -432,10 +442,11 @@ class S3Store(Store):
         entry = pending_import_entry(state)
         assert entry is not None
         new_state = self._with_commit_id(committed(state, entry, pending_import=None), uuid.uuid4().hex, entry.seq)
-        if self._put(self._key("state.json"), _dump(new_state), if_match=etag):
-            base.crash_point("commit.state_written")
-            self._write_audit(entry.to_dict())
-            base.crash_point("commit.audit_written")
+        with contextlib.suppress(_Unknown):  # landed or not, the re-read that follows tells
+            if self._put(self._key("state.json"), _dump(new_state), if_match=etag):
+                base.crash_point("commit.state_written")
+                self._write_audit_after_commit(entry)
+                base.crash_point("commit.audit_written")
         return True
 
     @staticmethod
@@ -459,7 +470,7 @@ class S3Store(Store):
                 landed = dict(state.get("commits", [])).get(mine[0])
                 if landed is not None:  # the put succeeded even though we were told otherwise
                     if mine[1] is not None:
-                        self._write_audit(mine[1].to_dict())
+                        self._write_audit_after_commit(mine[1])
                     return mine[1]
                 mine = None
             if self._repair(state, etag):
@@ -478,7 +489,7 @@ class S3Store(Store):
             if swapped:
                 if entry is not None:
                     base.crash_point("commit.state_written")
-                    self._write_audit(entry.to_dict())
+                    self._write_audit_after_commit(entry)
                     base.crash_point("commit.audit_written")
                 return entry
             mine = (commit_id, entry)

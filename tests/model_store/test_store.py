@@ -727,3 +727,14 @@ def test_s3_racing_imports_of_one_version_never_mix_their_bytes(
     loaded = store.load("v1")  # verifies: B's bundle, whole, not a mix of the two uploads
     assert loaded.manifest.weights_sha256 == json.loads((other / "manifest.json").read_text())["weights_sha256"]
     assert _log(store) == [("import", None, "v1", "B")]
+
+
+def test_s3_a_tampered_version_marker_cannot_write_outside_the_cache(s3_store: S3Store, tmp_path: Path) -> None:
+    s3 = boto3.client("s3")
+    key = f"{s3_store.prefix}/versions/v1.json"
+    marker = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    marker["files"].append("../../escaped.txt")
+    s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(marker).encode())
+    with pytest.raises(StoreError, match="unsafe file name"):
+        s3_store.load("v1")
+    assert not list(tmp_path.rglob("escaped.txt"))
