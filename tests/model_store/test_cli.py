@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from model_store.store import FilesystemStore
 from tests.utils.bundles import failing_parity_copy
 
 pytestmark = pytest.mark.slow  # real servers / subprocesses
@@ -100,6 +101,7 @@ def test_activate_refuses_a_bundle_that_fails_parity(tmp_path: Path, bundles, ke
     [(["activate", "v9"], "not in the store"), (["show", "nope"], "not in the store")],
 )
 def test_store_refusals(tmp_path: Path, keys, args: list[str], message: str) -> None:
+    FilesystemStore(tmp_path / "store").init()  # a store, without that version
     env = {"MODEL_STORE": str(tmp_path / "store"), "MODEL_STORE_PUBLIC_KEY": str(keys[1])}
     assert message in refused(cli(*args, env=env))
 
