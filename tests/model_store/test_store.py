@@ -70,6 +70,12 @@ def proofs(bundles, keys) -> dict[str, ParityProof]:
     return {v: proof_for(bundles[v], keys[1]) for v in ("v1", "v2")}
 
 
+@pytest.fixture(scope="module")
+def other_v1(tmp_path_factory: pytest.TempPathFactory, keys) -> Path:
+    """A signed bundle that calls itself v1 but has other weights (built once: building a model costs seconds)."""
+    return make_bundle(tmp_path_factory.mktemp("other") / "v1", keys[0], version="v1", seed=7).path
+
+
 @pytest.fixture
 def v3(bundles, keys, tmp_path: Path) -> Path:
     """A third signed bundle (its parity does not matter to the store)."""
@@ -98,11 +104,10 @@ def test_reimporting_the_identical_bundle_is_a_no_op(store: Store, bundles) -> N
     assert store_snapshot(store) == before
 
 
-def test_same_version_with_other_content_is_refused(store: Store, tmp_path: Path, keys) -> None:
-    other = make_bundle(tmp_path / "other-v1", keys[0], version="v1", seed=7).path
+def test_same_version_with_other_content_is_refused(store: Store, other_v1: Path) -> None:
     before = store_snapshot(store)
     with pytest.raises(VersionConflict, match="different content"):
-        store.import_bundle(other, actor="test")
+        store.import_bundle(other_v1, actor="test")
     assert store_snapshot(store) == before
 
 
@@ -707,9 +712,9 @@ def test_s3_a_prefix_with_objects_but_no_store_is_not_a_store(s3_server, keys, t
 
 
 def test_s3_racing_imports_of_one_version_never_mix_their_bytes(
-    s3_server, keys, bundles, tmp_path, monkeypatch
+    s3_server, keys, bundles, other_v1: Path, tmp_path, monkeypatch
 ) -> None:
-    other = make_bundle(tmp_path / "other-v1", keys[0], version="v1", seed=7).path
+    other = other_v1
     store = S3Store(BUCKET, f"racing-{os.urandom(4).hex()}", keys[1], cache_dir=tmp_path / "cache")
     rival = reopen(store)
     raced: list[str] = []
