@@ -33,7 +33,11 @@ def _common_options(p: argparse.ArgumentParser, *, top_level: bool) -> None:
     def default(value: object) -> object:
         return value if top_level else argparse.SUPPRESS
 
-    p.add_argument("--store", default=default(os.environ.get(ENV_STORE)), help=f"store directory (env {ENV_STORE})")
+    p.add_argument(
+        "--store",
+        default=default(os.environ.get(ENV_STORE)),
+        help=f"store: a directory or s3://bucket/prefix (env {ENV_STORE})",
+    )
     p.add_argument(
         "--public-key",
         type=Path,
@@ -67,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="verify a bundle directory")
     v.add_argument("bundle", type=Path)
 
-    i = sub.add_parser("import", help="verify a bundle and add it to the store")
+    sub.add_parser("init", help="create an empty store (import creates one too; nothing else does)")
+
+    i = sub.add_parser("import", help="verify a bundle and add it to the store (creating the store)")
     i.add_argument("bundle", type=Path)
     i.add_argument("--reason", default="")
 
@@ -90,7 +96,7 @@ def _store(args: argparse.Namespace) -> Store:
     from model_store.store import open_store  # torch-heavy; keygen does without it
 
     if not args.store:
-        raise SystemExit(_usage(f"this command needs --store DIR (or env {ENV_STORE})"))
+        raise SystemExit(_usage(f"this command needs --store DIR or s3://bucket/prefix (or env {ENV_STORE})"))
     return open_store(args.store, args.public_key)
 
 
@@ -127,7 +133,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     store = _store(args)
-    if cmd == "import":
+    if cmd == "init":
+        created = store.init()
+        print(
+            f"created an empty model store at {store.location}"
+            if created
+            else f"{store.location}: already a model store"
+        )
+    elif cmd == "import":
         result = store.import_bundle(args.bundle, actor=args.actor, reason=args.reason)
         state = "imported" if result.created else "already present (identical), nothing to do"
         print(f"{result.version}: {state}")

@@ -106,6 +106,12 @@ class StoreError(ModelStoreError):
     code = "store_error"
 
 
+class NotAStore(StoreError):
+    """The location holds no store, and only an import (or `init`) may create one."""
+
+    code = "not_a_store"
+
+
 class VersionNotFound(StoreError):
     code = "version_not_found"
 

@@ -22,8 +22,8 @@ def fsync_dir(path: Path) -> None:
 def atomic_write(path: Path, write: Callable[[BinaryIO], object], *, mode: int = 0o644) -> None:
     """Write `path` through `write(file)` into a temp file beside it, fsync, then rename over.
 
-    A kill at any point leaves the previous file (or none) and at most a `.name.*` temp
-    file that `remove_debris` can clean.
+    A kill at any point leaves the previous file (or none) and at most a `.name.*.tmp`
+    temp file (the filesystem store's next writer removes its own).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ else
 
 export MODEL_STORE="$DEMO/store" MODEL_STORE_PUBLIC_KEY="$DEMO/keys/public.pem"
 step "4/6 export, sign and import bundle $VERSION"
+$PY -m model_store init  # reads below refuse a path that is not a store yet
 if $PY -m model_store list --json | grep -q "\"version\": \"$VERSION\""; then echo "$VERSION already in $DEMO/store"; else
   $PY -m training export --run "$DEMO/run" --key "$DEMO/keys/private.pem" --version "$VERSION" \
     --store "$DEMO/store" --public-key "$DEMO/keys/public.pem"; fi

@@ -8,15 +8,25 @@ import os
 import re
 import socket
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from model_store.bundle import Bundle
-from model_store.errors import InvalidVersionName, StoreError
+from model_store.errors import InvalidVersionName, NotAStore, NothingToRollBack, StoreError
 from model_store.manifest import VERSION_PATTERN, Manifest
 from model_store.parity import ParityProof
 
 Action = Literal["import", "activate", "rollback"]
+
+# The pointer state both backends keep, one JSON object:
+#   active            the active version, or None
+#   history           earlier active versions, the last one is where `rollback` goes
+#   seq               the seq of the last committed audit entry
+#   last              that entry: written with the state, appended to the log after, so
+#                     the next writer (or a reader) can restore it after a crash
+#   pending_import    an import whose bundle is stored but not yet logged (see the backends)
+EMPTY_STATE: dict[str, Any] = {"active": None, "history": [], "seq": 0, "last": None, "pending_import": None}
 
 # `fullmatch`, not `match`: `$` would accept a trailing newline ("v1\n").
 _VERSION = re.compile(VERSION_PATTERN)
@@ -26,6 +36,26 @@ def check_version_name(version: str) -> str:
     if not isinstance(version, str) or not _VERSION.fullmatch(version):
         raise InvalidVersionName(f"invalid version {version!r}: use 1-64 of A-Z a-z 0-9 . _ - , starting alphanumeric")
     return version
+
+
+def not_a_store(location: str) -> NotAStore:
+    """The refusal of every read or pointer move on a location that holds no store."""
+    return NotAStore(
+        f"{location} is not a model store (create one with `python -m model_store import BUNDLE` or `init`)"
+    )
+
+
+def crash_point(step: str) -> None:
+    """A named step of a store write; a no-op.
+
+    The crash tests replace it, in a child process only, with one that kills the process
+    with SIGKILL at `step`, so each step's crash is tested on purpose, not by timing luck.
+    Backends call it as `base.crash_point(...)` so the replacement is seen.
+    """
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def default_actor() -> str:
@@ -77,6 +107,76 @@ def check_proof(proof: ParityProof, version: str, manifest_sha256: str) -> None:
         )
 
 
+def new_entry(
+    state: dict[str, Any],
+    action: Action,
+    actor: str,
+    reason: str,
+    from_version: str | None,
+    to_version: str | None,
+    time: str | None = None,
+) -> AuditEntry:
+    """The audit entry that commits on top of `state`."""
+    return AuditEntry(
+        seq=state["seq"] + 1,
+        time=time or now(),
+        actor=actor,
+        action=action,
+        from_version=from_version,
+        to_version=to_version,
+        reason=reason,
+    )
+
+
+def committed(state: dict[str, Any], entry: AuditEntry, **changes: Any) -> dict[str, Any]:
+    """`state` after `entry`: the entry rides in the state until it is in the log."""
+    return {**state, **changes, "seq": entry.seq, "last": entry.to_dict()}
+
+
+def activation_changes(state: dict[str, Any], version: str) -> dict[str, Any]:
+    """Pointer and history after activating `version` (re-activating keeps the history)."""
+    current = state["active"]
+    history = list(state["history"])
+    if current is not None and current != version:
+        history.append(current)
+    return {"active": version, "history": history}
+
+
+def rollback_target(state: dict[str, Any], proof: ParityProof) -> tuple[str, dict[str, Any]]:
+    """Where `rollback` goes from `state`, and the pointer and history after it.
+
+    The proof must be about that target: if the history changed since the caller proved
+    its bundle, the caller proved the wrong one.
+    """
+    history = list(state["history"])
+    if not history:
+        raise NothingToRollBack("no earlier active version to roll back to")
+    target = history.pop()
+    if proof.version != target:
+        raise StoreError(f"the store would roll back to {target}, not {proof.version}: its history changed; try again")
+    return target, {"active": target, "history": history}
+
+
+def pending_import_entry(state: dict[str, Any]) -> AuditEntry | None:
+    """The import entry that completing `state["pending_import"]` commits (or None).
+
+    Deterministic (seq from the state, actor/reason/time from the intent), so a reader can
+    show an import whose bundle is already visible exactly as the next writer will log it.
+    """
+    pending = state.get("pending_import")
+    if not pending:
+        return None
+    return new_entry(state, "import", pending["actor"], pending["reason"], None, pending["version"], pending["time"])
+
+
+def merge_log(entries: list[AuditEntry], state: dict[str, Any]) -> list[AuditEntry]:
+    """The log as committed: what was appended, plus the state's last entry if its append was lost."""
+    last = state.get("last")
+    if last is not None and state["seq"] > (entries[-1].seq if entries else 0):
+        entries = [*entries, AuditEntry(**last)]
+    return entries
+
+
 class Store(abc.ABC):
     """Versions of verified bundles plus an atomically replaced active pointer.
 
@@ -88,8 +188,31 @@ class Store(abc.ABC):
     location: str
 
     @abc.abstractmethod
+    def exists(self) -> bool:
+        """Whether the location holds a store (its pointer state); reads nothing else."""
+
+    @abc.abstractmethod
+    def init(self) -> bool:
+        """Create an empty store; False when there already is one. `import_bundle` calls it."""
+
+    @abc.abstractmethod
+    def pointer_stamp(self) -> str:
+        """An opaque token that changes whenever the pointer state changes.
+
+        For followers (service replicas): poll this, and re-read `active_version()` only
+        when it differs from the last one seen. It is cheap (a stat or a HEAD request,
+        never a bundle download) and reads do not change it; activate, rollback and
+        import do (an import may change it more than once). Equal stamps mean nothing
+        was committed in between; different stamps only mean something may have been.
+        Raises `NotAStore` where there is no store.
+        """
+
+    @abc.abstractmethod
     def import_bundle(self, bundle_dir: Path, *, actor: str, reason: str = "") -> ImportResult:
         """Verify and store a bundle directory; identical re-imports are no-ops."""
+
+    # Every read below raises `NotAStore` where there is no store: a typo in a location
+    # must not read as an empty store.
 
     @abc.abstractmethod
     def versions(self) -> list[VersionInfo]: ...
@@ -118,4 +241,5 @@ class Store(abc.ABC):
         """Re-activate the version that was active before the current one (`proof` is about it)."""
 
     @abc.abstractmethod
-    def audit_log(self) -> list[AuditEntry]: ...
+    def audit_log(self) -> list[AuditEntry]:
+        """Every committed change once, in seq order, even one whose log write a crash lost."""

@@ -2,58 +2,71 @@
 
 ```
 STORE/
+  state.json            the pointer state (`base.EMPTY_STATE`), replaced atomically; a
+                        directory is a store when it has one
   versions/<version>/   verified bundles, read-only once imported
-  state.json            {"active", "history", "seq", "last"}; replaced atomically
   audit.jsonl           append-only, one JSON object per line
   .lock                 flock: one writer at a time, across processes
   .staging/             imports in progress; never read as versions
 ```
 
-Crash safety: `state.json` is only ever replaced with `os.replace` of a fully written,
-fsynced file, so a kill at any point leaves the old or the new pointer. The audit entry
-is stored inside the new state first and appended to `audit.jsonl` after; the next writer
-appends it if a crash came in between, so every pointer change is logged exactly once.
+Nothing is created until `init` or the first import: reading a path that is not a store
+(a typo) is refused with `NotAStore` instead of leaving an empty store behind.
+
+Crash safety. Writers hold the lock, so anything half done that a writer finds was left
+by a dead one, and it repairs that before its own change:
+- `state.json` is only replaced with `os.replace` of a fully written, fsynced file, so a
+  kill at any point leaves the old or the new pointer.
+- A change's audit entry is stored in the new state (`last`) and appended to
+  `audit.jsonl` after; the next writer appends it if a crash came in between (dropping a
+  torn last line first), and readers merge it meanwhile. Every change is logged once.
+- An import stages and verifies a copy, records its intent in the state
+  (`pending_import`: who, why, when, which staged copy), renames the copy into
+  `versions/`, then commits its audit entry. The next writer finishes an intent a kill
+  interrupted (renames the staged copy if that had not happened, commits the entry), so
+  an import that got as far as the intent is logged exactly once; one killed earlier
+  left only debris. Readers show the entry as soon as the version is visible.
+- The next writer removes that debris: staging directories and state temp files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from model_store.bundle import Bundle, load_bundle
-from model_store.errors import (
-    BundleError,
-    NothingToRollBack,
-    StoreError,
-    VersionConflict,
-    VersionNotFound,
-)
-from model_store.fsutil import atomic_write_bytes, fsync_dir
+from model_store.errors import BundleError, StoreError, VersionConflict, VersionNotFound
+from model_store.fsutil import atomic_write, fsync_dir
 from model_store.manifest import Manifest, parse_manifest, sha256_bytes
 from model_store.parity import ParityProof
+from model_store.store import base
 from model_store.store.base import (
-    Action,
+    EMPTY_STATE,
     AuditEntry,
     ImportResult,
     Store,
     VersionInfo,
+    activation_changes,
     check_proof,
     check_version_name,
+    committed,
+    merge_log,
+    new_entry,
+    not_a_store,
+    now,
+    pending_import_entry,
+    rollback_target,
 )
 
-_EMPTY_STATE: dict[str, Any] = {"active": None, "history": [], "seq": 0, "last": None}
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+STATE_FILE = "state.json"
 
 
 class FilesystemStore(Store):
@@ -63,27 +76,37 @@ class FilesystemStore(Store):
         self.public_key = Path(public_key) if public_key else None
         self._versions = self.root / "versions"
         self._staging = self.root / ".staging"
-        self._state_file = self.root / "state.json"
+        self._state_file = self.root / STATE_FILE
         self._audit_file = self.root / "audit.jsonl"
-        for d in (self._versions, self._staging):
-            d.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"FilesystemStore({str(self.root)!r})"
 
     # --- reading --------------------------------------------------------------------
 
+    def exists(self) -> bool:
+        return self._state_file.is_file()
+
     def _state(self) -> dict[str, Any]:
         try:
             raw = self._state_file.read_bytes()
-        except FileNotFoundError:
-            return dict(_EMPTY_STATE)
+        except (FileNotFoundError, NotADirectoryError):
+            raise not_a_store(self.location) from None
         try:
             state: dict[str, Any] = json.loads(raw)
         except json.JSONDecodeError:
             # Unreachable through this code (atomic replace); someone edited it by hand.
             raise StoreError(f"{self._state_file} is not valid JSON; restore it from backup") from None
         return state
+
+    def pointer_stamp(self) -> str:
+        # The digest of the (small) state file, not its stat: every commit changes the
+        # content (seq), while an inode freed by the previous replace can be reused and
+        # mtime granularity can be coarser than two quick commits.
+        try:
+            return hashlib.sha256(self._state_file.read_bytes()).hexdigest()
+        except (FileNotFoundError, NotADirectoryError):
+            raise not_a_store(self.location) from None
 
     def active_version(self) -> str | None:
         active: str | None = self._state()["active"]
@@ -94,6 +117,8 @@ class FilesystemStore(Store):
         return history[-1] if history else None
 
     def _version_dir(self, version: str) -> Path:
+        if not self.exists():
+            raise not_a_store(self.location)
         path = self._versions / check_version_name(version)
         if not path.is_dir():
             raise VersionNotFound(f"version {version!r} is not in the store at {self.root}")
@@ -102,7 +127,8 @@ class FilesystemStore(Store):
     def versions(self) -> list[VersionInfo]:
         active = self.active_version()
         out = []
-        for path in sorted(self._versions.iterdir()):
+        paths = sorted(self._versions.iterdir()) if self._versions.is_dir() else []
+        for path in paths:
             raw = (path / "manifest.json").read_bytes()
             m = parse_manifest(raw)
             out.append(VersionInfo(m.version, m.name, m.created_at.isoformat(), sha256_bytes(raw), m.version == active))
@@ -125,7 +151,7 @@ class FilesystemStore(Store):
     def bundle_dir(self, version: str) -> Path:
         return self._version_dir(version)
 
-    def audit_log(self) -> list[AuditEntry]:
+    def _logged_entries(self) -> list[AuditEntry]:
         entries = []
         try:
             lines = self._audit_file.read_text().splitlines()
@@ -138,19 +164,54 @@ class FilesystemStore(Store):
                 continue  # a torn last line from a crash mid-append; repaired by the next writer
         return entries
 
+    def audit_log(self) -> list[AuditEntry]:
+        # The state first: when it says seq N, lines 1..N-1 are already in the file (each
+        # writer appends the previous entry before it commits), so nothing falls between.
+        state = self._state()
+        entries = merge_log(self._logged_entries(), state)
+        pending = pending_import_entry(state)
+        if (
+            pending is not None
+            and pending.to_version is not None
+            and (self._versions / pending.to_version).is_dir()
+            and (not entries or entries[-1].seq < pending.seq)
+        ):
+            entries.append(pending)  # visible, so committed: the next writer logs exactly this
+        return entries
+
     # --- writing --------------------------------------------------------------------
+
+    def init(self) -> bool:
+        if self.exists():
+            return False
+        for d in (self._versions, self._staging):
+            d.mkdir(parents=True, exist_ok=True)
+        with self._flock():
+            if self.exists():  # another process created it meanwhile
+                return False
+            self._write_state(dict(EMPTY_STATE))
+        return True
+
+    @contextlib.contextmanager
+    def _flock(self) -> Iterator[None]:
+        with open(self.root / ".lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
         """Exclusive across processes; yields the current state after crash repair."""
-        with open(self.root / ".lock", "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                state = self._state()
-                self._repair_audit(state)
-                yield state
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        if not self.exists():  # before opening .lock, which would create a file there
+            raise not_a_store(self.location)
+        with self._flock():
+            state = self._state()
+            self._repair_audit(state)
+            state = self._finish_import(state)
+            self._remove_debris()
+            yield state
 
     def _repair_audit(self, state: dict[str, Any]) -> None:
         data = self._audit_file.read_bytes() if self._audit_file.exists() else b""
@@ -158,10 +219,44 @@ class FilesystemStore(Store):
             # Torn write: drop the partial line; its entry is still in state["last"].
             with open(self._audit_file, "r+b") as f:
                 f.truncate(data.rfind(b"\n") + 1)
-        entries = self.audit_log()
+        entries = self._logged_entries()
         last_seq = entries[-1].seq if entries else 0
         if state["last"] is not None and state["seq"] > last_seq:
             self._append_audit(state["last"])
+
+    def _finish_import(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Complete the import a dead writer recorded the intent of; the state after it."""
+        pending = state.get("pending_import")
+        if not pending:
+            return state
+        target = self._versions / pending["version"]
+        staged = self._staging / pending["staging"]
+        if not target.is_dir():
+            if not staged.is_dir():  # not reachable through this code; do not log a bundle we lack
+                return self._write_state({**state, "pending_import": None})
+            os.rename(staged, target)  # verified and made read-only before the intent was written
+            fsync_dir(self._versions)
+        entry = pending_import_entry(state)
+        assert entry is not None
+        return self._commit(state, entry, pending_import=None)
+
+    def _remove_debris(self) -> None:
+        """Staged copies and state temp files a killed writer left (we hold the lock: all stale)."""
+        if self._staging.is_dir():
+            for path in self._staging.iterdir():
+                _remove_tree(path)
+        for tmp in self.root.glob(f".{STATE_FILE}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+    def _write_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        data = json.dumps(state, indent=2, sort_keys=True).encode()
+
+        def write(f: IO[bytes]) -> None:
+            f.write(data)
+            base.crash_point("state.temp_written")  # a kill here leaves a temp file as debris
+
+        atomic_write(self._state_file, write)
+        return state
 
     def _append_audit(self, entry: dict[str, Any]) -> None:
         line = (json.dumps(entry, sort_keys=True) + "\n").encode()
@@ -172,34 +267,18 @@ class FilesystemStore(Store):
         finally:
             os.close(fd)
 
-    def _commit(
-        self,
-        state: dict[str, Any],
-        action: Action,
-        actor: str,
-        reason: str,
-        from_version: str | None,
-        to_version: str | None,
-        **changes: Any,
-    ) -> AuditEntry:
-        entry = AuditEntry(
-            seq=state["seq"] + 1,
-            time=_now(),
-            actor=actor,
-            action=action,
-            from_version=from_version,
-            to_version=to_version,
-            reason=reason,
-        )
-        new_state = {**state, **changes, "seq": entry.seq, "last": entry.to_dict()}
-        atomic_write_bytes(self._state_file, json.dumps(new_state, indent=2, sort_keys=True).encode())
+    def _commit(self, state: dict[str, Any], entry: AuditEntry, **changes: Any) -> dict[str, Any]:
+        new_state = self._write_state(committed(state, entry, **changes))
+        base.crash_point("commit.state_written")
         self._append_audit(entry.to_dict())
-        return entry
+        base.crash_point("commit.audit_written")
+        return new_state
 
     def import_bundle(self, bundle_dir: Path, *, actor: str, reason: str = "") -> ImportResult:
         key = self._require_key()
-        incoming = load_bundle(Path(bundle_dir), key)  # verify before anything is copied
+        incoming = load_bundle(Path(bundle_dir), key)  # verify before anything is copied or created
         version = check_version_name(incoming.version)
+        self.init()
         with self._locked() as state:
             target = self._versions / version
             if target.exists():
@@ -214,14 +293,19 @@ class FilesystemStore(Store):
                 shutil.copytree(bundle_dir, staging, symlinks=True)
                 load_bundle(staging, key)  # the copy is what we keep: verify it, not the source
                 _make_read_only(staging)
-                os.rename(staging, target)
-                fsync_dir(self._versions)
             except BaseException:
-                if staging.exists():
-                    _make_writable(staging)
-                    shutil.rmtree(staging, ignore_errors=True)
+                _remove_tree(staging)
                 raise
-            self._commit(state, "import", actor, reason, None, version)
+            base.crash_point("import.staged")
+            pending = {"version": version, "actor": actor, "reason": reason, "time": now(), "staging": staging.name}
+            state = self._write_state({**state, "pending_import": pending})
+            base.crash_point("import.intent_written")
+            os.rename(staging, target)
+            fsync_dir(self._versions)
+            base.crash_point("import.renamed")
+            entry = pending_import_entry(state)
+            assert entry is not None
+            self._commit(state, entry, pending_import=None)
         return ImportResult(version, created=True)
 
     def _stored_manifest_sha256(self, version: str) -> str:
@@ -230,33 +314,17 @@ class FilesystemStore(Store):
     def activate(self, version: str, *, actor: str, reason: str = "", proof: ParityProof) -> AuditEntry:
         with self._locked() as state:
             check_proof(proof, version, self._stored_manifest_sha256(version))
-            current = state["active"]
-            history = list(state["history"])
-            if current is not None and current != version:
-                history.append(current)
-            return self._commit(state, "activate", actor, reason, current, version, active=version, history=history)
+            entry = new_entry(state, "activate", actor, reason, state["active"], version)
+            self._commit(state, entry, **activation_changes(state, version))
+            return entry
 
     def rollback(self, *, actor: str, reason: str = "", proof: ParityProof) -> AuditEntry:
         with self._locked() as state:
-            history = list(state["history"])
-            if not history:
-                raise NothingToRollBack("no earlier active version to roll back to")
-            target = history.pop()
-            if proof.version != target:
-                raise StoreError(
-                    f"the store would roll back to {target}, not {proof.version}: its history changed; try again"
-                )
+            target, changes = rollback_target(state, proof)
             check_proof(proof, target, self._stored_manifest_sha256(target))
-            return self._commit(
-                state,
-                "rollback",
-                actor,
-                reason,
-                state["active"],
-                target,
-                active=target,
-                history=history,
-            )
+            entry = new_entry(state, "rollback", actor, reason, state["active"], target)
+            self._commit(state, entry, **changes)
+            return entry
 
 
 def _same_content(a: Bundle, b: Bundle) -> bool:
@@ -273,7 +341,9 @@ def _make_read_only(root: Path) -> None:
             os.chmod(Path(dirpath) / name, 0o444)
 
 
-def _make_writable(root: Path) -> None:
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            os.chmod(Path(dirpath) / name, 0o644)
+def _remove_tree(path: Path) -> None:
+    # Read-only files go too: unlinking needs write permission on the directory only.
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from model_store.store import FilesystemStore
 from tests.utils.bundles import failing_parity_copy
 
 pytestmark = pytest.mark.slow  # real servers / subprocesses
@@ -100,5 +101,60 @@ def test_activate_refuses_a_bundle_that_fails_parity(tmp_path: Path, bundles, ke
     [(["activate", "v9"], "not in the store"), (["show", "nope"], "not in the store")],
 )
 def test_store_refusals(tmp_path: Path, keys, args: list[str], message: str) -> None:
+    FilesystemStore(tmp_path / "store").init()  # a store, without that version
     env = {"MODEL_STORE": str(tmp_path / "store"), "MODEL_STORE_PUBLIC_KEY": str(keys[1])}
     assert message in refused(cli(*args, env=env))
+
+
+NOT_A_STORE = "is not a model store (create one with `python -m model_store import BUNDLE` or `init`)"
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (["list"], "missing"),
+        (["log"], "missing"),
+        (["show", "v1"], "missing"),
+        (["activate", "v1"], "missing"),
+        (["rollback"], "missing"),
+        (["list"], "empty_dir"),
+    ],
+)
+def test_commands_that_need_a_store_refuse_a_path_that_is_not_one(tmp_path: Path, keys, args, where) -> None:
+    typo = tmp_path / "demo" / "stor"
+    if where == "empty_dir":
+        typo.mkdir(parents=True)
+    line = refused(cli(*args, "--store", str(typo), "--public-key", str(keys[1])))
+    assert line == f"error: {typo} {NOT_A_STORE}"
+    assert not typo.exists() if where == "missing" else list(typo.iterdir()) == []  # nothing created
+
+
+def test_init_creates_an_empty_store_and_verify_never_touches_one(tmp_path: Path, bundles, keys) -> None:
+    env = {"MODEL_STORE": str(tmp_path / "store"), "MODEL_STORE_PUBLIC_KEY": str(keys[1])}
+    r = cli("init", env=env)
+    assert r.returncode == 0 and "created an empty model store" in r.stdout
+    assert "already a model store" in cli("init", env=env).stdout
+    assert cli("list", env=env).stdout == "no versions in the store\n"
+    assert cli("log", env=env).stdout == ""
+    # verify reads a bundle directory only: a store path that does not exist is no concern of it
+    r = cli("verify", str(bundles["v1"]), env={**env, "MODEL_STORE": str(tmp_path / "nope")})
+    assert r.returncode == 0 and not (tmp_path / "nope").exists()
+
+
+def test_an_s3_store_from_the_command_line(s3_server: str, tmp_path: Path, bundles, keys) -> None:
+    from tests.utils.stores import BUCKET
+
+    location = f"s3://{BUCKET}/cli-{os.urandom(4).hex()}"
+    env = {"MODEL_STORE": location, "MODEL_STORE_PUBLIC_KEY": str(keys[1]), "XDG_CACHE_HOME": str(tmp_path)}
+    assert refused(cli("list", env=env)) == f"error: {location} {NOT_A_STORE}"
+    r = cli("import", str(bundles["v1"]), env=env)
+    assert r.returncode == 0 and "v1: imported" in r.stdout
+    r = cli("activate", "v1", "--reason", "first", env=env)
+    assert r.returncode == 0 and "active: v1 (was none); parity passed" in r.stdout
+    assert cli("list", env=env).stdout.startswith("* v1 ")
+    log = [json.loads(line) for line in cli("--json", "log", env=env).stdout.splitlines()]
+    assert [(e["action"], e["to_version"], e["reason"]) for e in log] == [
+        ("import", "v1", ""),
+        ("activate", "v1", "first"),
+    ]
+    assert "not in the store" in refused(cli("show", "v9", env=env))
