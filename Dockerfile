@@ -15,9 +15,10 @@
 #                    the host needs only the driver and the NVIDIA container toolkit)
 #   TORCH_INDEX_URL  where torch and torchvision come from; derived from TORCH_VARIANT.
 #                    https://pypi.org/simple gives PyPI's default build (CUDA on x86_64)
-#   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS
-#                    passed to pip as they are, for a mirror or a local wheel directory
-#                    (mount it into the build; scripts/build-image.sh does with PIP_MOUNTS)
+#   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS, PIP_CERT
+#                    passed to pip as they are, for a mirror, a local wheel directory or
+#                    the CA bundle of a TLS-intercepting proxy (mount those into the build;
+#                    scripts/build-image.sh does with PIP_MOUNTS). Builder stage only.
 #   REVISION         the source revision, recorded as an image label
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
@@ -29,6 +30,7 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
 ARG PIP_INDEX_URL=https://pypi.org/simple
 ARG PIP_EXTRA_INDEX_URL=
 ARG PIP_FIND_LINKS=
+ARG PIP_CERT=
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_DEFAULT_TIMEOUT=120 \

@@ -13,10 +13,10 @@
 #                 local Debian bookworm base (python3.11) made with debootstrap, once, and
 #                 tagged $LOCAL_BASE (REBUILD_BASE=1 makes it again)
 #   DEBIAN_MIRROR mirror for debootstrap (default http://deb.debian.org/debian)
-#   TORCH_VARIANT, TORCH_INDEX_URL, PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS
+#   TORCH_VARIANT, TORCH_INDEX_URL, PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS, PIP_CERT
 #                 passed as build arguments when set (see the Dockerfile)
-#   PIP_MOUNTS    host directories mounted read-only at the same path during the build, so
-#                 file:// indexes and find-links directories in the variables above resolve
+#   PIP_MOUNTS    host paths mounted read-only at the same path during the build, so the
+#                 file:// indexes, find-links directories and CA bundle named above resolve
 #   SMOKE         1 (default) runs the smoke check in the built runtime image; 0 skips it
 #   REVISION      recorded as the image's revision label (default: git rev-parse HEAD)
 #   BUILD_DIR     scratch space for the base root file system (default build/, removed after)
@@ -77,7 +77,7 @@ if [ -z "${BASE_IMAGE:-}" ]; then
 fi
 
 args=(--build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "REVISION=$REVISION")
-for name in TORCH_VARIANT TORCH_INDEX_URL PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS; do
+for name in TORCH_VARIANT TORCH_INDEX_URL PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_CERT; do
   [ -n "${!name:-}" ] && args+=(--build-arg "$name=${!name}")
 done
 for dir in ${PIP_MOUNTS:-}; do

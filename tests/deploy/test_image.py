@@ -296,12 +296,26 @@ def _build_script(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Compl
 def test_the_build_script_builds_with_chroot_isolation_then_smoke_checks_inside(tmp_path: Path) -> None:
     out, calls = _build_script(
         tmp_path,
-        {"BASE_IMAGE": "python:3.11-slim-bookworm", "TORCH_VARIANT": "cu130", "PIP_MOUNTS": "/opt/wheels"},
+        {
+            "BASE_IMAGE": "python:3.11-slim-bookworm",
+            "TORCH_VARIANT": "cu130",
+            "PIP_CERT": "/etc/ssl/proxy-ca.pem",
+            "PIP_MOUNTS": "/opt/wheels /etc/ssl/proxy-ca.pem",
+        },
     )
     assert out.returncode == 0, out.stderr
     [bud] = [c for c in calls if c.startswith("buildah bud")]
-    for arg in ("--isolation chroot", "--format docker", "--target runtime", "--build-arg TORCH_VARIANT=cu130",
-                "--build-arg BASE_IMAGE=python:3.11-slim-bookworm", "--volume /opt/wheels:/opt/wheels:ro"):  # fmt: skip
+    expected = [
+        "--isolation chroot",
+        "--format docker",
+        "--target runtime",
+        "--build-arg TORCH_VARIANT=cu130",
+        "--build-arg BASE_IMAGE=python:3.11-slim-bookworm",
+        "--build-arg PIP_CERT=/etc/ssl/proxy-ca.pem",
+        "--volume /opt/wheels:/opt/wheels:ro",
+        "--volume /etc/ssl/proxy-ca.pem:/etc/ssl/proxy-ca.pem:ro",
+    ]
+    for arg in expected:
         assert arg in bud
     assert not any(c.startswith("debootstrap") for c in calls)  # a registry base needs none
     run = calls.index("buildah run --isolation chroot ctr-1 -- python /opt/app/smoke_check.py")
