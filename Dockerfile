@@ -10,7 +10,7 @@
 #
 # Build arguments:
 #   BASE_IMAGE       a Debian-based image with Python 3.11 (python3 and its venv module)
-#   TORCH_VARIANT    cpu (default; about 0.9 GB installed) or a CUDA tag of the PyTorch
+#   TORCH_VARIANT    cpu (default; no CUDA libraries) or a CUDA tag of the PyTorch
 #                    index such as cu130 (several GB; the NVIDIA libraries come as wheels,
 #                    the host needs only the driver and the NVIDIA container toolkit)
 #   TORCH_INDEX_URL  where torch and torchvision come from; derived from TORCH_VARIANT.
