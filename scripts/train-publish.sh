@@ -34,7 +34,9 @@ if [ -f "$RUN_DIR/eval.json" ]; then
 else
   [ -f "$RUN_DIR/checkpoints/last.pt" ] && train+=(--resume)
   if [ "$NPROC" -gt 1 ]; then
-    torchrun --standalone --nproc_per_node "$NPROC" -m training "${train[@]}"
+    # One node: the rendezvous stays on loopback, also where the container's hostname does
+    # not resolve (without --local-addr, torchrun connects to that name and times out).
+    torchrun --standalone --nproc_per_node "$NPROC" --local-addr 127.0.0.1 -m training "${train[@]}"
   else
     python -m training "${train[@]}"
   fi

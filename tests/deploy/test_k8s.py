@@ -159,7 +159,7 @@ def test_the_training_job_runs_torchrun_and_publishes_to_the_replicas_store(obje
     assert int(env["NPROC"]["value"]) > 1  # train-publish.sh runs torchrun for NPROC > 1
     assert int(env["NPROC"]["value"]) == int(train["resources"]["limits"]["cpu"])
     script = (ROOT / "scripts" / "train-publish.sh").read_text()
-    assert 'torchrun --standalone --nproc_per_node "$NPROC" -m training' in script
+    assert 'torchrun --standalone --nproc_per_node "$NPROC" --local-addr 127.0.0.1 -m training' in script
     assert env["STORE"]["valueFrom"]["configMapKeyRef"] == {"name": "damage-detect-config", "key": "APP_STORE"}
     assert (ROOT / env["CONFIG"]["value"]).is_file()
     mounts = {m["mountPath"]: m["name"] for m in train["volumeMounts"]}
