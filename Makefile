@@ -20,6 +20,8 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/hadolint --no-color Dockerfile
+	$(BIN)/shellcheck scripts/*.sh deploy/*.sh
 
 # pytest exits 5 when it collected no tests: that is a broken suite, not a pass.
 test: lint
