@@ -1,4 +1,8 @@
-"""Dependencies, declared once: handlers read `host: HostDep`, `loaded: PinnedDep`, `_: AdminDep`."""
+"""Dependencies, declared once: handlers read `service: ServiceDep`, `loaded: PinnedDep`, `actor: AdminDep`.
+
+All are `async def`: FastAPI runs a plain `def` dependency in a thread pool, which would
+cost every request a round trip to another thread for a dictionary lookup.
+"""
 
 from __future__ import annotations
 
@@ -10,29 +14,18 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.errors import APIError
-from app.model_host import Loaded, ModelHost, NotReady
-from app.observability import Metrics
-from app.settings import Settings
+from app.model_host import Loaded, NotReady
+from app.service import Service
 
 
-def get_settings_dep(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def get_host(request: Request) -> ModelHost:
-    host: ModelHost = request.app.state.host
-    return host
-
-
-def get_metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
-    return metrics
+async def get_service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
 
 
 async def pinned(request: Request) -> AsyncIterator[Loaded]:
     """The version that serves this request, pinned on arrival and kept loaded until it is answered."""
-    host = get_host(request)
+    host = (await get_service(request)).host
     try:
         loaded = host.pin()
     except NotReady as exc:
@@ -44,9 +37,14 @@ async def pinned(request: Request) -> AsyncIterator[Loaded]:
         host.unpin(loaded)
 
 
-def require_admin(request: Request) -> str:
+async def require_admin(request: Request) -> str:
     """Bearer-token check; returns the actor for the audit log."""
-    settings: Settings = request.app.state.settings
+    return check_admin(request)
+
+
+def check_admin(request: Request) -> str:
+    """The token check itself, for routes that need it only sometimes (`/v1/parity?version=`)."""
+    settings = request.app.state.service.settings
     if settings.admin_token is None:
         raise APIError(403, "management_disabled", "management API is off: set APP_ADMIN_TOKEN to enable it")
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -61,8 +59,6 @@ def require_admin(request: Request) -> str:
     return f"{who}@{client} (token {token_id})"
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-HostDep = Annotated[ModelHost, Depends(get_host)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+ServiceDep = Annotated[Service, Depends(get_service)]
 PinnedDep = Annotated[Loaded, Depends(pinned)]
 AdminDep = Annotated[str, Depends(require_admin)]

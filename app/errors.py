@@ -59,16 +59,22 @@ def error_response(status: int, code: str, message: str, headers: Mapping[str, s
     return JSONLines(body(code, message), status_code=status, headers=headers)
 
 
+def response_for(exc: APIError | E.ModelStoreError) -> Response:
+    """The JSON error for a refusal; FastAPI's handlers and the predict fast path both use it."""
+    if isinstance(exc, APIError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    status = status_for(exc)
+    return error_response(status, exc.code, str(exc), {"Retry-After": "5"} if status == 503 else None)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api(request: Request, exc: APIError) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+        return response_for(exc)
 
     @app.exception_handler(E.ModelStoreError)
     async def _store(request: Request, exc: E.ModelStoreError) -> Response:
-        status = status_for(exc)
-        headers = {"Retry-After": "5"} if status == 503 else None
-        return error_response(status, exc.code, str(exc), headers)
+        return response_for(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

@@ -43,12 +43,13 @@ async def _chunks(request: Request, limit: int, what: str, timeout_s: float) -> 
         raise APIError(413, "payload_too_large", f"{what} is {declared} bytes; the limit is {limit} bytes")
     size = 0
     stream = request.stream()
+    # One deadline for the whole body (a timer, not a task per chunk: this is the hot path).
     deadline = asyncio.get_running_loop().time() + timeout_s
     try:
         while True:
-            remaining = deadline - asyncio.get_running_loop().time()
             try:
-                chunk = await asyncio.wait_for(anext(stream), max(remaining, 0.001))
+                async with asyncio.timeout_at(deadline):
+                    chunk = await anext(stream)
             except StopAsyncIteration:
                 return
             except TimeoutError:

@@ -16,6 +16,8 @@ from app.model_host import Loaded, ModelHost
 from app.observability import Metrics, RequestObserver, configure_logging, counter, gauge
 from app.pipeline import Pipeline
 from app.routes import health, models, parity, predict
+from app.routes.predict import PredictFastPath
+from app.service import Service
 from app.settings import Settings
 from app.upload import clean_stale, upload_root
 from model_store.preprocessing import DecodeLimits
@@ -81,7 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
             metrics.follow_healthy.set(1 if host.follow_status.healthy else 0)
 
         metrics.watch(live)
-        app.state.host = host
+        app.state.service = Service(settings, host, metrics)
         stale = clean_stale(upload_root())  # left by a process killed mid-upload
         if stale:
             log.warning("removed %d upload folder(s) left by a stopped process", stale)
@@ -103,10 +105,9 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
         default_response_class=JSONLines,
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
     errors.install(app)
-    app.add_middleware(RequestObserver, metrics=metrics)
+    app.add_middleware(PredictFastPath, fastapi=app)
+    app.add_middleware(RequestObserver, metrics=metrics)  # outermost of ours: sees every request
     for r in (predict.router, parity.router, models.router, health.router):
         app.include_router(r)
     return app

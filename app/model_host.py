@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.pipeline import Pipeline
-from model_store.errors import ModelStoreError, NothingToRollBack
+from model_store.errors import BundleError, ModelStoreError, NothingToRollBack, ParityFailed
 from model_store.manifest import Manifest
 from model_store.parity import ParityReport
 from model_store.store.base import AuditEntry, Store
@@ -79,6 +79,7 @@ class ModelHost:
         self._on_refusal = on_refusal or (lambda code: None)
         self._on_follow_error = on_follow_error or (lambda: None)
         self._refused: dict[str, ModelStoreError] = {}  # so following does not retry a bad bundle forever
+        self._stamp: str | None = None  # the store's pointer stamp when it was last read
 
     @property
     def refused(self) -> dict[str, str]:
@@ -192,7 +193,13 @@ class ModelHost:
         verification or parity is refused, recorded, and the current version keeps serving.
         """
         async with self._swap_lock:
+            # One cheap request (a hash of state.json, an S3 ETag) unless the pointer moved.
+            stamp = await asyncio.to_thread(self.store.pointer_stamp)
+            if stamp == self._stamp:
+                return
             wanted = await asyncio.to_thread(self.store.active_version)
+            self._stamp = stamp
+            self._refused = {v: e for v, e in self._refused.items() if v == wanted}
             if wanted is None:
                 if self.current is None:
                     self.reason = "no active version in the store"
@@ -201,12 +208,15 @@ class ModelHost:
                 return
             try:
                 loaded = await self.load(wanted)
-            except ModelStoreError as exc:
+            except (BundleError, ParityFailed) as exc:  # the bundle itself: refused until the pointer moves
                 self._refused[wanted] = exc
                 if self.current is None:
                     self.reason = f"active version {wanted} refused ({exc.code})"
                 log.error("refusing to serve %s: %s", wanted, exc)
                 return
+            except BaseException:
+                self._stamp = None  # a store or worker failure: read the pointer again next time
+                raise
             self._swap(loaded, "store pointer change")
 
     async def follow(self, interval_s: float) -> None:

@@ -44,6 +44,7 @@ from model_store.parity import ParityReport
 from model_store.preprocessing import DecodeLimits, ImageInfo, inspect
 
 log = logging.getLogger("app.pipeline")
+SOCKET_BUFFER = 4 * 1024 * 1024  # bytes; the kernel caps it at net.core.wmem_max / rmem_max
 
 
 class Overloaded(Exception):
@@ -114,6 +115,9 @@ class _Worker:
     process: BaseProcess | None = None
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
+    listener: asyncio.Task[None] | None = None  # reads this worker's replies, one per frame sent
+    waiting: asyncio.Future[tuple[protocol.Header, list[bytes]]] | None = None
+    sent_at: float = 0.0
     busy: bool = False
     alive: bool = False
     control: deque[_Control] = field(default_factory=deque)
@@ -167,7 +171,6 @@ class Pipeline:
         self._shadow: deque[_Item] = deque()
         self.queued_images = 0  # admitted station images not yet answered (queued or in a batch)
         self.queued_pixels = 0
-        self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -181,6 +184,11 @@ class Pipeline:
 
     async def _spawn(self, w: _Worker) -> None:
         front, back = socket.socketpair()
+        for end in (front, back):
+            # Room for a whole batch of camera photos in flight: one write, one wake-up,
+            # instead of the default ~200 KB buffer splitting every frame into pieces.
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
         proc = _context().Process(
             target=worker.serve,
             args=(back, self.threads, self.device, self.limits, self.max_batch),
@@ -191,6 +199,7 @@ class Pipeline:
         back.close()
         w.reader, w.writer = await asyncio.open_unix_connection(sock=front)
         w.process, w.alive, w.busy, w.started_at = proc, True, False, time.monotonic()
+        w.listener = asyncio.get_running_loop().create_task(self._listen(w), name=f"worker-{w.index}-replies")
         # A new worker holds nothing yet: give it every version before it takes images.
         for model in list(self._models.values()):
             model.ready.discard(w.index)
@@ -223,8 +232,9 @@ class Pipeline:
                 await asyncio.to_thread(w.process.join, 5)
                 if w.process.is_alive():
                     w.process.kill()
-        for t in list(self._tasks):
-            t.cancel()
+        for w in self._workers:
+            if w.listener is not None:
+                w.listener.cancel()
 
     def worker_pids(self) -> list[int | None]:
         return [w.process.pid if w.process is not None and w.alive else None for w in self._workers]
@@ -308,6 +318,14 @@ class Pipeline:
 
     # --- predictions -------------------------------------------------------------------
 
+    def refuse_if_full(self) -> None:
+        """Shed a request before its body is read (cheap) when the queue is already at a bound."""
+        if self.queued_images >= self.queue_bound or self.queued_pixels >= self.max_pending_pixels:
+            raise Overloaded(
+                f"{self.queued_images} images ({self.queued_pixels / 1e6:.0f} megapixels) already queued "
+                f"(bounds {self.queue_bound} images, {self.max_pending_pixels / 1e6:.0f} megapixels)"
+            )
+
     def inspect(self, version: str, data: bytes) -> ImageInfo:
         """Header checks with the version's own preprocessing (bounded work), before queueing."""
         return inspect(data, self.limits, resize=self._models[version].manifest.preprocessing.resize)
@@ -368,21 +386,27 @@ class Pipeline:
     # --- dispatch ----------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Give every idle worker its next piece of work: control first, then images."""
-        for w in self._workers:
-            if not w.alive or w.busy:
-                continue
+        """Give every idle worker its next piece of work: control first, then images.
+
+        What is queued is shared among the idle workers (8 images and 2 idle workers: 4
+        each), so a multipart request does not wait on one core while another sits idle.
+        """
+        idle = [w for w in self._workers if w.alive and not w.busy]
+        for i, w in enumerate(idle):
             if w.control:
                 self._start(w, w.control.popleft())
                 continue
             if self._closing:
                 continue
-            batch = self._take_batch(w, self._pending) or self._take_batch(w, self._shadow)
-            if batch:
-                self._start_batch(w, batch)
+            for queue in (self._pending, self._shadow):
+                share = -(-len(queue) // (len(idle) - i))  # ceil: this worker's part of the queue
+                batch = self._take_batch(w, queue, min(self.max_batch, share))
+                if batch:
+                    self._start_batch(w, batch)
+                    break
 
-    def _take_batch(self, w: _Worker, queue: deque[_Item]) -> list[_Item]:
-        """Up to max_batch queued images of the first live request's version, in order."""
+    def _take_batch(self, w: _Worker, queue: deque[_Item], limit: int) -> list[_Item]:
+        """Up to `limit` queued images of the first live request's version, in order."""
         while queue and queue[0].request.done:
             self._finish_item(queue.popleft())  # its client left or it already failed
         if not queue:
@@ -392,7 +416,7 @@ class Pipeline:
             return []  # this worker is still loading that version
         batch: list[_Item] = []
         keep: deque[_Item] = deque()
-        while queue and len(batch) < self.max_batch:
+        while queue and len(batch) < limit:
             item = queue.popleft()
             if item.request.done:
                 self._finish_item(item)
@@ -418,47 +442,48 @@ class Pipeline:
         return future
 
     def _start(self, w: _Worker, control: _Control) -> None:
-        w.busy = True
-        self._spawn_task(self._exchange(w, control.header, control.blobs, control.future))
+        self._send(w, control.header, control.blobs, control.future)
 
     def _start_batch(self, w: _Worker, batch: list[_Item]) -> None:
-        w.busy = True
         future: asyncio.Future[tuple[protocol.Header, list[bytes]]] = asyncio.get_running_loop().create_future()
         future.add_done_callback(lambda f: self._batch_done(batch, f))
         header = {"op": "predict", "version": batch[0].request.version}
-        self._spawn_task(self._exchange(w, header, tuple(item.data for item in batch), future))
+        self._send(w, header, tuple(item.data for item in batch), future)
 
-    def _spawn_task(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _exchange(
+    def _send(
         self,
         w: _Worker,
         header: protocol.Header,
         blobs: tuple[bytes, ...],
         future: asyncio.Future[tuple[protocol.Header, list[bytes]]],
     ) -> None:
-        started = time.perf_counter()
-        assert w.reader is not None and w.writer is not None
+        """Write a frame now (no task, no await: the socket buffer takes a whole batch) and
+        let the worker's listener hand its reply to `future`."""
+        assert w.writer is not None
+        w.busy, w.waiting, w.sent_at = True, future, time.perf_counter()
         try:
-            await protocol.write_frame(w.writer, header, blobs)
-            reply = await protocol.read_frame(w.reader)
+            w.writer.writelines(protocol.encode(header, blobs))
+        except (OSError, RuntimeError) as exc:  # the transport is already closing: the listener restarts it
+            w.waiting = None
+            future.set_exception(WorkerFailed(f"inference worker {w.index} is gone ({exc!r})"))
+
+    async def _listen(self, w: _Worker) -> None:
+        """Replies of one worker, in order; on EOF its in-flight frame fails and it is restarted."""
+        assert w.reader is not None
+        try:
+            while True:
+                reply = await protocol.read_frame(w.reader)
+                future, w.waiting = w.waiting, None
+                w.busy_seconds += time.perf_counter() - w.sent_at
+                w.busy = False
+                if future is not None and not future.done():
+                    future.set_result(reply)
+                self._dispatch()
         except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
-            if not future.done():
+            future, w.waiting = w.waiting, None
+            if future is not None and not future.done():
                 future.set_exception(WorkerFailed(f"inference worker {w.index} exited unexpectedly ({exc!r})"))
             await self._restart(w)
-            return
-        except asyncio.CancelledError:
-            if not future.done():
-                future.cancel()
-            raise
-        w.busy_seconds += time.perf_counter() - started
-        w.busy = False
-        if not future.done():
-            future.set_result(reply)
-        self._dispatch()
 
     async def _restart(self, w: _Worker) -> None:
         w.alive, w.busy = False, False

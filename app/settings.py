@@ -25,7 +25,7 @@ def default_workers() -> int:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="APP_", extra="forbid", frozen=True)
 
-    store: str = Field(description="model store: a directory")
+    store: str = Field(description="model store: a directory, or s3://bucket/prefix (AWS_* variables for the endpoint)")
     public_key: Path = Field(description="trusted public key PEM; every bundle is verified with it")
     admin_token: SecretStr | None = Field(None, description="bearer token for management routes; unset = off")
     host: str = "127.0.0.1"
@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     @field_validator("store")
     @classmethod
     def _store_exists(cls, v: str) -> str:
+        if v.startswith("s3://"):
+            return v  # reachable or not, the service starts and reports it in /readyz until it is
         if not Path(v).is_dir():
             raise ValueError(f"APP_STORE {v} is not a directory (create it with `python -m model_store import`)")
         return v

@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.settings import Settings
 from model_store.manifest import RuntimeSpec
+from training.config import TrainConfig
 
 
 def _progress(message: str) -> None:
@@ -33,10 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds before each level")
     p.add_argument("--multipart", type=int, default=8, help="images per multipart request (0 = skip)")
     p.add_argument("--decode", choices=["dct", "full"], default="dct", help="JPEG decode of the bundle's spec")
-    p.add_argument("--graph", choices=["eager", "torchscript"], default=RuntimeSpec().graph)
-    p.add_argument("--memory-format", choices=["contiguous", "channels_last"], default=RuntimeSpec().memory_format)
+    trained = TrainConfig.model_fields["runtime"].default  # what new training configs record
+    p.add_argument("--graph", choices=["eager", "fused"], default=trained.graph)
+    p.add_argument("--memory-format", choices=["contiguous", "channels_last"], default=trained.memory_format)
     p.add_argument("--workers", type=int, default=None, help="APP_WORKERS (default: the service's own)")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
+    p.add_argument(
+        "--ignore-retry-after",
+        action="store_true",
+        help="resend at once after a 503 (default: wait its Retry-After, as stations do)",
+    )
     return p
 
 
@@ -55,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         root = Path(tmp)
         bundle, _, public = service.make_bundle(root, images, jpeg_dct_scaling=args.decode == "dct", runtime=runtime)
-        _progress(f"[{time.perf_counter() - started:5.1f}s] in-process limit: {cores} process(es) x 1 thread, batch 8")
-        limit = inprocess.throughput_limit(bundle, public, images, cores, seconds=args.seconds)
+        batch = Settings.model_fields["max_batch"].default
+        _progress(
+            f"[{time.perf_counter() - started:5.1f}s] in-process limit: {cores} process(es) x 1 thread, batch {batch}"
+        )
+        limit = inprocess.throughput_limit(bundle, public, images, cores, batch, seconds=args.seconds)
         latency = inprocess.single_image_latency_ms(bundle, public, images)
         _progress(f"          {limit:.1f} img/s; one image alone: p50 {latency:.2f} ms")
 
@@ -81,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
                 for c in levels:
                     cpu0 = service.tree_cpu_seconds(proc.pid) if proc else None
                     t0 = time.perf_counter()
-                    result = load.run_level(url, requests, c, per_request, args.warmup, args.seconds)
+                    result = load.run_level(
+                        url, requests, c, per_request, args.warmup, args.seconds, not args.ignore_retry_after
+                    )
                     row: dict[str, Any] = result.as_dict()
                     if proc is not None and cpu0 is not None:
                         row["server_cores"] = (service.tree_cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - t0)
@@ -102,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "cores": cores,
         "decode": args.decode,
         "runtime": runtime.model_dump(),
-        "in_process": {"images_per_s": limit, "single_image_p50_ms": latency},
+        "in_process": {"images_per_s": limit, "single_image_p50_ms": latency, "batch": batch, "processes": cores},
         "levels": rows,
         "seconds": time.perf_counter() - started,
     }

@@ -1,7 +1,7 @@
 """The ceiling: the same pipeline (Preprocessor + Predictor, one torch thread) with no HTTP.
 
-- throughput: one process per core, each decoding and forwarding batches of 8 as fast as
-  it can, all at once: what the hardware allows for this bundle;
+- throughput: one process per core, each decoding and forwarding batches of the service's
+  `max_batch` as fast as it can, all at once: what the hardware allows for this bundle;
 - latency: one image at a time in one process: what concurrency 1 could at best answer.
 """
 
@@ -41,7 +41,7 @@ def _throughput(
 
 
 def throughput_limit(
-    bundle_dir: Path, public_key: Path, images: list[bytes], processes: int, batch: int = 8, seconds: float = 8.0
+    bundle_dir: Path, public_key: Path, images: list[bytes], processes: int, batch: int, seconds: float = 8.0
 ) -> float:
     """Images per second with `processes` single-threaded pipelines running side by side."""
     ctx = multiprocessing.get_context("spawn")

@@ -72,12 +72,16 @@ def multipart_request(url: str, images: list[bytes], boundary: str = "benchmark-
     return raw_request(url, body, f"multipart/form-data; boundary={boundary}")
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    """(status, keep-alive) after reading the whole response."""
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool, float]:
+    """(status, keep-alive, Retry-After seconds or 0) after reading the whole response."""
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     lower = head.lower()
     keep = b"connection: close" not in lower
+    retry_after = 0.0
+    at = lower.find(b"retry-after:")
+    if at >= 0:
+        retry_after = float(lower[at + 12 : lower.find(b"\r\n", at)])
     at = lower.find(b"content-length:")
     if at >= 0:
         end = lower.find(b"\r\n", at)
@@ -88,11 +92,18 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
             await reader.readexactly(size + 2)
             if size == 0:
                 break
-    return status, keep
+    return status, keep, retry_after
 
 
 async def _connection(
-    host: str, port: int, requests: list[bytes], offset: int, warm_until: float, stop_at: float, result: LevelResult
+    host: str,
+    port: int,
+    requests: list[bytes],
+    offset: int,
+    warm_until: float,
+    stop_at: float,
+    result: LevelResult,
+    honour_retry_after: bool,
 ) -> None:
     i = offset
     reader = writer = None
@@ -104,9 +115,9 @@ async def _connection(
             started = time.perf_counter()
             writer.write(requests[i % len(requests)])
             i += 1
-            status, keep = await _read_response(reader)
+            status, keep, retry_after = await _read_response(reader)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-            if time.perf_counter() >= warm_until:
+            if warm_until <= time.perf_counter() <= stop_at:
                 result.errors += 1
             if writer is not None:
                 writer.close()
@@ -114,7 +125,10 @@ async def _connection(
             await asyncio.sleep(0.01)
             continue
         finished = time.perf_counter()
-        if started >= warm_until and finished <= stop_at:
+        # Throughput counts the answers that arrive inside the window, whenever their request
+        # left: at high concurrency a request lives for a second, and counting only those that
+        # also started inside an 8 s window would undercount by an eighth.
+        if warm_until <= finished <= stop_at:
             if 200 <= status < 300:
                 result.ok += 1
                 result.latencies.append(finished - started)
@@ -126,12 +140,21 @@ async def _connection(
             assert writer is not None
             writer.close()
             reader = writer = None
+        if status == 503 and honour_retry_after and retry_after:
+            # What a station does with "overloaded": wait Retry-After, then send again.
+            await asyncio.sleep(min(retry_after, max(0.0, stop_at - time.perf_counter())))
     if writer is not None:
         writer.close()
 
 
 async def _level(
-    url: str, requests: list[bytes], concurrency: int, images_per_request: int, warmup_s: float, seconds: float
+    url: str,
+    requests: list[bytes],
+    concurrency: int,
+    images_per_request: int,
+    warmup_s: float,
+    seconds: float,
+    honour_retry_after: bool,
 ) -> LevelResult:
     u = urllib.parse.urlsplit(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
@@ -140,7 +163,10 @@ async def _level(
     warm_until, stop_at = start + warmup_s, start + warmup_s + seconds
     cpu0 = os.times()
     await asyncio.gather(
-        *(_connection(host, port, requests, c * 7, warm_until, stop_at, result) for c in range(concurrency))
+        *(
+            _connection(host, port, requests, c * 7, warm_until, stop_at, result, honour_retry_after)
+            for c in range(concurrency)
+        )
     )
     cpu1 = os.times()
     result.client_cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
@@ -149,6 +175,12 @@ async def _level(
 
 
 def run_level(
-    url: str, requests: list[bytes], concurrency: int, images_per_request: int, warmup_s: float, seconds: float
+    url: str,
+    requests: list[bytes],
+    concurrency: int,
+    images_per_request: int,
+    warmup_s: float,
+    seconds: float,
+    honour_retry_after: bool = True,
 ) -> LevelResult:
-    return uvloop.run(_level(url, requests, concurrency, images_per_request, warmup_s, seconds))
+    return uvloop.run(_level(url, requests, concurrency, images_per_request, warmup_s, seconds, honour_retry_after))

@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt
 def markdown(results: dict[str, Any]) -> str:
     ip = results["in_process"]
     lines = [
-        f"In-process limit ({results['cores']} process(es) x 1 thread, batch 8): {ip['images_per_s']:.1f} img/s; "
+        f"In-process limit ({ip['processes']} process(es) x 1 thread, batch {ip['batch']}): "
+        f"{ip['images_per_s']:.1f} img/s; "
         f"one image alone: p50 {ip['single_image_p50_ms']:.2f} ms. Decode: {results['decode']}, "
         f"runtime: {results['runtime']['graph']} / {results['runtime']['memory_format']}.",
         "",

@@ -106,7 +106,7 @@ class TrainConfig(_Section):
     model: ModelConfig
     preprocessing: PreprocessingSpec
     # How the bundle's forward pass runs when served (measured fastest here: docs/performance.md).
-    runtime: RuntimeSpec = RuntimeSpec(graph="torchscript", memory_format="channels_last")
+    runtime: RuntimeSpec = RuntimeSpec(graph="fused", memory_format="channels_last")
     augment: AugmentConfig = AugmentConfig()
     optim: OptimConfig = OptimConfig()
     loader: LoaderConfig = LoaderConfig()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.deps import HostDep, MetricsDep
+from app.deps import ServiceDep
 from app.errors import JSONLines
 
 router = APIRouter(tags=["health"])
@@ -18,9 +18,10 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(host: HostDep) -> Response:
+async def readyz(service: ServiceDep) -> Response:
     """200 only once a verified model has loaded and passed parity on every worker; 503 with
     the reason otherwise. No paths or secrets: this route needs no token."""
+    host = service.host
     follow = host.follow_status
     following = {"healthy": follow.healthy, "consecutive_failures": follow.failures, "error": follow.error}
     loaded = host.current
@@ -40,5 +41,5 @@ async def readyz(host: HostDep) -> Response:
 
 
 @router.get("/metrics")
-async def metrics(m: MetricsDep) -> Response:
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(service: ServiceDep) -> Response:
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from app.deps import AdminDep, HostDep, SettingsDep
+from app.deps import AdminDep, ServiceDep
 from app.errors import APIError
 from app.intake import read_body
 from app.schemas import ParityResponse, SwapResponse, UploadResponse, VersionOut, VersionsResponse
@@ -32,7 +32,8 @@ async def _reason(request: Request) -> str:
 
 
 @router.get("", response_model=VersionsResponse)
-async def list_versions(_: AdminDep, host: HostDep) -> VersionsResponse:
+async def list_versions(_: AdminDep, service: ServiceDep) -> VersionsResponse:
+    host = service.host
     infos = await asyncio.to_thread(host.store.versions)
     active = await asyncio.to_thread(host.store.active_version)
     served = host.current.version if host.current else None
@@ -44,15 +45,15 @@ async def list_versions(_: AdminDep, host: HostDep) -> VersionsResponse:
 
 
 @router.get("/{version}")
-async def show_version(version: str, _: AdminDep, host: HostDep) -> dict[str, Any]:
+async def show_version(version: str, _: AdminDep, service: ServiceDep) -> dict[str, Any]:
+    host = service.host
     manifest = await asyncio.to_thread(host.store.manifest, version)
     return manifest.model_dump(mode="json")
 
 
 @router.post("", response_model=UploadResponse, status_code=201)
-async def upload(
-    request: Request, response: Response, actor: AdminDep, host: HostDep, settings: SettingsDep
-) -> UploadResponse:
+async def upload(request: Request, response: Response, actor: AdminDep, service: ServiceDep) -> UploadResponse:
+    host, settings = service.host, service.settings
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in ("application/x-tar", "application/tar", "application/octet-stream"):
         raise APIError(415, "unsupported_media_type", "upload a bundle as an application/x-tar body")
@@ -71,7 +72,8 @@ async def upload(
 
 
 @router.post("/rollback", response_model=SwapResponse)
-async def rollback(request: Request, actor: AdminDep, host: HostDep) -> SwapResponse:
+async def rollback(request: Request, actor: AdminDep, service: ServiceDep) -> SwapResponse:
+    host = service.host
     previous = host.current.version if host.current else None
     entry, loaded = await host.rollback(actor=actor, reason=await _reason(request))
     return SwapResponse(
@@ -80,7 +82,8 @@ async def rollback(request: Request, actor: AdminDep, host: HostDep) -> SwapResp
 
 
 @router.post("/{version}/activate", response_model=SwapResponse)
-async def activate(version: str, request: Request, actor: AdminDep, host: HostDep) -> SwapResponse:
+async def activate(version: str, request: Request, actor: AdminDep, service: ServiceDep) -> SwapResponse:
+    host = service.host
     previous = host.current.version if host.current else None
     entry, loaded = await host.activate(version, actor=actor, reason=await _reason(request))
     return SwapResponse(

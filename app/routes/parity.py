@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from app.deps import HostDep, require_admin
+from app.deps import ServiceDep, check_admin
 from app.errors import APIError, JSONLines
 from app.model_host import NotReady
 from app.schemas import ParityResponse
@@ -13,12 +13,13 @@ router = APIRouter(prefix="/v1", tags=["parity"])
 
 
 @router.get("/parity", response_model=ParityResponse, responses={409: {"model": ParityResponse}})
-async def parity(request: Request, host: HostDep, version: str | None = None) -> Response:
+async def parity(request: Request, service: ServiceDep, version: str | None = None) -> Response:
     """200 when every reference image is within tolerance (and keeps its decision) on every
     inference worker, else 409.
 
     `?version=V` checks a stored bundle before activation (management token required).
     """
+    host = service.host
     if version is None:
         try:
             loaded = host.pin()
@@ -30,7 +31,7 @@ async def parity(request: Request, host: HostDep, version: str | None = None) ->
         finally:
             host.unpin(loaded)
     else:
-        require_admin(request)
+        check_admin(request)
         request.state.version = version
         report = await host.check(version)
     body = ParityResponse.of(report).model_dump()

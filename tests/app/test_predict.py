@@ -44,14 +44,18 @@ def test_single_image_equals_the_predictor_bitwise(server: LiveServer, predictor
         assert body["request_id"] == r.headers["x-request-id"]
 
 
-def test_multipart_images_equal_the_predictor_bitwise(server: LiveServer, predictor: Predictor) -> None:
+def test_multipart_images_equal_the_predictor_in_order(server: LiveServer, predictor: Predictor) -> None:
     images = [image_bytes(10 + i, (100, 80 + i), fmt) for i, fmt in enumerate(["JPEG", "PNG", "WEBP", "JPEG"])]
     files = [("files", (f"p{i}.img", data, "application/octet-stream")) for i, data in enumerate(images)]
     r = httpx.post(f"{server.url}/v1/predict", files=files)
     assert r.status_code == 200, r.text
     results = r.json()["results"]
-    expected = predictor.predict(images)
-    assert [x["probability"] for x in results] == [e.probability for e in expected]
+    # The images are shared among the idle workers, so they run in smaller batches than one
+    # in-process call would use: equal up to the last digits (the bundle's tolerance bounds it).
+    expected = [predictor.predict([img])[0] for img in images]
+    tolerance = predictor.manifest.parity.tolerance
+    assert [x["probability"] for x in results] == pytest.approx([e.probability for e in expected], abs=tolerance)
+    assert [x["decision"] for x in results] == [e.decision for e in expected]
     assert [x["filename"] for x in results] == [f"files[{i}] (p{i}.img)" for i in range(4)]
 
 

@@ -126,7 +126,7 @@ def test_the_placeholder_token_is_refused_by_the_service(objects, tmp_path: Path
     """Applying secrets.example.yaml unedited must stop the service, not run it with a published token."""
     placeholder = objects["Secret", "damage-detect-admin-token"]["stringData"]["APP_ADMIN_TOKEN"]
     (tmp_path / "public.pem").write_text("x")
-    with pytest.raises(ValidationError, match="APP_ADMIN_TOKEN must be at least 16 characters"):
+    with pytest.raises(ValidationError, match="APP_ADMIN_TOKEN must be at least 16 printable characters"):
         Settings(store=str(tmp_path), public_key=tmp_path / "public.pem", admin_token=placeholder)
 
 

@@ -27,7 +27,7 @@ def test_a_schema_1_bundle_loads_and_passes_parity_without_the_newer_features(tm
 
 
 @pytest.mark.parametrize(
-    ("path", "value"), [(("preprocessing", "jpeg_dct_scaling"), True), (("runtime", "graph"), "torchscript")]
+    ("path", "value"), [(("preprocessing", "jpeg_dct_scaling"), True), (("runtime", "graph"), "fused")]
 )
 def test_a_schema_1_manifest_cannot_claim_schema_2_features(path: tuple[str, str], value: object) -> None:
     data = json.loads(draft_manifest().to_json_bytes())
