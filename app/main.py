@@ -15,7 +15,7 @@ from app.errors import JSONLines
 from app.model_host import Loaded, ModelHost
 from app.observability import Metrics, RequestObserver, configure_logging, counter, gauge
 from app.pipeline import Pipeline
-from app.routes import health, models, parity, predict
+from app.routes import health, models, parity, predict, shadow
 from app.routes.predict import PredictFastPath
 from app.service import Service
 from app.settings import Settings
@@ -24,6 +24,26 @@ from model_store.preprocessing import DecodeLimits
 from model_store.store import open_store
 
 log = logging.getLogger("app.main")
+
+
+def shadow_metrics(host: ModelHost) -> Iterator[Metric]:
+    run = host.shadow
+    if run is None:
+        return
+    s = run.stats
+    version = {"version": s.version}
+    yield counter("shadow_images", "Images scored by the shadow version", ["version"], {(s.version,): s.images})
+    flips: dict[tuple[str, ...], float] = {
+        (s.version, "to_positive"): s.to_positive,
+        (s.version, "to_negative"): s.to_negative,
+    }
+    yield counter("shadow_flips", "Decisions the shadow would change", ["version", "direction"], flips)
+    yield counter(
+        "shadow_dropped", "Sampled requests not shadowed (queue full)", ["version"], {(s.version,): s.dropped}
+    )
+    if s.images:
+        yield gauge("shadow_agreement_ratio", "Shadow decisions equal to the served ones", s.agree / s.images, version)
+        yield gauge("shadow_mean_abs_probability_diff", "Mean |shadow - served|", s.abs_diff_sum / s.images, version)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -81,6 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
                 "worker_restarts", "Inference workers started again after dying", [], {(): pipeline.worker_restarts()}
             )
             metrics.follow_healthy.set(1 if host.follow_status.healthy else 0)
+            yield from shadow_metrics(host)
 
         metrics.watch(live)
         app.state.service = Service(settings, host, metrics)
@@ -108,6 +129,6 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     app.add_middleware(PredictFastPath, fastapi=app)
     app.add_middleware(RequestObserver, metrics=metrics)  # outermost of ours: sees every request
-    for r in (predict.router, parity.router, models.router, health.router):
+    for r in (predict.router, parity.router, models.router, shadow.router, health.router):
         app.include_router(r)
     return app

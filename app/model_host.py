@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from app.pipeline import Pipeline
+from app.pipeline import Overloaded, Pipeline, Scored
 from model_store.errors import BundleError, ModelStoreError, NothingToRollBack, ParityFailed
 from model_store.manifest import Manifest
 from model_store.parity import ParityReport
-from model_store.store.base import AuditEntry, Store
+from model_store.preprocessing import ImageInfo
+from model_store.store.base import AuditEntry, Shadow, Store
 
 log = logging.getLogger("app.model")
 
@@ -46,6 +50,50 @@ class Loaded:
 
 class NotReady(Exception):
     pass
+
+
+@dataclass
+class ShadowStats:
+    """How a shadow version decides compared with the served one, on the same live images."""
+
+    version: str
+    against: str  # the served version it is compared with
+    fraction: float
+    since: float = field(default_factory=time.time)
+    images: int = 0
+    agree: int = 0
+    to_positive: int = 0  # served said negative, shadow positive
+    to_negative: int = 0  # served said positive, shadow negative
+    abs_diff_sum: float = 0.0
+    dropped: int = 0  # sampled requests not scored: the shadow queue was full (station work first)
+    failed: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=2048))  # seconds, most recent
+
+    def as_dict(self) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+
+        def pct(q: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2) if lat else None
+
+        return {
+            "version": self.version,
+            "against": self.against,
+            "fraction": self.fraction,
+            "since": self.since,
+            "images": self.images,
+            "agreement": self.agree / self.images if self.images else None,
+            "flips": {"to_positive": self.to_positive, "to_negative": self.to_negative},
+            "mean_abs_probability_diff": self.abs_diff_sum / self.images if self.images else None,
+            "latency_ms": {"p50": pct(0.5), "p95": pct(0.95)},
+            "dropped": self.dropped,
+            "failed": self.failed,
+        }
+
+
+@dataclass
+class ShadowRun:
+    loaded: Loaded
+    stats: ShadowStats
 
 
 @dataclass
@@ -79,6 +127,7 @@ class ModelHost:
         self._on_refusal = on_refusal or (lambda code: None)
         self._on_follow_error = on_follow_error or (lambda: None)
         self._refused: dict[str, ModelStoreError] = {}  # so following does not retry a bad bundle forever
+        self.shadow: ShadowRun | None = None
         self._stamp: str | None = None  # the store's pointer stamp when it was last read
 
     @property
@@ -152,6 +201,9 @@ class ModelHost:
         self._refused.pop(loaded.version, None)
         if previous is not None:
             self.unpin(previous)  # unloaded once its last in-flight request is answered
+        if self.shadow is not None:  # compare against what is served now, from zero
+            s = self.shadow.stats
+            self.shadow.stats = ShadowStats(s.version, loaded.version, s.fraction)
         self._on_swap(loaded, how)
         log.info("serving %s (was %s) after %s", loaded.version, previous.version if previous else "none", how)
 
@@ -198,13 +250,16 @@ class ModelHost:
             if stamp == self._stamp:
                 return
             wanted = await asyncio.to_thread(self.store.active_version)
+            shadow = await asyncio.to_thread(self.store.shadow)
             self._stamp = stamp
             self._refused = {v: e for v, e in self._refused.items() if v == wanted}
             if wanted is None:
                 if self.current is None:
                     self.reason = "no active version in the store"
+                await self._follow_shadow(shadow)
                 return
             if (self.current is not None and self.current.version == wanted) or wanted in self._refused:
+                await self._follow_shadow(shadow)
                 return
             try:
                 loaded = await self.load(wanted)
@@ -218,6 +273,89 @@ class ModelHost:
                 self._stamp = None  # a store or worker failure: read the pointer again next time
                 raise
             self._swap(loaded, "store pointer change")
+            await self._follow_shadow(shadow)
+
+    # --- shadow --------------------------------------------------------------------------
+
+    async def set_shadow(self, version: str | None, *, fraction: float, actor: str, reason: str) -> AuditEntry:
+        """Verify and prove `version` here first, then record it in the store (every replica follows)."""
+        async with self._swap_lock:
+            loaded = await self.load(version) if version is not None else None
+            try:
+                entry = await asyncio.to_thread(
+                    self.store.set_shadow, version, fraction=fraction, actor=actor, reason=reason
+                )
+            except BaseException:
+                if loaded is not None:
+                    self.unpin(loaded)
+                raise
+            self._set_shadow_run(loaded, fraction)
+            return entry
+
+    async def _follow_shadow(self, wanted: Shadow | None) -> None:
+        current = self.shadow
+        if wanted is None:
+            self._set_shadow_run(None, 0.0)
+        elif current is not None and current.loaded.version == wanted.version:
+            current.stats.fraction = wanted.fraction
+        elif wanted.version not in self._refused:
+            try:
+                loaded = await self.load(wanted.version)
+            except (BundleError, ParityFailed) as exc:
+                self._refused[wanted.version] = exc
+                log.error("refusing to shadow %s: %s", wanted.version, exc)
+                return
+            self._set_shadow_run(loaded, wanted.fraction)
+
+    def _set_shadow_run(self, loaded: Loaded | None, fraction: float) -> None:
+        previous = self.shadow
+        if previous is not None and (loaded is None or previous.loaded is not loaded):
+            self.unpin(previous.loaded)
+        served = self.current.version if self.current else "none"
+        self.shadow = ShadowRun(loaded, ShadowStats(loaded.version, served, fraction)) if loaded else None
+        log.info(
+            "shadow: %s (was %s)", loaded.version if loaded else "none", previous.loaded.version if previous else "none"
+        )
+
+    def shadow_job(
+        self, served: Loaded, images: Sequence[tuple[str, bytes, ImageInfo]], scores: Sequence[Scored]
+    ) -> Callable[[], Awaitable[None]] | None:
+        """For a sampled request: what to run after its response is sent (None otherwise).
+
+        The shadow is pinned now, so switching it off meanwhile cannot unload it mid-job; its
+        images wait behind every station image, one at a time, and are dropped when its
+        queue is full: a station request is delayed by at most one shadow image's compute.
+        """
+        run = self.shadow
+        if run is None or run.stats.against != served.version or random.random() >= run.stats.fraction:
+            return None
+        self.pipeline.pin(run.loaded.version)
+
+        async def job() -> None:
+            stats, decide = run.stats, served.manifest.decision
+            started = time.perf_counter()
+            try:
+                shadow_scores = await self.pipeline.predict(run.loaded.version, images, shadow=True)
+            except Overloaded:
+                stats.dropped += 1
+                return
+            except Exception:  # a bad image or a worker restart: not the shadow's verdict
+                stats.failed += 1
+                return
+            finally:
+                self.pipeline.release(run.loaded.version)
+            stats.latencies.append(time.perf_counter() - started)
+            for mine, theirs in zip(scores, shadow_scores, strict=True):
+                stats.images += 1
+                stats.abs_diff_sum += abs(theirs.probability - mine.probability)
+                if theirs.decision == mine.decision:
+                    stats.agree += 1
+                elif theirs.decision == decide.positive_label:
+                    stats.to_positive += 1
+                else:
+                    stats.to_negative += 1
+
+        return job
 
     async def follow(self, interval_s: float) -> None:
         """Poll the store forever; any error is logged, counted, reported, and retried with backoff."""

@@ -74,8 +74,12 @@ def counter(name: str, doc: str, labels: list[str], values: dict[tuple[str, ...]
     return family
 
 
-def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, value=value)
+def gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
+    if not labels:
+        return GaugeMetricFamily(name, doc, value=value)
+    family = GaugeMetricFamily(name, doc, labels=list(labels))
+    family.add_metric(list(labels.values()), value)
+    return family
 
 
 def configure_logging() -> None:

@@ -45,6 +45,7 @@ from model_store.preprocessing import DecodeLimits, ImageInfo, inspect
 
 log = logging.getLogger("app.pipeline")
 SOCKET_BUFFER = 4 * 1024 * 1024  # bytes; the kernel caps it at net.core.wmem_max / rmem_max
+SHADOW_QUEUE = 32  # shadow images waiting at most; beyond, a sampled request is not shadowed
 
 
 class Overloaded(Exception):
@@ -342,6 +343,8 @@ class Pipeline:
             return []
         pixels = sum(info.pixels for _, _, info in images)
         n = len(images)
+        if shadow and len(self._shadow) + n > SHADOW_QUEUE:
+            raise Overloaded(f"{len(self._shadow)} shadow images already waiting")
         if not shadow:
             if pixels > self.max_pending_pixels:
                 raise RequestTooLarge(
@@ -398,9 +401,11 @@ class Pipeline:
                 continue
             if self._closing:
                 continue
-            for queue in (self._pending, self._shadow):
+            for queue, most in ((self._pending, self.max_batch), (self._shadow, 1)):
+                # Shadow images go one at a time: a station image that arrives meanwhile
+                # waits for at most one of them.
                 share = -(-len(queue) // (len(idle) - i))  # ceil: this worker's part of the queue
-                batch = self._take_batch(w, queue, min(self.max_batch, share))
+                batch = self._take_batch(w, queue, min(most, share))
                 if batch:
                     self._start_batch(w, batch)
                     break

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from model_store.parity import ParityReport
+from model_store.store.base import AuditEntry
 
 
 class ModelRef(BaseModel):
@@ -93,3 +94,17 @@ class SwapResponse(BaseModel):
 class UploadResponse(BaseModel):
     version: str
     created: bool
+
+
+class AuditOut(BaseModel):
+    seq: int
+    time: str
+    actor: str
+    action: str
+    from_version: str | None
+    to_version: str | None
+    reason: str
+
+    @classmethod
+    def of(cls, entry: AuditEntry) -> AuditOut:
+        return cls(**entry.to_dict())

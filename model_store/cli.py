@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("rollback", help="re-activate the previously active version")
     r.add_argument("--reason", default="")
 
+    sh = sub.add_parser("shadow", help="score a share of live traffic with a stored version, answering nothing")
+    sh.add_argument("version", nargs="?", help="the version to put in shadow")
+    sh.add_argument("--fraction", type=float, default=0.1, help="share of predict requests it sees (0-1]")
+    sh.add_argument("--off", action="store_true", help="stop shadowing")
+    sh.add_argument("--reason", default="")
+
     sub.add_parser("log", help="the audit log")
     return p
 
@@ -150,9 +156,11 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps([vars(i) for i in infos], indent=2))
         elif not infos:
             print("no versions in the store")
+        shadow = store.shadow() if infos else None
         for i in infos if not args.json else []:
             mark = "*" if i.active else " "
-            print(f"{mark} {i.version:<20} {i.name:<24} {i.created_at}  {i.manifest_sha256[:12]}")
+            note = f"  shadow on {shadow.fraction:.0%} of traffic" if shadow and shadow.version == i.version else ""
+            print(f"{mark} {i.version:<20} {i.name:<24} {i.created_at}  {i.manifest_sha256[:12]}{note}")
     elif cmd == "show":
         print(store.manifest(args.version).to_json_bytes().decode(), end="")
     elif cmd == "activate":
@@ -165,6 +173,12 @@ def run(args: argparse.Namespace) -> int:
 
         e = activation.rollback(store, actor=args.actor, reason=args.reason)
         print(f"rolled back: active {e.to_version} (was {e.from_version}); parity passed")
+    elif cmd == "shadow":
+        if args.off == (args.version is not None):
+            return _usage("give a VERSION to put in shadow, or --off")
+        e = store.set_shadow(None if args.off else args.version, fraction=args.fraction, actor=args.actor,
+                             reason=args.reason)  # fmt: skip
+        print(f"shadow: {e.to_version or 'none'} (was {e.from_version or 'none'}); replicas pick it up as they follow")
     elif cmd == "log":
         for e in store.audit_log():
             _print_entry(e, args.json)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -111,12 +112,48 @@ class DecisionPolicy(_Strict):
     cost_false_alarm: float = Field(1.0, ge=0)  # an intact parcel pulled for inspection
     cost_miss: float = Field(5.0, ge=0)  # a damaged parcel shipped to a customer
     method: ThresholdMethod = "min_expected_cost"
+    # Schema 2. The recall `target_recall` aims for, and the damage rate expected in
+    # production: thresholds and served probabilities are for that rate, not the
+    # validation split's (None: the validation split's own rate).
+    target_recall: float = Field(0.95, gt=0, le=1)
+    deployment_prevalence: Annotated[float, Field(gt=0, lt=1)] | None = None
 
     @model_validator(mode="after")
     def _distinct_labels(self) -> DecisionPolicy:
         if self.positive_label == self.negative_label:
             raise ValueError("positive_label and negative_label must differ")
         return self
+
+
+class CalibrationSpec(_Strict):
+    """Schema 2. The map from the model's logit z to a calibrated one: slope * z + intercept.
+
+    Fitted on the validation split after checkpoint selection: temperature scaling has
+    slope 1/T and intercept 0; Platt scaling fits both. The slope is positive, so the
+    ranking of images (and ROC-AUC) never changes.
+    """
+
+    method: Literal["none", "temperature", "platt"] = "none"
+    slope: float = Field(1.0, gt=0)
+    intercept: float = 0.0
+
+
+class ValidationScores(_Strict):
+    """Schema 2. The validation split's raw logits and 0/1 labels: a new operating point
+    (costs, damage rate) can be chosen and signed from these without retraining."""
+
+    logits: list[float]
+    labels: list[Literal[0, 1]]
+
+    @model_validator(mode="after")
+    def _same_length(self) -> ValidationScores:
+        if len(self.logits) != len(self.labels):
+            raise ValueError("logits and labels must have the same length")
+        return self
+
+
+def log_odds(p: float) -> float:
+    return math.log(p / (1.0 - p))
 
 
 class DecisionSpec(DecisionPolicy):
@@ -127,6 +164,23 @@ class DecisionSpec(DecisionPolicy):
     cost_false_alarm: float = Field(ge=0)
     cost_miss: float = Field(ge=0)
     validation: ValidationMetrics | None = None
+    # Schema 2: calibration, the damage rates, the expected cost at the deployment rate.
+    calibration: CalibrationSpec = CalibrationSpec()
+    validation_prevalence: Annotated[float, Field(gt=0, lt=1)] | None = None
+    expected_cost: float | None = Field(None, ge=0, description="per parcel at the deployment damage rate")
+    validation_scores: ValidationScores | None = None
+
+    def logit_map(self) -> tuple[float, float]:
+        """(slope, offset) with served probability = sigmoid(slope * logit + offset).
+
+        The offset adds the prior shift from the validation damage rate to the deployment
+        one (Bayes' rule on the odds), so served probabilities are for production's rate.
+        """
+        offset = self.calibration.intercept
+        pv, pd = self.validation_prevalence, self.deployment_prevalence
+        if pv is not None and pd is not None:
+            offset += log_odds(pd) - log_odds(pv)
+        return self.calibration.slope, offset
 
     def decide(self, probability: float) -> str:
         """The one decision rule: the positive label at or above the threshold."""
@@ -142,6 +196,8 @@ class Lineage(_Strict):
     epoch: int = Field(ge=0)
     checkpoint_sha256: Sha256
     code_revision: str
+    # Schema 2: set when this bundle re-decides another one (same weights, new decision).
+    parent_manifest_sha256: Sha256 | None = None
 
 
 class Environment(_Strict):
@@ -202,6 +258,12 @@ class Manifest(_Strict):
                 for name, value, default in (
                     ("preprocessing.jpeg_dct_scaling", self.preprocessing.jpeg_dct_scaling, False),
                     ("runtime", self.runtime, RuntimeSpec()),
+                    ("decision.calibration", self.decision.calibration, CalibrationSpec()),
+                    ("decision.deployment_prevalence", self.decision.deployment_prevalence, None),
+                    ("decision.validation_prevalence", self.decision.validation_prevalence, None),
+                    ("decision.expected_cost", self.decision.expected_cost, None),
+                    ("decision.validation_scores", self.decision.validation_scores, None),
+                    ("lineage.parent_manifest_sha256", self.lineage.parent_manifest_sha256, None),
                 )
                 if value != default
             ]

@@ -16,6 +16,7 @@ from torch.fx.experimental import optimization as fx_optimization
 from model_store import parity
 from model_store.bundle import Bundle
 from model_store.errors import WeightsInvalid
+from model_store.manifest import DecisionSpec
 from model_store.parity import ParityReport
 from model_store.preprocessing import DecodeLimits, Preprocessor
 from model_store.zoo import build_model
@@ -34,6 +35,19 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def served_probabilities(logits: torch.Tensor, decision: DecisionSpec) -> torch.Tensor:
+    """The one map from logits to the probabilities a station reads (float32).
+
+    sigmoid(slope * logit + offset): the bundle's calibration plus the prior shift to the
+    deployment damage rate (`DecisionSpec.logit_map`). Training, export, `evaluate`, the
+    service and parity all call this. With no calibration and no shift it is exactly
+    sigmoid(logit) (x * 1.0 + 0.0 == x), as schema 1 bundles recorded it.
+    """
+    slope, offset = decision.logit_map()
+    with torch.inference_mode():
+        return torch.sigmoid(logits.float() * slope + offset)
 
 
 @dataclass(frozen=True)
@@ -82,12 +96,16 @@ class Predictor:
     def decide(self, probability: float) -> str:
         return self.manifest.decision.decide(probability)
 
-    def probabilities(self, batch: torch.Tensor) -> list[float]:
-        """Model on a preprocessed batch [N, 3, H, W] → P(positive) per row."""
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Model on a preprocessed batch [N, 3, H, W] → its raw logit per row (float32, CPU)."""
         with torch.inference_mode():
-            logits = self._forward(self._layout(batch.to(self.device, non_blocking=True)))
-            probs: list[float] = torch.sigmoid(logits[:, 0].float()).cpu().tolist()
-            return probs
+            out = self._forward(self._layout(batch.to(self.device, non_blocking=True)))
+            return out[:, 0].float().cpu()
+
+    def probabilities(self, batch: torch.Tensor) -> list[float]:
+        """Model on a preprocessed batch [N, 3, H, W] → calibrated P(positive) per row."""
+        probs: list[float] = served_probabilities(self.logits(batch), self.manifest.decision).tolist()
+        return probs
 
     def predict(self, images: Sequence[bytes]) -> list[Prediction]:
         """Image bytes → one Prediction each, in order. Raises ImageError on bad input."""

@@ -48,11 +48,14 @@ def current_environment(device: str) -> Environment:
 def write_bundle(
     out_dir: Path,
     manifest: Manifest,
-    state_dict: Mapping[str, torch.Tensor],
+    state_dict: Mapping[str, torch.Tensor] | bytes,
     references: Sequence[ReferenceInput],
     private_key: Path,
 ) -> Bundle:
     """Write, sign and verify a bundle; return it as `load_bundle` reads it back.
+
+    `state_dict` may be the safetensors bytes of another bundle, kept byte for byte (a
+    re-decided bundle carries its parent's weights, with the same digest).
 
     `manifest.parity.references` and `weights_sha256` are filled in here: the expected
     outputs are computed by reloading the signed draft through the serving `Predictor`,
@@ -65,7 +68,10 @@ def write_bundle(
         raise BundleError(f"{out_dir} already exists; refusing to overwrite a bundle")
     if not references:
         raise BundleError("a bundle needs at least one reference image for parity")
-    weights = save_safetensors({k: v.detach().cpu().contiguous() for k, v in state_dict.items()})
+    if isinstance(state_dict, bytes):
+        weights = state_dict
+    else:
+        weights = save_safetensors({k: v.detach().cpu().contiguous() for k, v in state_dict.items()})
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))

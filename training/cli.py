@@ -42,6 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data", type=Path, required=True)
     v.add_argument("--public-key", type=Path, required=True)
     v.add_argument("--split", choices=["test", "val", "train", "all"], default="test")
+
+    r = sub.add_parser("redecide", help="a new operating point for a bundle, signed, without retraining")
+    r.add_argument("--bundle", type=Path, required=True)
+    r.add_argument("--key", type=Path, required=True, help="private signing key PEM")
+    r.add_argument("--version", required=True, help="version of the new bundle")
+    r.add_argument("--out", type=Path, help="write the new bundle here (default: next to --bundle, named --version)")
+    r.add_argument("--public-key", type=Path, help="key to verify --bundle with (default: the signer's)")
+    r.add_argument("--cost-miss", type=float, help="cost of shipping a damaged parcel")
+    r.add_argument("--cost-false-alarm", type=float, help="cost of pulling an intact parcel")
+    r.add_argument("--prevalence", type=float, help="share of damaged parcels expected in production, e.g. 0.03")
+    r.add_argument("--method", choices=["min_expected_cost", "target_recall"])
+    r.add_argument("--target-recall", type=float)
+
+    c = sub.add_parser("compare", help="two bundles on the same images: agreement, flips, scatter (HTML)")
+    c.add_argument("--bundle", type=Path, action="append", required=True, help="give it twice: A, then B")
+    c.add_argument("--images", type=Path, required=True, help="a folder of images (ImageFolder layout adds metrics)")
+    c.add_argument("--public-key", type=Path, required=True)
+    c.add_argument("--out", type=Path, default=Path("compare"), help="where compare.html and scatter.png go")
     return p
 
 
@@ -84,7 +102,48 @@ def run(args: argparse.Namespace) -> int:
         from training.evaluate import evaluate_bundle
 
         print(json.dumps(evaluate_bundle(args.bundle, args.public_key, args.data, args.split), indent=2))
+    elif args.command == "redecide":
+        _redecide(args)
+    elif args.command == "compare":
+        from training.compare import compare
+
+        if len(args.bundle) != 2:
+            print("error: give --bundle exactly twice (A, then B)", file=sys.stderr)
+            return 2
+        s = compare(args.bundle[0], args.bundle[1], args.public_key, args.images, args.out)
+        print(
+            f"{s['images']} images: agreement {s['agreement']:.1%}, flips {s['flips']}, "
+            f"mean |dp| {s['mean_abs_probability_diff']:.4f}; see {args.out / 'compare.html'}"
+        )
     return 0
+
+
+def _redecide(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from model_store.signing import public_key_file
+    from training.redecide import redecide
+
+    given = {
+        "cost_miss": args.cost_miss,
+        "cost_false_alarm": args.cost_false_alarm,
+        "deployment_prevalence": args.prevalence,
+        "method": args.method,
+        "target_recall": args.target_recall,
+    }
+    out = args.out or args.bundle.parent / args.version
+    with tempfile.TemporaryDirectory() as tmp:
+        pub = args.public_key or public_key_file(args.key, Path(tmp) / "public.pem")
+        parent, child = redecide(
+            args.bundle, pub, args.key, args.version, out, **{k: v for k, v in given.items() if v is not None}
+        )
+    a, b = parent.manifest.decision, child.manifest.decision
+    print(
+        f"wrote {child.manifest.name} {child.version} to {out}: threshold {a.threshold:.4f} -> {b.threshold:.4f}, "
+        f"expected cost {a.expected_cost or 0:.3f} -> {b.expected_cost or 0:.3f} per parcel at "
+        f"{b.deployment_prevalence or b.validation_prevalence or 0:.3g} damaged; same weights "
+        f"({child.manifest.weights_sha256[:12]}), parent {parent.manifest_sha256[:12]}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,11 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.config import ConfigError
     from training.data import DataError
     from training.export import ExportError
+    from training.redecide import RedecideError
     from training.train import RunError
 
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (ConfigError, DataError, RunError, ExportError, ModelStoreError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, RunError, ExportError, RedecideError, ModelStoreError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

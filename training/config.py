@@ -81,9 +81,13 @@ class LoaderConfig(_Section):
 
 
 class DecisionConfig(DecisionPolicy):
-    """The manifest's decision policy, plus what `target_recall` aims for."""
+    """The manifest's decision policy, plus how probabilities are calibrated.
 
-    target_recall: float = Field(0.95, gt=0, le=1)  # used by method = "target_recall"
+    `calibration` is fitted on the validation split after checkpoint selection:
+    `temperature` (one parameter, the default), `platt` (slope and intercept) or `none`.
+    """
+
+    calibration: Literal["none", "temperature", "platt"] = "temperature"
 
     @model_validator(mode="after")
     def _chosen_by_training(self) -> DecisionConfig:

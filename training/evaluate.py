@@ -44,7 +44,10 @@ def evaluate_bundle(
         probs += [o.probability for o in predictor.predict([(Path(data_dir) / i.path).read_bytes() for i in chunk])]
     p = np.array(probs)
     t = np.array([int(i.label == m.decision.positive_label) for i in items])
-    op = M.at_threshold(p, t, m.decision.threshold, m.decision.cost_false_alarm, m.decision.cost_miss)
+    d = m.decision
+    # Counts at this data set's own damage rate; expected cost at the rate the bundle was
+    # decided for (its deployment rate, when it states one).
+    op = M.at_threshold(p, t, d.threshold, d.cost_false_alarm, d.cost_miss, d.deployment_prevalence)
     # Loss from probabilities, clipped like BCEWithLogits saturates, so it is comparable.
     eps = 1e-12
     loss = float(-np.mean(t * np.log(np.clip(p, eps, 1)) + (1 - t) * np.log(np.clip(1 - p, eps, 1))))

@@ -23,7 +23,6 @@ from model_store.manifest import (
     Manifest,
     ParitySpec,
     ReferenceImage,
-    ValidationMetrics,
 )
 from model_store.parity import parity_ok
 from model_store.predictor import Predictor
@@ -55,8 +54,9 @@ def _manifest(
     config: TrainConfig, run_dir: Path, version: str, evaluation: dict[str, Any], split: SplitManifest
 ) -> Manifest:
     meta = json.loads((run_dir / "run.json").read_text())
-    op = evaluation["validation"]["at_threshold"]
-    dc = config.decision
+    positive = config.decision.positive_label
+    val = evaluation["predictions"]["val"]
+    scores = {"logits": [r["logit"] for r in val], "labels": [int(r["label"] == positive) for r in val]}
     placeholder = ReferenceImage(file="pending", sha256="0" * 64, expected_probability=0, expected_decision="")
     return Manifest(
         name=config.export.name,
@@ -65,15 +65,9 @@ def _manifest(
         model=config.model.spec(),
         preprocessing=config.preprocessing,
         runtime=config.runtime,
-        decision=DecisionSpec(
-            threshold=evaluation["threshold"],
-            positive_label=dc.positive_label,
-            negative_label=dc.negative_label,
-            cost_false_alarm=dc.cost_false_alarm,
-            cost_miss=dc.cost_miss,
-            method=dc.method,
-            validation=ValidationMetrics(**{k: op[k] for k in ValidationMetrics.model_fields}),
-        ),
+        # As training decided it (training.decide), with the validation scores that let
+        # `redecide` choose another operating point later without retraining.
+        decision=DecisionSpec.model_validate({**evaluation["decision"], "validation_scores": scores}),
         lineage=Lineage(
             config=config.model_dump(mode="json"),
             config_sha256=config.sha256,

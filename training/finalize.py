@@ -1,7 +1,8 @@
-"""After the last epoch: evaluate the best checkpoint, choose the threshold, report.
+"""After the last epoch: evaluate the best checkpoint, calibrate, choose the threshold, report.
 
-The threshold is chosen on the validation split only; the test split is touched once,
-here, and its metrics are reported at that threshold.
+Calibration and the threshold come from the validation split only; the test split is
+touched once, here, and its metrics are reported at that threshold (counts at the test
+split's own damage rate, expected cost at the deployment rate).
 """
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from model_store.preprocessing import Preprocessor
 from model_store.zoo import build_model
+from training import calibration
 from training import metrics as M
 from training.checkpoint import file_sha256, load_checkpoint
 from training.config import TrainConfig
 from training.data import ImageDataset, Split, SplitManifest
-from training.loops import eval_loader, evaluate
+from training.decide import decide, served
+from training.loops import eval_loader, evaluate, sigmoid
 from training.progress import Log
 from training.report import write_report
 
@@ -34,46 +38,70 @@ def finalize(
 
     pre = Preprocessor(config.preprocessing)
     positive = config.decision.positive_label
-    results: dict[str, Any] = {}
-    predictions: dict[str, list[dict[str, Any]]] = {}
+    scored: dict[str, tuple[np.ndarray, np.ndarray, float, list[Any]]] = {}
     names: tuple[Split, Split] = ("val", "test")
     for name in names:
         ds = ImageDataset(data_dir, split.select(name), pre, positive)
-        p, t, loss = evaluate(model, eval_loader(ds, config.optim.batch_size, config.loader.workers), device)
-        results[name] = (p, t, M.ranking_metrics(name, p, t, loss))
-        predictions[name] = [
-            {"path": item.path, "label": item.label, "probability": float(prob)}
-            for item, prob in zip(ds.items, p, strict=True)
-        ]
+        z, t, loss = evaluate(model, eval_loader(ds, config.optim.batch_size, config.loader.workers), device)
+        scored[name] = (z, t, loss, ds.items)
 
+    # The checkpoint is chosen; now calibrate on validation and choose the operating point
+    # for the deployment damage rate. The test split is touched once, below.
     dc = config.decision
-    vp, vt, vmetrics = results["val"]
-    op = M.choose_threshold(
-        vp,
-        vt,
-        method=dc.method,
-        cost_false_alarm=dc.cost_false_alarm,
-        cost_miss=dc.cost_miss,
-        target_recall=dc.target_recall,
+    vz, vt, _, _ = scored["val"]
+    calibration_map = calibration.fit(vz, vt, dc.calibration)
+    spec, val_op = decide(vz, vt, dc, calibration_map)
+    at_own_rate = spec.model_copy(update={"deployment_prevalence": None})  # calibrated, no prior shift
+
+    results: dict[str, Any] = {}
+    predictions: dict[str, list[dict[str, Any]]] = {}
+    quality: dict[str, dict[str, float]] = {}
+    for name in names:
+        z, t, loss, items = scored[name]
+        raw, calibrated, served_p = sigmoid(z), served(z, at_own_rate), served(z, spec)
+        results[name] = M.ranking_metrics(name, raw, t, loss)
+        quality[name] = {
+            "ece_before": calibration.expected_calibration_error(raw, t),
+            "ece_after": calibration.expected_calibration_error(calibrated, t),
+            "log_loss_before": calibration.log_loss(raw, t),
+            "log_loss_after": calibration.log_loss(calibrated, t),
+            "roc_auc_after": M.roc_auc(calibrated, t),
+        }
+        predictions[name] = [
+            {"path": item.path, "label": item.label, "logit": float(logit), "probability": float(p)}
+            for item, logit, p in zip(items, z, served_p, strict=True)
+        ]
+    tz, tt, _, _ = scored["test"]
+    test_op = M.at_threshold(
+        served(tz, spec), tt, spec.threshold, dc.cost_false_alarm, dc.cost_miss, spec.deployment_prevalence
     )
-    tp_, tt, tmetrics = results["test"]
-    test_op = M.at_threshold(tp_, tt, op.threshold, dc.cost_false_alarm, dc.cost_miss)
     evaluation = {
         "best_epoch": ckpt["epoch"],
         "checkpoint_sha256": file_sha256(best_path),
-        "threshold": op.threshold,
+        "threshold": spec.threshold,
         "method": dc.method,
-        "validation": {**vmetrics, "at_threshold": op.as_dict()},
-        "test": {**tmetrics, "at_threshold": test_op.as_dict()},
+        "decision": spec.model_dump(mode="json", exclude={"validation_scores"}),
+        "prevalence": {"validation": spec.validation_prevalence, "deployment": spec.deployment_prevalence},
+        "calibration": {
+            **spec.calibration.model_dump(),
+            **{f"{n}_{k}": v for n, q in quality.items() for k, v in q.items()},
+        },
+        "validation": {**results["val"], "at_threshold": val_op.as_dict()},
+        "test": {**results["test"], "at_threshold": test_op.as_dict()},
         "predictions": predictions,
     }
     (run_dir / "eval.json").write_text(json.dumps(evaluation, indent=1) + "\n")
+    rate = spec.deployment_prevalence or spec.validation_prevalence
     log(
-        f"best epoch {ckpt['epoch']}; threshold {op.threshold:.4f} ({dc.method}, "
-        f"false alarm {dc.cost_false_alarm:g} vs miss {dc.cost_miss:g}); "
-        f"test: recall {test_op.recall:.3f} precision {test_op.precision:.3f} "
+        f"best epoch {ckpt['epoch']}; calibration {spec.calibration.method} (slope {spec.calibration.slope:.3f}): "
+        f"validation ECE {quality['val']['ece_before']:.3f} -> {quality['val']['ece_after']:.3f}, "
+        f"log loss {quality['val']['log_loss_before']:.3f} -> {quality['val']['log_loss_after']:.3f}"
+    )
+    log(
+        f"threshold {spec.threshold:.4f} ({dc.method}, false alarm {dc.cost_false_alarm:g} vs miss {dc.cost_miss:g}, "
+        f"damage rate {rate:.3g}); test: recall {test_op.recall:.3f} precision {test_op.precision:.3f} "
         f"fpr {test_op.false_positive_rate:.3f} acc {test_op.accuracy:.3f} "
-        f"roc_auc {tmetrics['test_roc_auc']:.3f} cost/parcel {test_op.expected_cost:.3f}"
+        f"roc_auc {results['test']['test_roc_auc']:.3f} cost/parcel {test_op.expected_cost:.3f} at that rate"
     )
     report = write_report(run_dir, data_dir, config)
     log(f"report: {report}")

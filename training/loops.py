@@ -90,19 +90,25 @@ def recalibrate_batchnorm(model: nn.Module, loader: Iterable[Any], device: torch
 
 
 def evaluate(model: nn.Module, loader: DataLoader[Any], device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
-    """(probabilities, targets, mean BCE loss) in eval mode, under inference_mode."""
+    """(logits as float32, targets, mean BCE loss) in eval mode, under inference_mode."""
     model.eval()
-    probs, targets, total = [], [], 0.0
+    outputs, targets, total = [], [], 0.0
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
     with torch.inference_mode():
         for x, y, _ in loader:
             logits = model(x.to(device))[:, 0].float().cpu()
             total += loss_fn(logits, y).item()
-            probs.append(torch.sigmoid(logits))
+            outputs.append(logits)
             targets.append(y)
-    p = torch.cat(probs).numpy().astype(np.float64)
+    z = torch.cat(outputs).numpy()
     t = torch.cat(targets).numpy().astype(np.int64)
-    return p, t, total / max(1, len(t))
+    return z, t, total / max(1, len(t))
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Uncalibrated probabilities, computed as the Predictor does for an uncalibrated bundle."""
+    out: np.ndarray = torch.sigmoid(torch.as_tensor(logits, dtype=torch.float32)).numpy().astype(np.float64)
+    return out
 
 
 def eval_loader(dataset: Dataset[Any], batch_size: int, workers: int) -> DataLoader[Any]:

@@ -93,22 +93,44 @@ class OperatingPoint:
         return asdict(self)
 
 
+def expected_cost(
+    false_positive_rate: float, miss_rate: float, prevalence: float, cost_false_alarm: float, cost_miss: float
+) -> float:
+    """Cost per parcel where a share `prevalence` of parcels is damaged.
+
+    The rates are per class, so they carry over from the validation split to any damage
+    rate (prior shift): (1 - prevalence) * FPR * cost_false_alarm + prevalence * FNR * cost_miss.
+    """
+    return (1 - prevalence) * false_positive_rate * cost_false_alarm + prevalence * miss_rate * cost_miss
+
+
 def at_threshold(
-    probs: object, targets: object, threshold: float, cost_false_alarm: float, cost_miss: float
+    probs: object,
+    targets: object,
+    threshold: float,
+    cost_false_alarm: float,
+    cost_miss: float,
+    prevalence: float | None = None,
 ) -> OperatingPoint:
-    """Metrics when `probability >= threshold` means positive (the service's rule)."""
+    """Metrics when `probability >= threshold` means positive (the service's rule).
+
+    `expected_cost` is per parcel at `prevalence` (default: this data set's own damage rate).
+    """
     p, y = _arrays(probs, targets)
     pred = p >= threshold
     tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
     fn, tn = int((~pred & (y == 1)).sum()), int((~pred & (y == 0)).sum())
     n = len(p)
+    fpr = fp / (fp + tn) if fp + tn else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    rate = (tp + fn) / n if prevalence is None and n else (prevalence or 0.0)
     return OperatingPoint(
         threshold=float(threshold),
         precision=tp / (tp + fp) if tp + fp else 0.0,
-        recall=tp / (tp + fn) if tp + fn else 0.0,
-        false_positive_rate=fp / (fp + tn) if fp + tn else 0.0,
+        recall=recall,
+        false_positive_rate=fpr,
         accuracy=(tp + tn) / n if n else 0.0,
-        expected_cost=(fp * cost_false_alarm + fn * cost_miss) / n if n else 0.0,
+        expected_cost=expected_cost(fpr, 1 - recall, rate, cost_false_alarm, cost_miss) if n else 0.0,
         n=n,
         tp=tp,
         fp=fp,
@@ -129,12 +151,12 @@ def candidate_thresholds(probs: object) -> np.ndarray:
 
 
 def cost_curve(
-    probs: object, targets: object, cost_false_alarm: float, cost_miss: float
+    probs: object, targets: object, cost_false_alarm: float, cost_miss: float, prevalence: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(threshold, expected cost per parcel) over all candidate thresholds."""
+    """(threshold, expected cost per parcel at `prevalence`) over all candidate thresholds."""
     p, y = _arrays(probs, targets)
     ts = candidate_thresholds(p)
-    costs = np.array([at_threshold(p, y, t, cost_false_alarm, cost_miss).expected_cost for t in ts])
+    costs = np.array([at_threshold(p, y, t, cost_false_alarm, cost_miss, prevalence).expected_cost for t in ts])
     return ts, costs
 
 
@@ -146,17 +168,18 @@ def choose_threshold(
     cost_false_alarm: float,
     cost_miss: float,
     target_recall: float = 0.95,
+    prevalence: float | None = None,
 ) -> OperatingPoint:
     """The operating point on validation data.
 
-    - `min_expected_cost`: lowest (false alarms × cost + misses × cost) per parcel; among
-      equally cheap thresholds, the middle one.
+    - `min_expected_cost`: lowest expected cost per parcel at `prevalence` (default: the
+      validation split's own damage rate); among equally cheap thresholds, the middle one.
     - `target_recall`: the highest threshold whose recall reaches the target, i.e. the
       fewest false alarms that still catch that share of damaged parcels.
     """
     p, y = _arrays(probs, targets)
     if method == "min_expected_cost":
-        ts, costs = cost_curve(p, y, cost_false_alarm, cost_miss)
+        ts, costs = cost_curve(p, y, cost_false_alarm, cost_miss, prevalence)
         best = np.flatnonzero(np.isclose(costs, costs.min(), rtol=0, atol=1e-12))
         t = float(ts[best[len(best) // 2]])
     elif method == "target_recall":
@@ -165,4 +188,4 @@ def choose_threshold(
         t = float(max(ok))  # t = 0 always reaches recall 1
     else:
         raise ValueError(f"unknown threshold method {method!r}")
-    return at_threshold(p, y, t, cost_false_alarm, cost_miss)
+    return at_threshold(p, y, t, cost_false_alarm, cost_miss, prevalence)

@@ -14,8 +14,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image, ImageOps
 
+from model_store.manifest import DecisionSpec
+from training import calibration
 from training import metrics as M
 from training.config import TrainConfig
+from training.decide import served
+from training.loops import sigmoid
 
 
 def _save(fig: Any, path: Path) -> str:
@@ -76,18 +80,38 @@ def write_report(run_dir: Path, data_dir: Path, config: TrainConfig) -> Path:
     b.legend(loc="lower left")
     images.append(("ROC and precision-recall", _save(fig, plots / "roc_pr.png")))
 
-    ts, costs = M.cost_curve(vp, vt, dc.cost_false_alarm, dc.cost_miss)
-    fig, a = plt.subplots(figsize=(7, 3.8))
-    a.plot(ts, costs, label="validation")
+    rates = ev["prevalence"]
+    validation_rate, deployment_rate = rates["validation"], rates["deployment"] or rates["validation"]
+    fig, a = plt.subplots(figsize=(7.5, 3.8))
+    for rate, name, style in ((validation_rate, "validation split", ":"), (deployment_rate, "deployment", "-")):
+        ts, costs = M.cost_curve(vp, vt, dc.cost_false_alarm, dc.cost_miss, rate)
+        a.plot(ts, costs, style, label=f"{name}: {rate:.1%} damaged")
     a.axvline(t, color="k", ls="--")
-    a.plot([t], [ev["validation"]["at_threshold"]["expected_cost"]], "ro", label=f"chosen {t:.3f}")
+    chosen = M.at_threshold(vp, vt, t, dc.cost_false_alarm, dc.cost_miss, deployment_rate).expected_cost
+    a.plot([t], [chosen], "ro", label=f"chosen {t:.3f} ({chosen:.3f} per parcel)")
     a.set(
-        xlabel="threshold",
+        xlabel="threshold on the served probability",
         ylabel="expected cost per parcel",
         title=f"Cost: false alarm {dc.cost_false_alarm:g}, miss {dc.cost_miss:g} ({ev['method']})",
     )
-    a.legend()
-    images.append(("Expected cost versus threshold", _save(fig, plots / "cost.png")))
+    a.legend(fontsize=8)
+    images.append(("Expected cost versus threshold, at both damage rates", _save(fig, plots / "cost.png")))
+
+    cal = ev["calibration"]
+    spec = DecisionSpec.model_validate(ev["decision"]).model_copy(update={"deployment_prevalence": None})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, split in zip(axes, ("val", "test"), strict=True):
+        rows_ = ev["predictions"][split]
+        z = np.array([r["logit"] for r in rows_])
+        y = np.array([int(r["label"] == dc.positive_label) for r in rows_])
+        for probs, name in ((sigmoid(z), "before"), (served(z, spec), f"after ({cal['method']})")):
+            bins = calibration.reliability(probs, y)
+            ece = calibration.expected_calibration_error(probs, y)
+            ax.plot([c for c, _, _ in bins], [r for _, r, _ in bins], "o-", label=f"{name}: ECE {ece:.3f}")
+        ax.plot([0, 1], [0, 1], color="grey", ls=":")
+        ax.set(xlabel="predicted probability", ylabel="observed damage rate", title=f"Reliability, {split}")
+        ax.legend(fontsize=8)
+    images.append(("Calibration (reliability diagram)", _save(fig, plots / "reliability.png")))
 
     cm = np.array([[op["tn"], op["fp"]], [op["fn"], op["tp"]]])
     fig, a = plt.subplots(figsize=(4.2, 3.8))
@@ -135,6 +159,11 @@ def write_report(run_dir: Path, data_dir: Path, config: TrainConfig) -> Path:
         f"<td>{ev[key][f'{pre}_roc_auc']:.3f}</td><td>{ev[key][f'{pre}_pr_auc']:.3f}</td><td>{m['n']}</td></tr>"
         for name, m, key, pre in (("validation", val_op, "validation", "val"), ("test", op, "test", "test"))
     )
+    calibration_rows = "".join(
+        f"<tr><td>{name}</td><td>{cal[f'{key}_ece_before']:.3f}</td><td>{cal[f'{key}_ece_after']:.3f}</td>"
+        f"<td>{cal[f'{key}_log_loss_before']:.3f}</td><td>{cal[f'{key}_log_loss_after']:.3f}</td></tr>"
+        for name, key in (("validation", "val"), ("test", "test"))
+    )
     body = "\n".join(
         f"<h2>{html.escape(title)}</h2><img src='plots/{name}' alt='{html.escape(title)}'>" for title, name in images
     )
@@ -144,9 +173,14 @@ img{{max-width:100%}}</style></head><body>
 <h1>Training report: {html.escape(config.model.architecture)}</h1>
 <p>Best checkpoint: epoch {ev["best_epoch"]} (sha256 {ev["checkpoint_sha256"][:16]}&hellip;).
 Threshold <b>{t:.4f}</b> chosen on validation by {html.escape(ev["method"])}
-(false alarm cost {dc.cost_false_alarm:g}, miss cost {dc.cost_miss:g}).</p>
+(false alarm cost {dc.cost_false_alarm:g}, miss cost {dc.cost_miss:g}) for a damage rate of
+{deployment_rate:.1%} in production (validation split: {validation_rate:.1%}); expected cost there
+{chosen:.3f} per parcel. Counts below are at each split's own rate.</p>
 <table><tr><th></th><th>recall</th><th>precision</th><th>false positive rate</th><th>accuracy</th>
 <th>cost/parcel</th><th>ROC-AUC</th><th>PR-AUC</th><th>n</th></tr>{table}</table>
+<h2>Calibration ({html.escape(cal["method"])}, slope {cal["slope"]:.3f}, intercept {cal["intercept"]:.3f})</h2>
+<table><tr><th></th><th>ECE before</th><th>ECE after</th><th>log loss before</th><th>log loss after</th></tr>
+{calibration_rows}</table>
 {body}
 </body></html>
 """

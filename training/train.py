@@ -26,7 +26,7 @@ from training.config import TrainConfig
 from training.data import Augment, ImageDataset, SplitManifest, check_matches, make_split, summary
 from training.distributed import Dist, gather_rng, setup_distributed
 from training.finalize import finalize
-from training.loops import eval_loader, evaluate, recalibrate_batchnorm, train_one_epoch
+from training.loops import eval_loader, evaluate, recalibrate_batchnorm, sigmoid, train_one_epoch
 from training.metrics import ranking_metrics
 from training.progress import Log, log_stderr
 
@@ -242,7 +242,8 @@ def run(
             recalibrate_batchnorm(
                 core, eval_loader(calib_ds, batch, workers), device, config.optim.bn_recalibration_images
             )
-            p, t, loss = evaluate(core, eval_loader(val_ds, batch, workers), device)
+            z, t, loss = evaluate(core, eval_loader(val_ds, batch, workers), device)
+            p = sigmoid(z)
             row = {
                 "epoch": epoch,
                 "lr": scheduler.get_last_lr()[0],

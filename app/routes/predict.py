@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastapi import APIRouter, FastAPI, Request, Response
+from starlette.background import BackgroundTask
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.deps import PinnedDep, ServiceDep
@@ -67,13 +68,17 @@ async def serve_predict(request: Request, loaded: Loaded, service: Service) -> R
             }
         )
     # Built directly (the response model documents it): no per-request validation pass.
-    return JSONLines(
+    response = JSONLines(
         {
             "request_id": request.state.request_id,
             "model": {"name": loaded.name, "version": loaded.version, "manifest_sha256": loaded.manifest_sha256},
             "results": results,
         }
     )
+    shadow = service.host.shadow_job(loaded, checked, scores)
+    if shadow is not None:
+        response.background = BackgroundTask(shadow)  # runs once the response is sent, never before
+    return response
 
 
 @router.post(PATH.removeprefix("/v1"), response_model=PredictResponse)

@@ -17,7 +17,7 @@ from model_store.errors import InvalidVersionName, NotAStore, NothingToRollBack,
 from model_store.manifest import VERSION_PATTERN, Manifest
 from model_store.parity import ParityProof
 
-Action = Literal["import", "activate", "rollback"]
+Action = Literal["import", "activate", "rollback", "shadow"]
 
 # The pointer state both backends keep, one JSON object:
 #   active            the active version, or None
@@ -157,6 +157,36 @@ def rollback_target(state: dict[str, Any], proof: ParityProof) -> tuple[str, dic
     return target, {"active": target, "history": history}
 
 
+@dataclass(frozen=True)
+class Shadow:
+    """A stored version that scores a share of live traffic beside the active one, never
+    answering a request; every replica following the store runs it."""
+
+    version: str
+    fraction: float  # of predict requests, 0 < fraction <= 1
+
+
+def shadow_of(state: dict[str, Any]) -> Shadow | None:
+    raw = state.get("shadow")
+    return Shadow(raw["version"], float(raw["fraction"])) if raw else None
+
+
+def check_fraction(fraction: float) -> float:
+    if not 0 < fraction <= 1:
+        raise StoreError(f"a shadow's fraction of traffic must be in (0, 1], not {fraction}")
+    return fraction
+
+
+def shadow_entry(
+    state: dict[str, Any], version: str | None, fraction: float, actor: str, reason: str
+) -> tuple[AuditEntry, dict[str, Any]]:
+    """The audit entry and state change for putting `version` in shadow (None: no shadow)."""
+    previous = shadow_of(state)
+    note = f"[{fraction:.3g} of traffic] " if version is not None else ""
+    entry = new_entry(state, "shadow", actor, note + reason, previous.version if previous else None, version)
+    return entry, {"shadow": {"version": version, "fraction": fraction} if version is not None else None}
+
+
 def pending_import_entry(state: dict[str, Any]) -> AuditEntry | None:
     """The import entry that completing `state["pending_import"]` commits (or None).
 
@@ -239,6 +269,18 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def rollback(self, *, actor: str, reason: str = "", proof: ParityProof) -> AuditEntry:
         """Re-activate the version that was active before the current one (`proof` is about it)."""
+
+    @abc.abstractmethod
+    def shadow(self) -> Shadow | None:
+        """The version in shadow, if any."""
+
+    @abc.abstractmethod
+    def set_shadow(self, version: str | None, *, fraction: float = 0.1, actor: str, reason: str = "") -> AuditEntry:
+        """Put a stored version in shadow on `fraction` of live requests, or none (`None`).
+
+        No parity proof is needed: a shadow never answers a request, and every replica
+        verifies it and runs its parity before it scores anything.
+        """
 
     @abc.abstractmethod
     def audit_log(self) -> list[AuditEntry]:

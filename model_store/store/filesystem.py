@@ -52,9 +52,11 @@ from model_store.store.base import (
     EMPTY_STATE,
     AuditEntry,
     ImportResult,
+    Shadow,
     Store,
     VersionInfo,
     activation_changes,
+    check_fraction,
     check_proof,
     check_version_name,
     committed,
@@ -64,6 +66,8 @@ from model_store.store.base import (
     now,
     pending_import_entry,
     rollback_target,
+    shadow_entry,
+    shadow_of,
 )
 
 STATE_FILE = "state.json"
@@ -323,6 +327,18 @@ class FilesystemStore(Store):
             target, changes = rollback_target(state, proof)
             check_proof(proof, target, self._stored_manifest_sha256(target))
             entry = new_entry(state, "rollback", actor, reason, state["active"], target)
+            self._commit(state, entry, **changes)
+            return entry
+
+    def shadow(self) -> Shadow | None:
+        return shadow_of(self._state())
+
+    def set_shadow(self, version: str | None, *, fraction: float = 0.1, actor: str, reason: str = "") -> AuditEntry:
+        check_fraction(fraction)
+        with self._locked() as state:
+            if version is not None:
+                self._version_dir(version)  # it must be stored
+            entry, changes = shadow_entry(state, version, fraction, actor, reason)
             self._commit(state, entry, **changes)
             return entry
 

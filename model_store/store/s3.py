@@ -74,9 +74,11 @@ from model_store.store.base import (
     EMPTY_STATE,
     AuditEntry,
     ImportResult,
+    Shadow,
     Store,
     VersionInfo,
     activation_changes,
+    check_fraction,
     check_proof,
     check_version_name,
     committed,
@@ -86,6 +88,8 @@ from model_store.store.base import (
     now,
     pending_import_entry,
     rollback_target,
+    shadow_entry,
+    shadow_of,
 )
 
 if TYPE_CHECKING:
@@ -578,6 +582,22 @@ class S3Store(Store):
                 digests[target] = self._stored_manifest_sha256(target)
             check_proof(proof, target, digests[target])
             entry = new_entry(state, "rollback", actor, reason, state["active"], target)
+            return committed(state, entry, **changes), entry
+
+        entry = self._swap(decide)
+        assert entry is not None
+        return entry
+
+    def shadow(self) -> Shadow | None:
+        return shadow_of(self._read_state()[0])
+
+    def set_shadow(self, version: str | None, *, fraction: float = 0.1, actor: str, reason: str = "") -> AuditEntry:
+        check_fraction(fraction)
+        if version is not None:
+            self._marker(version)  # it must be stored
+
+        def decide(state: dict[str, Any]) -> tuple[dict[str, Any], AuditEntry]:
+            entry, changes = shadow_entry(state, version, fraction, actor, reason)
             return committed(state, entry, **changes), entry
 
         entry = self._swap(decide)

@@ -35,7 +35,7 @@ from model_store.errors import (
 from model_store.parity import ParityProof
 from model_store.signing import sign_directory
 from model_store.store import FilesystemStore, open_store
-from model_store.store.base import Store
+from model_store.store.base import Shadow, Store
 from model_store.store.s3 import S3Store
 from tests.utils.bundles import failing_parity_copy, proof_for
 from tests.utils.factories import make_bundle
@@ -743,3 +743,29 @@ def test_s3_a_tampered_version_marker_cannot_write_outside_the_cache(s3_store: S
     with pytest.raises(StoreError, match="unsafe file name"):
         s3_store.load("v1")
     assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_a_shadow_is_a_store_setting_logged_like_a_pointer_move(store: Store) -> None:
+    assert store.shadow() is None
+    stamp = store.pointer_stamp()
+    entry = store.set_shadow("v2", fraction=0.25, actor="ops", reason="candidate")
+    assert store.shadow() == Shadow("v2", 0.25) and reopen(store).shadow() == Shadow("v2", 0.25)
+    assert store.pointer_stamp() != stamp  # followers notice it like an activation
+    assert (entry.action, entry.from_version, entry.to_version) == ("shadow", None, "v2")
+    assert entry.reason == "[0.25 of traffic] candidate"
+    off = store.set_shadow(None, actor="ops", reason="done")
+    assert store.shadow() is None and (off.from_version, off.to_version) == ("v2", None)
+    assert [e.action for e in store.audit_log()][-2:] == ["shadow", "shadow"]
+    assert store.active_version() is None  # the active pointer is untouched
+
+
+@pytest.mark.parametrize(
+    ("version", "fraction", "error"), [("v7", 0.1, VersionNotFound), ("v1", 0.0, StoreError), ("v1", 1.5, StoreError)]
+)
+def test_a_shadow_must_be_stored_and_take_some_traffic(
+    store: Store, version: str, fraction: float, error: type
+) -> None:
+    before = store.pointer_stamp()
+    with pytest.raises(error):
+        store.set_shadow(version, fraction=fraction, actor="ops")
+    assert store.shadow() is None and store.pointer_stamp() == before

@@ -1,0 +1,47 @@
+"""Shadow evaluation: a stored version scores a share of live traffic after each response.
+
+`PUT /v1/shadow` verifies the version and passes its parity on this replica's workers,
+then records it in the store, so every replica following the store shadows it too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from app.deps import AdminDep, ServiceDep
+from app.schemas import AuditOut
+
+router = APIRouter(prefix="/v1/shadow", tags=["shadow"])
+
+
+class ShadowRequest(BaseModel):
+    version: str = Field(min_length=1, max_length=64)
+    fraction: float = Field(0.1, gt=0, le=1, description="share of predict requests it also scores")
+    reason: str = Field("", max_length=500)
+
+
+class ShadowOff(BaseModel):
+    reason: str = Field("", max_length=500)
+
+
+@router.get("")
+async def shadow_status(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
+    """The shadow version's comparison with the served one (null when there is none)."""
+    run = service.host.shadow
+    served = service.host.current
+    return {"served": served.version if served else None, "shadow": run.stats.as_dict() if run else None}
+
+
+@router.put("", response_model=AuditOut)
+async def put_shadow(body: ShadowRequest, actor: AdminDep, service: ServiceDep) -> AuditOut:
+    entry = await service.host.set_shadow(body.version, fraction=body.fraction, actor=actor, reason=body.reason)
+    return AuditOut.of(entry)
+
+
+@router.delete("", response_model=AuditOut)
+async def delete_shadow(actor: AdminDep, service: ServiceDep, body: ShadowOff | None = None) -> AuditOut:
+    entry = await service.host.set_shadow(None, fraction=1.0, actor=actor, reason=body.reason if body else "")
+    return AuditOut.of(entry)
