@@ -8,18 +8,21 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 
 from fastapi import FastAPI
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from app import errors
+from app.capture import Capturer
 from app.errors import JSONLines
 from app.model_host import Loaded, ModelHost
+from app.monitor import Monitor
 from app.observability import Metrics, RequestObserver, configure_logging, counter, gauge
 from app.pipeline import Pipeline
-from app.routes import health, models, parity, predict, shadow
+from app.routes import health, models, monitoring, parity, predict, shadow
 from app.routes.predict import PredictFastPath
 from app.service import Service
 from app.settings import Settings
 from app.upload import clean_stale, upload_root
+from model_store.capture import open_capture
 from model_store.preprocessing import DecodeLimits
 from model_store.store import open_store
 
@@ -55,6 +58,9 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.parity_ok.set(1 if loaded.parity.passed else 0)
         metrics.parity_diff.set(loaded.parity.max_abs_diff)
         metrics.swaps.labels(how).inc()
+        service = getattr(app.state, "service", None)
+        if service is not None:
+            service.monitor.forget({loaded.version})  # windows of versions no longer served
 
     def on_batch(images: int, decode_s: float, forward_s: float) -> None:
         metrics.batch_size.observe(images)
@@ -102,9 +108,27 @@ def create_app(settings: Settings) -> FastAPI:
             )
             metrics.follow_healthy.set(1 if host.follow_status.healthy else 0)
             yield from shadow_metrics(host)
+            drift: dict[tuple[str, ...], float] = {
+                (station, feature): value for station, feature, value in app.state.service.monitor.gauges(host.current)
+            }
+            if drift:
+                family = GaugeMetricFamily(
+                    "drift_psi", "PSI of live inputs vs the bundle's reference", labels=["station", "feature"]
+                )
+                for key, value in drift.items():
+                    family.add_metric(list(key), value)
+                yield family
 
         metrics.watch(live)
-        app.state.service = Service(settings, host, metrics)
+        monitor = Monitor(settings.monitor_window, settings.max_stations)
+        capture = None
+        if settings.capture_fraction > 0:
+            store = open_capture(settings.capture_store)
+            days = settings.capture_max_age_days
+            capture = Capturer(
+                store, settings.capture_fraction, settings.capture_max_megabytes * 1_000_000, days * 86400
+            )
+        app.state.service = Service(settings, host, metrics, monitor, capture)
         stale = clean_stale(upload_root())  # left by a process killed mid-upload
         if stale:
             log.warning("removed %d upload folder(s) left by a stopped process", stale)
@@ -129,6 +153,6 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     app.add_middleware(PredictFastPath, fastapi=app)
     app.add_middleware(RequestObserver, metrics=metrics)  # outermost of ours: sees every request
-    for r in (predict.router, parity.router, models.router, shadow.router, health.router):
+    for r in (predict.router, parity.router, models.router, shadow.router, monitoring.router, health.router):
         app.include_router(r)
     return app

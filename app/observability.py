@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import error_response
 from app.intake import ClientGone
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # also a capture folder name: never "." or ".."
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer"
 
 

@@ -40,6 +40,7 @@ from model_store import parity
 from model_store.bundle import Bundle
 from model_store.errors import ImageError, ModelStoreError
 from model_store.manifest import Manifest
+from model_store.monitoring import ImageStats
 from model_store.parity import ParityReport
 from model_store.preprocessing import DecodeLimits, ImageInfo, inspect
 
@@ -64,17 +65,18 @@ class WorkerFailed(ModelStoreError):
 
 @dataclass(frozen=True)
 class Scored:
-    """One image's outcome: a probability and its decision."""
+    """One image's outcome: a probability, its decision, and the drift features of its crop."""
 
     probability: float
     decision: str
+    stats: ImageStats | None = None
 
 
 @dataclass(eq=False)
 class _Request:
     version: str
-    results: list[float | None]
-    future: asyncio.Future[list[float]]
+    results: list[tuple[float, ImageStats] | None]
+    future: asyncio.Future[list[tuple[float, ImageStats]]]
     remaining: int
     shadow: bool = False
 
@@ -375,7 +377,7 @@ class Pipeline:
                 request.future.cancel()
             self.release(version)
         decide = model.manifest.decision.decide
-        return [Scored(p, decide(p)) for p in probs]
+        return [Scored(p, decide(p), stats) for p, stats in probs]
 
     def _fail(self, request: _Request, exc: BaseException) -> None:
         if not request.done:
@@ -534,7 +536,7 @@ class Pipeline:
             return
         self._on_batch(header["batch"], header["decode_s"], header["forward_s"])
         failed = {row[0]: (row[1], row[2]) for row in header["errors"]}
-        for i, (item, p) in enumerate(zip(batch, header["probs"], strict=True)):
+        for i, (item, p, s) in enumerate(zip(batch, header["probs"], header["stats"], strict=True)):
             request = item.request
             if request.done:
                 continue
@@ -542,7 +544,7 @@ class Pipeline:
                 code, message = failed[i]
                 request.future.set_exception(_image_error(code, message, item.index))
                 continue
-            request.results[item.index] = p
+            request.results[item.index] = (p, ImageStats(*s))
             request.remaining -= 1
             if request.remaining == 0:
                 request.future.set_result([r for r in request.results if r is not None])

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 from fastapi import Response
 
+from app.capture import Capturer
 from app.errors import error_response
 from app.intake import BodyLimits
 from app.model_host import ModelHost, NotReady
+from app.monitor import Monitor
 from app.observability import Metrics
 from app.settings import Settings
 
@@ -19,6 +21,8 @@ class Service:
     settings: Settings
     host: ModelHost
     metrics: Metrics
+    monitor: Monitor
+    capture: Capturer | None  # None: capture is off
 
     @property
     def body_limits(self) -> BodyLimits:

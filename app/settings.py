@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model_store.errors import describe_validation_errors
@@ -46,19 +46,30 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(128 * 1024 * 1024, ge=1024, description="a predict request's whole body")
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="bundle .tar upload limit")
     max_bundle_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="an uploaded bundle, once extracted")
+    monitor_window: int = Field(500, ge=0, le=100_000, description="images per station in the drift window; 0 = off")
+    max_stations: int = Field(256, ge=1, le=10_000, description="stations with windows of their own; more share one")
+    capture_fraction: float = Field(0.0, ge=0, le=1, description="share of predict requests kept for feedback; 0 = off")
+    capture_location: str | None = Field(
+        None, description="capture store: a directory or s3://bucket/prefix; default: beside the model store"
+    )
+    capture_max_megabytes: int = Field(1024, ge=1, description="capture size bound; oldest requests go first")
+    capture_max_age_days: float = Field(30.0, gt=0, description="captured requests older than this are removed")
+    station_token: SecretStr | None = Field(
+        None, description="bearer token stations use for POST /v1/feedback (the admin token works too)"
+    )
     follow_interval_s: float = Field(5.0, ge=0, description="poll the store's active pointer; 0 = never")
     retry_after_s: int = Field(1, ge=1, description="Retry-After on 503 overload")
 
-    @field_validator("admin_token")
+    @field_validator("admin_token", "station_token")
     @classmethod
-    def _strong_token(cls, v: SecretStr | None) -> SecretStr | None:
+    def _strong_token(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if v is None:
             return v
         token = v.get_secret_value()
         if len(token) < 16 or any(c.isspace() for c in token) or not token.isprintable():
             raise ValueError(
-                "APP_ADMIN_TOKEN must be at least 16 printable characters with no spaces "
-                "(or unset to disable management)"
+                f"APP_{str(info.field_name).upper()} must be at least 16 printable characters with no spaces "
+                "(or unset to disable what it guards)"
             )
         return v
 
@@ -77,6 +88,17 @@ class Settings(BaseSettings):
         if not Path(v).is_dir():
             raise ValueError(f"APP_STORE {v} is not a directory (create it with `python -m model_store import`)")
         return v
+
+    @property
+    def capture_store(self) -> str:
+        """Where captured requests go: as configured, or beside the model store."""
+        if self.capture_location:
+            return self.capture_location
+        return (
+            f"{self.store.rstrip('/')}/capture"
+            if self.store.startswith("s3://")
+            else f"{self.store.rstrip('/')}.capture"
+        )
 
     @property
     def loopback_only(self) -> bool:

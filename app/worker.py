@@ -87,12 +87,16 @@ def _predict(predictor: Predictor, images: list[bytes]) -> dict[str, Any]:
     """Probabilities in order; an image that fails to decode gets an error, not the batch."""
     started = time.perf_counter()
     tensors, rows, errors = [], [], []
+    stats: list[list[float] | None] = [None] * len(images)
     for i, data in enumerate(images):
         try:
-            tensors.append(predictor.preprocessor(data))
-            rows.append(i)
+            tensor, image_stats = predictor.preprocessor.prepare(data)
         except ImageError as exc:
             errors.append([i, exc.code, str(exc)])
+            continue
+        tensors.append(tensor)
+        rows.append(i)
+        stats[i] = image_stats.as_list()
     decoded = time.perf_counter()
     probs: list[float | None] = [None] * len(images)
     if tensors:
@@ -101,6 +105,7 @@ def _predict(predictor: Predictor, images: list[bytes]) -> dict[str, Any]:
     return {
         "ok": True,
         "probs": probs,
+        "stats": stats,
         "errors": errors,
         "decode_s": decoded - started,
         "forward_s": time.perf_counter() - decoded,

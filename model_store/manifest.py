@@ -187,6 +187,31 @@ class DecisionSpec(DecisionPolicy):
         return self.positive_label if probability >= self.threshold else self.negative_label
 
 
+class FeatureHistogram(_Strict):
+    """A reference distribution: `cuts` split the line into len(cuts) + 1 bins (the first
+    and last open-ended), `fractions` says how much of the reference falls in each."""
+
+    cuts: list[float]
+    fractions: list[Annotated[float, Field(ge=0, le=1)]]
+
+    @model_validator(mode="after")
+    def _shape(self) -> FeatureHistogram:
+        if len(self.fractions) != len(self.cuts) + 1:
+            raise ValueError("a histogram needs one more fraction than cuts")
+        if any(b <= a for a, b in zip(self.cuts, self.cuts[1:], strict=False)):
+            raise ValueError("histogram cuts must increase")
+        return self
+
+
+class MonitoringSpec(_Strict):
+    """Schema 2. What live traffic is compared with: the validation split through the one
+    preprocessing path, scores as served, reweighted to the deployment damage rate."""
+
+    images: int = Field(ge=1)
+    decision_rate: Probability  # expected share of positive decisions at the deployment rate
+    features: dict[str, FeatureHistogram]
+
+
 class Lineage(_Strict):
     config: dict[str, Any]
     config_sha256: Sha256
@@ -249,6 +274,7 @@ class Manifest(_Strict):
     environment: Environment
     weights_sha256: Sha256
     parity: ParitySpec
+    monitoring: MonitoringSpec | None = None  # schema 2
 
     @model_validator(mode="after")
     def _fields_of_its_schema(self) -> Manifest:
@@ -264,6 +290,7 @@ class Manifest(_Strict):
                     ("decision.expected_cost", self.decision.expected_cost, None),
                     ("decision.validation_scores", self.decision.validation_scores, None),
                     ("lineage.parent_manifest_sha256", self.lineage.parent_manifest_sha256, None),
+                    ("monitoring", self.monitoring, None),
                 )
                 if value != default
             ]

@@ -37,6 +37,7 @@ from model_store.errors import (
     UnsupportedImageMode,
 )
 from model_store.manifest import PreprocessingSpec
+from model_store.monitoring import ImageStats, image_stats
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 
@@ -218,8 +219,8 @@ class Preprocessor:
             jpeg_dct_scaling=spec.jpeg_dct_scaling,
         )
 
-    def transform(self, img: Image.Image) -> torch.Tensor:
-        """Decoded RGB image → model input. Deterministic; no randomness here, ever."""
+    def crop(self, img: Image.Image) -> torch.Tensor:
+        """Decoded RGB image → the uint8 [3, crop, crop] the model sees, before normalising."""
         spec = self.spec
         x: torch.Tensor = F.pil_to_tensor(img)  # uint8 [3, H, W]
         x = F.resize(
@@ -228,8 +229,20 @@ class Preprocessor:
             interpolation=_INTERPOLATION[spec.interpolation],
             antialias=spec.antialias,
         )
-        x = F.center_crop(x, [spec.crop, spec.crop])
-        return (x.to(torch.float32) / 255.0 - self._mean) / self._std
+        cropped: torch.Tensor = F.center_crop(x, [spec.crop, spec.crop])
+        return cropped
+
+    def normalize(self, crop: torch.Tensor) -> torch.Tensor:
+        return (crop.to(torch.float32) / 255.0 - self._mean) / self._std
+
+    def transform(self, img: Image.Image) -> torch.Tensor:
+        """Decoded RGB image → model input. Deterministic; no randomness here, ever."""
+        return self.normalize(self.crop(img))
+
+    def prepare(self, data: bytes) -> tuple[torch.Tensor, ImageStats]:
+        """Bytes → (model input, the drift features of what the model sees): the service's path."""
+        crop = self.crop(self.decode(data))
+        return self.normalize(crop), image_stats(crop)
 
     def __call__(self, data: bytes) -> torch.Tensor:
         return self.transform(self.decode(data))

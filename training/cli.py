@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--images", type=Path, required=True, help="a folder of images (ImageFolder layout adds metrics)")
     c.add_argument("--public-key", type=Path, required=True)
     c.add_argument("--out", type=Path, default=Path("compare"), help="where compare.html and scatter.png go")
+
+    d = sub.add_parser("dataset", help="labelled production feedback -> an ImageFolder data set train accepts")
+    d.add_argument("--from-feedback", required=True, metavar="CAPTURE", help="capture store: a directory or s3:// URL")
+    d.add_argument("--out", type=Path, required=True)
     return p
 
 
@@ -104,6 +108,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(evaluate_bundle(args.bundle, args.public_key, args.data, args.split), indent=2))
     elif args.command == "redecide":
         _redecide(args)
+    elif args.command == "dataset":
+        from training.feedback import dataset_from_feedback
+
+        counts = dataset_from_feedback(args.from_feedback, args.out)
+        print(f"wrote {sum(counts.values())} labelled images to {args.out} {counts} (provenance.json beside them)")
     elif args.command == "compare":
         from training.compare import compare
 

@@ -15,17 +15,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from model_store import monitoring as mon
 from model_store.bundle import Bundle
 from model_store.errors import ModelStoreError
 from model_store.manifest import (
     DecisionSpec,
     Lineage,
     Manifest,
+    MonitoringSpec,
     ParitySpec,
     ReferenceImage,
 )
 from model_store.parity import parity_ok
 from model_store.predictor import Predictor
+from model_store.preprocessing import Preprocessor
 from model_store.writer import ReferenceInput, current_environment, write_bundle
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig, config_from_run
@@ -84,6 +87,22 @@ def _manifest(
     )
 
 
+def monitoring_reference(
+    config: TrainConfig, manifest: Manifest, evaluation: dict[str, Any], data_dir: Path
+) -> MonitoringSpec:
+    """What live traffic is compared with: the validation split through the service's own
+    path (header check, decode, crop, features) and its scores as the bundle serves them."""
+    pre = Preprocessor(manifest.preprocessing)
+    rows, labels = [], []
+    for r in evaluation["predictions"]["val"]:
+        data = (data_dir / r["path"]).read_bytes()
+        info = pre.inspect(data)
+        _, stats = pre.prepare(data)
+        rows.append(mon.features(stats, info.width, info.height, r["probability"]))
+        labels.append(int(r["label"] == config.decision.positive_label))
+    return mon.reference(rows, labels, manifest.decision)
+
+
 def check_against_training(bundle: Bundle, data_dir: Path, evaluation: dict[str, Any], batch_size: int) -> float:
     """Max abs difference between the bundle's and training's test-split probabilities."""
     predictor = Predictor(bundle)
@@ -129,6 +148,7 @@ def export_run(
         for i, p in enumerate(paths)
     ]
     manifest = _manifest(config, run_dir, version, evaluation, split)
+    manifest = manifest.model_copy(update={"monitoring": monitoring_reference(config, manifest, evaluation, data_dir)})
     try:
         bundle = write_bundle(Path(out), manifest, ckpt["model"], refs, private_key)
     except ModelStoreError as exc:

@@ -15,11 +15,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from model_store import monitoring as mon
 from model_store.bundle import Bundle, load_bundle
 from model_store.errors import describe_validation_errors
 from model_store.manifest import SCHEMA_VERSION, DecisionPolicy
 from model_store.writer import ReferenceInput, write_bundle
-from training.decide import decide
+from training.decide import decide, served
 
 
 class RedecideError(Exception):
@@ -47,12 +48,20 @@ def redecide(
         raise RedecideError("method 'fixed' keeps a hand-chosen threshold; choose min_expected_cost or target_recall")
     spec, _ = decide(d.validation_scores.logits, d.validation_scores.labels, policy, d.calibration)
     m = parent.manifest
+    monitoring = m.monitoring
+    if monitoring is not None:  # the scores (and how often they decide positive) follow the new decision
+        scores = served(d.validation_scores.logits, spec).tolist()
+        score_hist, rate = mon.score_reference(scores, d.validation_scores.labels, spec)
+        monitoring = monitoring.model_copy(
+            update={"decision_rate": rate, "features": {**monitoring.features, "score": score_hist}}
+        )
     manifest = m.model_copy(
         update={
             "schema_version": SCHEMA_VERSION,
             "version": version,
             "created_at": datetime.now(UTC),
             "decision": spec,
+            "monitoring": monitoring,
             "lineage": m.lineage.model_copy(update={"parent_manifest_sha256": parent.manifest_sha256}),
         }
     )

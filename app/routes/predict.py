@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastapi import APIRouter, FastAPI, Request, Response
-from starlette.background import BackgroundTask
+from starlette.background import BackgroundTasks
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.deps import PinnedDep, ServiceDep
 from app.errors import APIError, JSONLines, response_for
 from app.intake import read_images
 from app.model_host import Loaded, NotReady
+from app.monitor import STATION_HEADER, station_of
 from app.pipeline import Overloaded, RequestTooLarge, WorkerFailed
 from app.schemas import PredictResponse
 from app.service import Service, not_ready
@@ -31,6 +32,7 @@ PATH = "/v1/predict"
 
 async def serve_predict(request: Request, loaded: Loaded, service: Service) -> Response:
     settings, metrics, pipeline = service.settings, service.metrics, service.host.pipeline
+    station = station_of(request.headers.get(STATION_HEADER))
     retry = {"Retry-After": str(settings.retry_after_s)}
     try:
         pipeline.refuse_if_full()  # before reading a byte of the body: shedding must be cheap
@@ -54,6 +56,7 @@ async def serve_predict(request: Request, loaded: Loaded, service: Service) -> R
         raise APIError(413, "request_too_large", f"{exc}; send fewer or smaller images per request") from None
     except WorkerFailed as exc:
         raise APIError(503, "worker_restarting", f"{exc}; retry shortly", retry) from None
+    service.monitor.record(loaded, station, checked, scores)
     threshold = loaded.threshold
     results = []
     for i, ((name, _), s) in enumerate(zip(images, scores, strict=True)):
@@ -75,9 +78,15 @@ async def serve_predict(request: Request, loaded: Loaded, service: Service) -> R
             "results": results,
         }
     )
-    shadow = service.host.shadow_job(loaded, checked, scores)
-    if shadow is not None:
-        response.background = BackgroundTask(shadow)  # runs once the response is sent, never before
+    # Shadow scoring and capture run once the response is sent, never before it.
+    after = [service.host.shadow_job(loaded, checked, scores)]
+    if service.capture is not None:
+        after.append(service.capture.job(request.state.request_id, station, loaded, checked, scores))
+    jobs = [job for job in after if job is not None]
+    if jobs:
+        response.background = BackgroundTasks()
+        for job in jobs:
+            response.background.add_task(job)
     return response
 
 

@@ -136,3 +136,37 @@ def upstream_verify(bundle_dir: Path, public_key: Path) -> subprocess.CompletedP
     cmd = [str(Path(sys.executable).with_name("model_signing")), "verify", "key", str(bundle_dir),
            "--signature", str(bundle_dir / "model.sig"), "--public_key", str(public_key)]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+def parcel_photo(seed: int, size: tuple[int, int] = (160, 120), brightness: float = 1.0) -> bytes:
+    """A synthetic parcel photo (the demo's generator) as JPEG; `brightness` < 1 darkens it."""
+    from training.synth import render
+
+    img = render(seed, damaged=seed % 3 == 0, size=size)
+    if brightness != 1.0:
+        img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) * brightness, 0, 255).astype(np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_monitored_bundle(out: Path, private_key: Path, version: str, reference: list[bytes]) -> Bundle:
+    """A bundle whose monitoring reference comes from `reference` images through the one path
+    (header check, decode, crop features, served scores), as export builds it from validation."""
+    from model_store import monitoring as mon
+    from model_store.bundle import load_bundle
+    from model_store.predictor import Predictor
+    from model_store.signing import public_key_file
+
+    state = model_state()
+    draft = write_bundle(out.with_name(out.name + "-draft"), draft_manifest(version), state, references(), private_key)
+    pub = public_key_file(private_key, out.with_name(out.name + "-pub.pem"))
+    predictor = Predictor(load_bundle(draft.path, pub))
+    rows = []
+    for data in reference:
+        info = predictor.preprocessor.inspect(data)
+        _, stats = predictor.preprocessor.prepare(data)
+        rows.append(mon.features(stats, info.width, info.height, predictor.predict([data])[0].probability))
+    labels = [i % 2 for i in range(len(reference))]  # the drift features do not depend on them
+    manifest = draft.manifest.model_copy(update={"monitoring": mon.reference(rows, labels, draft.manifest.decision)})
+    return write_bundle(out, manifest, state, references(), private_key)

@@ -1,0 +1,113 @@
+"""Feedback capture in the service: keep a sample of requests for inspectors to label.
+
+Off by default (`APP_CAPTURE_FRACTION=0`). A sampled request is written after its response
+is sent, in a thread, at most `MAX_IN_FLIGHT` at a time; a write that fails or would queue
+is counted and dropped. A prediction never waits for, or fails because of, capture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.model_host import Loaded
+from app.pipeline import Scored
+from model_store.capture import CapturedImage, CaptureStore, new_record
+from model_store.preprocessing import ImageInfo
+
+log = logging.getLogger("app.capture")
+MAX_IN_FLIGHT = 4
+ENFORCE_EVERY_S = 60.0
+FEEDBACK_CACHE_S = 30.0
+
+
+@dataclass
+class Capturer:
+    store: CaptureStore
+    fraction: float
+    max_bytes: int
+    max_age_s: float
+    written: int = 0
+    dropped: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    _last_enforced: float = 0.0
+    _feedback: tuple[float, dict[str, list[tuple[str, str]]]] | None = field(default=None, repr=False)
+
+    def job(
+        self,
+        request_id: str,
+        station: str,
+        loaded: Loaded,
+        images: Sequence[tuple[str, bytes, ImageInfo]],
+        scores: Sequence[Scored],
+    ) -> Callable[[], Awaitable[None]] | None:
+        if self.fraction <= 0 or random.random() >= self.fraction:
+            return None
+        if self.in_flight >= MAX_IN_FLIGHT:
+            self.dropped += 1
+            return None
+        self.in_flight += 1
+        captured = [
+            CapturedImage(data, info.format, s.probability, s.decision)
+            for (_, data, info), s in zip(images, scores, strict=True)
+        ]
+        record = new_record(request_id, loaded.version, station, captured)
+
+        async def write() -> None:
+            try:
+                await asyncio.to_thread(self._write, request_id, record, captured)
+                self.written += 1
+            except Exception as exc:  # never the request's problem
+                self.failed += 1
+                log.error("capture of request %s failed: %s: %s", request_id, type(exc).__name__, exc)
+            finally:
+                self.in_flight -= 1
+
+        return write
+
+    def _write(self, request_id: str, record: dict[str, Any], images: list[CapturedImage]) -> None:
+        self.store.put_request(request_id, record, images)
+        now = time.monotonic()
+        if now - self._last_enforced > ENFORCE_EVERY_S:
+            self._last_enforced = now
+            removed = self.store.enforce(self.max_bytes, self.max_age_s)
+            if removed:
+                log.info("capture: removed %d request(s) past the size or age bound", removed)
+
+    def feedback(self, version: str, positive: str) -> dict[str, Any]:
+        """Precision and recall of `version` on the images inspectors labelled (scanned at most every 30 s)."""
+        cached = self._feedback
+        if cached is None or time.monotonic() - cached[0] > FEEDBACK_CACHE_S:
+            labels = self.store.labels()
+            per_version: dict[str, list[tuple[str, str]]] = {}  # (decision, label) per labelled image
+            for record in self.store.records():
+                label = labels.get(record["request_id"])
+                if label is not None:
+                    decisions = [img["decision"] for img in record["images"]]
+                    per_version.setdefault(record["version"], []).extend(zip(decisions, label["labels"], strict=False))
+            cached = (time.monotonic(), per_version)
+            self._feedback = cached
+        pairs: list[tuple[str, str]] = cached[1].get(version, [])
+        tp = sum(d == positive and t == positive for d, t in pairs)
+        fp = sum(d == positive and t != positive for d, t in pairs)
+        fn = sum(d != positive and t == positive for d, t in pairs)
+        return {
+            "labelled_images": len(pairs),
+            "precision": tp / (tp + fp) if tp + fp else None,
+            "recall": tp / (tp + fn) if tp + fn else None,
+            "counts": {
+                "true_positive": tp,
+                "false_positive": fp,
+                "false_negative": fn,
+                "true_negative": len(pairs) - tp - fp - fn,
+            },
+        }
+
+    def invalidate(self) -> None:
+        self._feedback = None

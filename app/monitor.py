@@ -1,0 +1,126 @@
+"""Drift per station: windows of live features compared with the bundle's reference.
+
+Stations may name themselves with `X-Station-ID` (1-64 of `A-Z a-z 0-9 . _ -`); requests
+without one count as `unassigned`. At most `max_stations` stations get windows of their
+own; further ones share `_other`, so a client inventing IDs cannot grow memory.
+
+Recording is a few list appends per image on the event loop; PSI is computed only when
+someone asks (`GET /v1/monitoring`, a Prometheus scrape).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from app.errors import APIError
+from app.model_host import Loaded
+from app.pipeline import Scored
+from model_store import monitoring as mon
+from model_store.preprocessing import ImageInfo
+
+STATION_HEADER = "x-station-id"
+UNASSIGNED = "unassigned"
+OTHER = "_other"
+_STATION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def station_of(raw: str | None) -> str:
+    """The station a request comes from; a malformed ID is refused (422), not guessed at."""
+    if raw is None or raw == "":
+        return UNASSIGNED
+    if not _STATION.match(raw):
+        raise APIError(
+            422, "invalid_station_id", "X-Station-ID must be 1-64 characters of A-Z a-z 0-9 . _ - (it names a station)"
+        )
+    return raw
+
+
+@dataclass
+class Window:
+    rows: deque[tuple[float, ...]]  # one value per feature of `monitoring.FEATURES`, most recent last
+    images: int = 0  # since the station first appeared for this version
+    positive: int = 0
+
+    def column(self, feature: str) -> list[float]:
+        i = mon.FEATURES.index(feature)
+        return [row[i] for row in self.rows]
+
+
+@dataclass
+class Monitor:
+    window: int = 500  # images per station and version
+    max_stations: int = 256
+    windows: dict[tuple[str, str], Window] = field(default_factory=dict)  # (version, station)
+    stations: set[str] = field(default_factory=set)
+
+    def record(
+        self, loaded: Loaded, station: str, images: Sequence[tuple[str, bytes, ImageInfo]], scores: Sequence[Scored]
+    ) -> None:
+        if self.window <= 0:
+            return
+        if station not in self.stations:
+            if len(self.stations) >= self.max_stations:
+                station = OTHER
+            self.stations.add(station)
+        key = (loaded.version, station)
+        w = self.windows.get(key)
+        if w is None:
+            w = self.windows[key] = Window(deque(maxlen=self.window))
+        positive = loaded.manifest.decision.positive_label
+        for (_, _, info), s in zip(images, scores, strict=True):
+            if s.stats is None:
+                continue
+            f = mon.features(s.stats, info.width, info.height, s.probability)
+            w.rows.append(tuple(f[name] for name in mon.FEATURES))
+            w.images += 1
+            w.positive += s.decision == positive
+
+    def forget(self, keep: set[str]) -> None:
+        """Drop the windows of versions no longer served or shadowed."""
+        self.windows = {k: w for k, w in self.windows.items() if k[0] in keep}
+
+    def report(self, loaded: Loaded) -> list[dict[str, object]]:
+        """Per station of the served version: window, decision rate, PSI per feature, alarms."""
+        reference = loaded.manifest.monitoring
+        positive = loaded.manifest.decision.positive_label
+        out: list[dict[str, object]] = []
+        for (version, station), w in sorted(self.windows.items()):
+            if version != loaded.version:
+                continue
+            decisions = [loaded.manifest.decision.decide(s) == positive for s in w.column("score")]
+            entry: dict[str, object] = {
+                "station": station,
+                "version": version,
+                "images": w.images,
+                "window": len(w.rows),
+                "decision_rate": sum(decisions) / len(decisions) if decisions else None,
+                "expected_decision_rate": reference.decision_rate if reference else None,
+            }
+            drift: dict[str, float] = {}
+            if reference is not None and len(w.rows) >= mon.MIN_IMAGES:
+                drift = {f: round(mon.psi(h, w.column(f)), 4) for f, h in reference.features.items()}
+            entry["drift"] = drift
+            entry["warnings"] = sorted(f for f, v in drift.items() if mon.PSI_WARN < v <= mon.PSI_ALARM)
+            entry["alarms"] = sorted(f for f, v in drift.items() if v > mon.PSI_ALARM)
+            entry["alarm"] = bool(entry["alarms"])
+            if reference is not None:
+                entry["histograms"] = {
+                    f: {"cuts": h.cuts, "reference": h.fractions, "live": mon.fractions(h.cuts, w.column(f))}
+                    for f, h in reference.features.items()
+                    if w.rows
+                }
+            out.append(entry)
+        return out
+
+    def gauges(self, loaded: Loaded | None) -> Iterator[tuple[str, str, float]]:
+        """(station, feature, PSI) for Prometheus."""
+        if loaded is None:
+            return
+        for entry in self.report(loaded):
+            drift = entry["drift"]
+            assert isinstance(drift, dict)
+            for feature, value in drift.items():
+                yield str(entry["station"]), feature, float(value)

@@ -1,0 +1,158 @@
+"""Watching production over real HTTP: drift per station against the bundle's reference,
+captured requests, inspectors' feedback, and the data set the next training run uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from model_store import activation
+from model_store import monitoring as mon
+from model_store.store import FilesystemStore
+from tests.utils.factories import make_monitored_bundle, parcel_photo
+from tests.utils.server import ADMIN_TOKEN, LiveServer, admin
+from tests.utils.waiting import eventually
+from training.data import make_split
+from training.feedback import dataset_from_feedback
+
+pytestmark = pytest.mark.slow
+
+REFERENCE = [parcel_photo(seed) for seed in range(120)]
+ALARM_WITHIN = mon.MIN_IMAGES  # images: the first verdict a station gets
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory: pytest.TempPathFactory, keys) -> Path:
+    return make_monitored_bundle(tmp_path_factory.mktemp("monitored") / "m1", keys[0], "m1", REFERENCE).path
+
+
+@pytest.fixture
+def monitored_store(tmp_path: Path, keys, monitored: Path) -> FilesystemStore:
+    store = FilesystemStore(tmp_path / "store", keys[1])
+    store.import_bundle(monitored, actor="t")
+    activation.activate(store, "m1", actor="t")
+    return store
+
+
+def _send(url: str, images: list[bytes], station: str | None) -> None:
+    headers = {"Content-Type": "image/jpeg", **({"X-Station-ID": station} if station else {})}
+    with httpx.Client(base_url=url, timeout=60) as c:
+        for img in images:
+            assert c.post("/v1/predict", content=img, headers=headers).status_code == 200
+
+
+def _station(url: str, name: str) -> dict:
+    body = httpx.get(f"{url}/v1/monitoring", headers=admin()).json()
+    return next(s for s in body["stations"] if s["station"] == name)
+
+
+def test_a_darkened_or_resized_camera_raises_its_alarm_and_a_healthy_one_does_not(monitored_store, keys) -> None:
+    with LiveServer(monitored_store.root, keys[1], admin_token=ADMIN_TOKEN) as srv:
+        srv.wait_ready()
+        # A long window of in-distribution photos (other parcels, same cameras): no alarm.
+        _send(srv.url, [parcel_photo(1000 + i) for i in range(240)], "dock-1")
+        healthy = _station(srv.url, "dock-1")
+        assert healthy["window"] == 240 and healthy["alarm"] is False, healthy["drift"]
+        assert max(healthy["drift"].values()) < mon.PSI_ALARM
+        # A lens that lost light, and a camera switched to a lower resolution.
+        _send(srv.url, [parcel_photo(2000 + i, brightness=0.45) for i in range(ALARM_WITHIN)], "dock-2")
+        _send(srv.url, [parcel_photo(3000 + i, size=(96, 72)) for i in range(ALARM_WITHIN)], "dock-3")
+        dark, small = _station(srv.url, "dock-2"), _station(srv.url, "dock-3")
+        assert dark["alarm"] and "brightness" in dark["alarms"], dark["drift"]
+        assert small["alarm"] and {"width", "height"} <= set(small["alarms"]), small["drift"]
+        assert "aspect" not in small["alarms"]  # same shape, fewer pixels
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        assert 'drift_psi{feature="brightness",station="dock-2"}' in metrics
+        # Fewer than MIN_IMAGES: no verdict yet, whatever the pictures.
+        _send(srv.url, [parcel_photo(4000 + i, brightness=0.3) for i in range(ALARM_WITHIN - 1)], "dock-4")
+        assert _station(srv.url, "dock-4")["drift"] == {}
+
+
+def test_station_ids_are_validated_and_bounded(monitored_store, keys) -> None:
+    with LiveServer(monitored_store.root, keys[1], admin_token=ADMIN_TOKEN, max_stations=2) as srv:
+        srv.wait_ready()
+        r = httpx.post(
+            f"{srv.url}/v1/predict",
+            content=REFERENCE[0],
+            headers={"Content-Type": "image/jpeg", "X-Station-ID": "../x"},
+        )
+        assert r.status_code == 422 and r.json()["error"] == "invalid_station_id"
+        for name in ("a", "b", "c", "d"):
+            _send(srv.url, REFERENCE[:1], name)
+        _send(srv.url, REFERENCE[:1], None)
+        names = {s["station"] for s in httpx.get(f"{srv.url}/v1/monitoring", headers=admin()).json()["stations"]}
+        assert names == {"a", "b", "_other"}  # the bound holds: further stations share one window
+
+
+def test_capture_feedback_and_a_dataset_train_accepts(monitored_store, keys, tmp_path: Path) -> None:
+    capture = tmp_path / "capture"
+    photos = [parcel_photo(5000 + i) for i in range(6)]
+    with LiveServer(
+        monitored_store.root, keys[1], admin_token=ADMIN_TOKEN, station_token="station-token-0123456789",
+        capture_fraction=1.0, capture_location=str(capture),
+    ) as srv:  # fmt: skip
+        srv.wait_ready()
+        ids, decisions = [], []
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            for i, img in enumerate(photos):
+                r = c.post("/v1/predict", content=img, headers={"Content-Type": "image/jpeg", "X-Station-ID": "dock-9",
+                                                                  "X-Request-ID": f"req-{i}"})  # fmt: skip
+                ids.append(r.json()["request_id"])
+                decisions.append(r.json()["results"][0]["decision"])
+        eventually(lambda: len(list((capture / "requests").glob("req-*"))) == len(photos), what="captured")
+        record = capture / "requests" / "req-0"
+        assert (record / "0.jpg").read_bytes() == photos[0]  # the bytes the station sent
+
+        truth = ["damaged", "damaged", "intact", "intact", "damaged", "intact"]
+        station = {"Authorization": "Bearer station-token-0123456789"}
+        for rid, label in zip(ids, truth, strict=True):
+            r = httpx.post(
+                f"{srv.url}/v1/feedback",
+                json={"request_id": rid, "labels": [label], "inspector": "kim"},
+                headers=station,
+            )
+            assert r.status_code == 201, r.text
+        assert (
+            httpx.post(
+                f"{srv.url}/v1/feedback", json={"request_id": "nope", "labels": ["intact"]}, headers=station
+            ).status_code
+            == 404
+        )
+        assert (
+            httpx.post(
+                f"{srv.url}/v1/feedback", json={"request_id": ids[0], "labels": ["broken"]}, headers=station
+            ).status_code
+            == 422
+        )
+        assert (
+            httpx.post(f"{srv.url}/v1/feedback", json={"request_id": ids[0], "labels": ["intact"]}).status_code == 401
+        )
+
+        feedback = httpx.get(f"{srv.url}/v1/monitoring", headers=admin()).json()["feedback"]
+        tp = sum(d == t == "damaged" for d, t in zip(decisions, truth, strict=True))
+        fp = sum(d == "damaged" != t for d, t in zip(decisions, truth, strict=True))
+        fn = sum(t == "damaged" != d for d, t in zip(decisions, truth, strict=True))
+        assert feedback["labelled_images"] == 6
+        assert feedback["precision"] == (tp / (tp + fp) if tp + fp else None)
+        assert feedback["recall"] == (tp / (tp + fn) if tp + fn else None)
+
+    data = tmp_path / "from-feedback"
+    counts = dataset_from_feedback(str(capture), data)
+    assert counts == {"intact": 3, "damaged": 3}
+    provenance = (data / "provenance.json").read_text()
+    assert "req-0" in provenance and "dock-9" in provenance and '"served_by": "m1"' in provenance
+    split = make_split(data, ("intact", "damaged"), 0, 0.2, 0.2)  # what `train` does with it first
+    assert len(split.items) == 6
+
+
+def test_capture_never_fails_a_prediction(monitored_store, keys, tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the capture store should be")
+    with LiveServer(monitored_store.root, keys[1], capture_fraction=1.0, capture_location=str(blocked)) as srv:
+        srv.wait_ready()
+        for img in REFERENCE[:5]:
+            r = httpx.post(f"{srv.url}/v1/predict", content=img, headers={"Content-Type": "image/jpeg"})
+            assert r.status_code == 200
+        eventually(lambda: srv.app.state.service.capture.failed == 5, what="failures counted")
