@@ -10,10 +10,15 @@ from fastapi import Response
 from app.capture import Capturer
 from app.errors import error_response
 from app.intake import BodyLimits
-from app.model_host import ModelHost, NotReady
+from app.model_host import Loaded, ModelHost, NotReady
 from app.monitor import Monitor
 from app.observability import Metrics
+from app.pipeline import Pipeline
 from app.settings import Settings
+from app.telemetry import Telemetry
+from model_store.capture import open_capture
+from model_store.preprocessing import DecodeLimits
+from model_store.store import open_store
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,43 @@ class Service:
     def body_limits(self) -> BodyLimits:
         s = self.settings
         return BodyLimits(s.max_image_bytes, s.max_images_per_request, s.max_request_bytes)
+
+
+def build_service(settings: Settings, metrics: Metrics) -> Service:
+    """Everything a running service holds, from its settings (nothing started yet)."""
+    telemetry = Telemetry(metrics)
+    pipeline = Pipeline(
+        workers=settings.workers,
+        device=settings.device,
+        threads_per_worker=settings.worker_threads,
+        max_batch=settings.max_batch,
+        queue_bound=settings.queue_bound,
+        max_pending_pixels=settings.max_pending_megapixels * 1_000_000,
+        limits=DecodeLimits(settings.max_image_bytes, settings.max_pixels),
+        on_batch=telemetry.batch,
+    )
+    monitor = Monitor(settings.monitor_window, settings.max_stations)
+
+    def swapped(loaded: Loaded, how: str) -> None:
+        telemetry.swapped(loaded, how)
+        monitor.forget({loaded.version})  # windows of versions no longer served
+
+    host = ModelHost(
+        open_store(settings.store, settings.public_key),
+        pipeline,
+        on_swap=swapped,
+        on_refusal=telemetry.refused,
+        on_follow_error=telemetry.follow_error,
+    )
+    capture = None
+    if settings.capture_fraction > 0:
+        capture = Capturer(
+            open_capture(settings.capture_store),
+            settings.capture_fraction,
+            settings.capture_max_megabytes * 1_000_000,
+            settings.capture_max_age_days * 86400,
+        )
+    return Service(settings, host, metrics, monitor, capture)
 
 
 def not_ready(exc: NotReady) -> Response:

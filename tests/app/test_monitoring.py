@@ -4,6 +4,7 @@ captured requests, inspectors' feedback, and the data set the next training run 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -43,7 +44,7 @@ def _send(url: str, images: list[bytes], station: str | None) -> None:
             assert c.post("/v1/predict", content=img, headers=headers).status_code == 200
 
 
-def _station(url: str, name: str) -> dict:
+def _station(url: str, name: str) -> dict[str, Any]:
     body = httpx.get(f"{url}/v1/monitoring", headers=admin()).json()
     return next(s for s in body["stations"] if s["station"] == name)
 

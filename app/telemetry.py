@@ -1,0 +1,82 @@
+"""What the service reports to Prometheus beyond per-request counters: swaps, batches, the
+store follower, and live state read at scrape time (queue, workers, shadow, drift)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from app.capture import Capturer
+from app.model_host import Loaded, ModelHost
+from app.monitor import Monitor
+from app.observability import Metrics, counter, gauge
+
+
+class Telemetry:
+    """The callbacks the pipeline and the model host report through."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def swapped(self, loaded: Loaded, how: str) -> None:
+        m = self.metrics
+        m.active.clear()
+        m.active.labels(loaded.name, loaded.version, loaded.manifest_sha256).set(1)
+        m.parity_ok.set(1 if loaded.parity.passed else 0)
+        m.parity_diff.set(loaded.parity.max_abs_diff)
+        m.swaps.labels(how).inc()
+
+    def batch(self, images: int, decode_s: float, forward_s: float) -> None:
+        self.metrics.batch_size.observe(images)
+        self.metrics.decode_seconds.observe(decode_s)
+        self.metrics.batch_seconds.observe(forward_s)
+
+    def refused(self, code: str) -> None:
+        self.metrics.refusals.labels(code).inc()
+
+    def follow_error(self) -> None:
+        self.metrics.follow_errors.inc()
+
+
+def live_metrics(metrics: Metrics, host: ModelHost, monitor: Monitor, capture: Capturer | None) -> Iterator[Metric]:
+    pipeline = host.pipeline
+    yield gauge("queue_depth_images", "Images queued or in a forward pass", pipeline.queued_images)
+    yield gauge("queue_depth_megapixels", "Decode work queued or in progress", pipeline.queued_pixels / 1e6)
+    yield gauge("inference_workers", "Inference processes", pipeline.workers)
+    busy: dict[tuple[str, ...], float] = {(str(i),): s for i, s in enumerate(pipeline.worker_busy_seconds())}
+    yield counter("worker_busy_seconds", "Seconds each worker spent on a frame", ["worker"], busy)
+    yield counter(
+        "worker_restarts", "Inference workers started again after dying", [], {(): pipeline.worker_restarts()}
+    )
+    metrics.follow_healthy.set(1 if host.follow_status.healthy else 0)
+    run = host.shadow
+    if run is not None:
+        s = run.stats
+        version = {"version": s.version}
+        yield counter("shadow_images", "Images scored by the shadow version", ["version"], {(s.version,): s.images})
+        flips: dict[tuple[str, ...], float] = {
+            (s.version, "to_positive"): s.to_positive,
+            (s.version, "to_negative"): s.to_negative,
+        }
+        yield counter("shadow_flips", "Decisions the shadow would change", ["version", "direction"], flips)
+        yield counter("shadow_dropped", "Sampled requests not shadowed", ["version"], {(s.version,): s.dropped})
+        if s.images:
+            yield gauge(
+                "shadow_agreement_ratio", "Shadow decisions equal to the served ones", s.agree / s.images, version
+            )
+            yield gauge(
+                "shadow_mean_abs_probability_diff", "Mean |shadow - served|", s.abs_diff_sum / s.images, version
+            )
+    drift = list(monitor.gauges(host.current))
+    if drift:
+        family = GaugeMetricFamily(
+            "drift_psi", "PSI of live inputs vs the bundle's reference", labels=["station", "feature"]
+        )
+        for station, feature, value in drift:
+            family.add_metric([station, feature], value)
+        yield family
+    if capture is not None:
+        c = capture
+        yield counter("capture_requests", "Requests kept for feedback", ["outcome"],
+                      {("written",): c.written, ("dropped",): c.dropped, ("failed",): c.failed})  # fmt: skip
