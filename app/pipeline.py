@@ -75,8 +75,8 @@ class Scored:
 @dataclass(eq=False)
 class _Request:
     version: str
-    results: list[tuple[float, ImageStats] | None]
-    future: asyncio.Future[list[tuple[float, ImageStats]]]
+    results: list[tuple[float, ImageStats | None] | None]
+    future: asyncio.Future[list[tuple[float, ImageStats | None]]]
     remaining: int
     shadow: bool = False
 
@@ -160,6 +160,7 @@ class Pipeline:
         max_pending_pixels: int = 512_000_000,
         limits: DecodeLimits | None = None,
         on_batch: BatchObserver | None = None,
+        image_stats: bool = True,
     ) -> None:
         self.device = device
         self.threads = threads_per_worker
@@ -167,6 +168,7 @@ class Pipeline:
         self.queue_bound = queue_bound
         self.max_pending_pixels = max_pending_pixels
         self.limits = limits or DecodeLimits()
+        self.image_stats = image_stats  # drift features per image (off when monitoring is off)
         self._on_batch = on_batch or (lambda n, d, f: None)
         self._workers = [_Worker(i) for i in range(workers)]
         self._models: dict[str, _Model] = {}
@@ -454,7 +456,7 @@ class Pipeline:
     def _start_batch(self, w: _Worker, batch: list[_Item]) -> None:
         future: asyncio.Future[tuple[protocol.Header, list[bytes]]] = asyncio.get_running_loop().create_future()
         future.add_done_callback(lambda f: self._batch_done(batch, f))
-        header = {"op": "predict", "version": batch[0].request.version}
+        header = {"op": "predict", "version": batch[0].request.version, "stats": self.image_stats}
         self._send(w, header, tuple(item.data for item in batch), future)
 
     def _send(
@@ -544,7 +546,7 @@ class Pipeline:
                 code, message = failed[i]
                 request.future.set_exception(_image_error(code, message, item.index))
                 continue
-            request.results[item.index] = (p, ImageStats(*s))
+            request.results[item.index] = (p, ImageStats(*s) if s is not None else None)
             request.remaining -= 1
             if request.remaining == 0:
                 request.future.set_result([r for r in request.results if r is not None])

@@ -47,6 +47,7 @@ def build_service(settings: Settings, metrics: Metrics) -> Service:
         max_pending_pixels=settings.max_pending_megapixels * 1_000_000,
         limits=DecodeLimits(settings.max_image_bytes, settings.max_pixels),
         on_batch=telemetry.batch,
+        image_stats=settings.monitor_window > 0,
     )
     monitor = Monitor(settings.monitor_window, settings.max_stations)
 

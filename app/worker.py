@@ -44,7 +44,7 @@ def serve(sock: socket.socket, threads: int, device: str, limits: DecodeLimits, 
         out: list[bytes] = []
         try:
             if op == "predict":
-                reply = _predict(models[header["version"]], blobs)
+                reply = _predict(models[header["version"]], blobs, header.get("stats", True))
             elif op == "load":
                 started = time.perf_counter()
                 models[header["version"]] = _load(header, blobs, device, limits, max_batch)
@@ -83,20 +83,24 @@ def _load(header: Header, blobs: list[bytes], device: str, limits: DecodeLimits,
     return predictor
 
 
-def _predict(predictor: Predictor, images: list[bytes]) -> dict[str, Any]:
-    """Probabilities in order; an image that fails to decode gets an error, not the batch."""
+def _predict(predictor: Predictor, images: list[bytes], with_stats: bool = True) -> dict[str, Any]:
+    """Probabilities (and drift features) in order; an image that fails to decode gets an
+    error, not the batch."""
     started = time.perf_counter()
     tensors, rows, errors = [], [], []
     stats: list[list[float] | None] = [None] * len(images)
     for i, data in enumerate(images):
         try:
-            tensor, image_stats = predictor.preprocessor.prepare(data)
+            if with_stats:
+                tensor, image_stats = predictor.preprocessor.prepare(data)
+                stats[i] = image_stats.as_list()
+            else:
+                tensor = predictor.preprocessor(data)
         except ImageError as exc:
             errors.append([i, exc.code, str(exc)])
             continue
         tensors.append(tensor)
         rows.append(i)
-        stats[i] = image_stats.as_list()
     decoded = time.perf_counter()
     probs: list[float | None] = [None] * len(images)
     if tensors:

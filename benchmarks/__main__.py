@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graph", choices=["eager", "fused"], default=trained.graph)
     p.add_argument("--memory-format", choices=["contiguous", "channels_last"], default=trained.memory_format)
     p.add_argument("--workers", type=int, default=None, help="APP_WORKERS (default: the service's own)")
+    p.add_argument("--monitoring", choices=["on", "off"], default="on", help="drift monitoring in the service")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     p.add_argument(
         "--ignore-retry-after",
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         proc = None
         url = args.url
         settings = {"workers": str(args.workers)} if args.workers else {}
+        if args.monitoring == "off":
+            settings["monitor_window"] = "0"
         if url is None:
             store = service.make_store(root, bundle, public)
             proc, base = service.start_service(store, public, args.out / "service.log", **settings)
@@ -115,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "cores": cores,
         "decode": args.decode,
         "runtime": runtime.model_dump(),
+        "monitoring": args.monitoring,
         "in_process": {"images_per_s": limit, "single_image_p50_ms": latency, "batch": batch, "processes": cores},
         "levels": rows,
         "seconds": time.perf_counter() - started,

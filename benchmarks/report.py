@@ -17,7 +17,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"In-process limit ({ip['processes']} process(es) x 1 thread, batch {ip['batch']}): "
         f"{ip['images_per_s']:.1f} img/s; "
         f"one image alone: p50 {ip['single_image_p50_ms']:.2f} ms. Decode: {results['decode']}, "
-        f"runtime: {results['runtime']['graph']} / {results['runtime']['memory_format']}.",
+        f"runtime: {results['runtime']['graph']} / {results['runtime']['memory_format']}, "
+        f"monitoring: {results.get('monitoring', 'on')}.",
         "",
         "| images/request | concurrency | req/s | img/s | p50 ms | p95 ms | p99 ms | errors | 503 | server cores "
         "| client cores | x limit |",
