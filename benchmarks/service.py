@@ -11,31 +11,19 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import torch
 
 from model_store import activation
-from model_store.manifest import (
-    DecisionSpec,
-    Lineage,
-    Manifest,
-    ModelSpec,
-    ParitySpec,
-    PreprocessingSpec,
-    ReferenceImage,
-    RuntimeSpec,
-)
+from model_store.manifest import ModelSpec, PreprocessingSpec, RuntimeSpec
 from model_store.preprocessing import Preprocessor
 from model_store.signing import generate_keypair
 from model_store.store import FilesystemStore
-from model_store.writer import ReferenceInput, current_environment, write_bundle
+from model_store.writer import ReferenceInput, hand_made_manifest, write_bundle
 from model_store.zoo import build_model
 from training.loops import recalibrate_batchnorm
-
-ZERO = "0" * 64
 
 
 def make_bundle(
@@ -55,30 +43,8 @@ def make_bundle(
     model = build_model(model_spec)
     pre = Preprocessor(spec)
     recalibrate_batchnorm(model, [torch.stack([pre(b) for b in images[:16]])], torch.device("cpu"), 16)
-    manifest = Manifest(
-        name="benchmark",
-        version="bench-1",
-        created_at=datetime.now(UTC),
-        model=model_spec,
-        preprocessing=spec,
-        runtime=runtime,
-        decision=DecisionSpec(threshold=0.5, cost_false_alarm=1, cost_miss=5, method="fixed"),
-        lineage=Lineage(
-            config={},
-            config_sha256=ZERO,
-            split_manifest_sha256=ZERO,
-            dataset_fingerprint=ZERO,
-            seed=0,
-            epoch=0,
-            checkpoint_sha256=ZERO,
-            code_revision="benchmark",
-        ),
-        environment=current_environment("cpu"),
-        weights_sha256=ZERO,
-        parity=ParitySpec(
-            tolerance=1e-4,
-            references=[ReferenceImage(file="x.jpg", sha256=ZERO, expected_probability=0, expected_decision="")],
-        ),
+    manifest = hand_made_manifest(
+        "benchmark", "bench-1", model=model_spec, preprocessing=spec, runtime=runtime, origin="benchmark"
     )
     refs = [ReferenceInput(f"{i:02d}.jpg", images[i]) for i in range(8)]
     bundle = write_bundle(root / "bundle", manifest, model.state_dict(), refs, private)

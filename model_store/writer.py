@@ -6,12 +6,14 @@ model code: `bundle` reads, `predictor` serves, `writer` uses both.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import PIL
@@ -21,7 +23,19 @@ from safetensors.torch import save as save_safetensors
 
 from model_store.bundle import MANIFEST_FILE, REFERENCE_DIR, WEIGHTS_FILE, Bundle, load_bundle
 from model_store.errors import BundleError
-from model_store.manifest import Environment, Manifest, ParitySpec, ReferenceImage, parse_manifest, sha256_bytes
+from model_store.manifest import (
+    DecisionSpec,
+    Environment,
+    Lineage,
+    Manifest,
+    ModelSpec,
+    ParitySpec,
+    PreprocessingSpec,
+    ReferenceImage,
+    RuntimeSpec,
+    parse_manifest,
+    sha256_bytes,
+)
 from model_store.predictor import SERVING_THREADS, Predictor, torch_threads
 from model_store.signing import public_key_file, sign_directory
 
@@ -42,6 +56,50 @@ def current_environment(device: str) -> Environment:
         torchvision=torchvision.__version__,
         pillow=PIL.__version__,
         device=device,
+    )
+
+
+ZERO_SHA = "0" * 64
+
+
+def hand_made_manifest(
+    name: str,
+    version: str,
+    *,
+    model: ModelSpec,
+    preprocessing: PreprocessingSpec,
+    runtime: RuntimeSpec | None = None,
+    threshold: float = 0.5,
+    origin: str,
+) -> Manifest:
+    """A draft manifest for a bundle made without a training run (tests, benchmarks, the
+    image's smoke check): a fixed threshold, lineage that says where it came from, zero
+    digests that `write_bundle` fills in."""
+    config = {"origin": origin}
+    return Manifest(
+        name=name,
+        version=version,
+        created_at=datetime.now(UTC),
+        model=model,
+        preprocessing=preprocessing,
+        runtime=runtime or RuntimeSpec(),
+        decision=DecisionSpec(threshold=threshold, cost_false_alarm=1.0, cost_miss=5.0, method="fixed"),
+        lineage=Lineage(
+            config=config,
+            config_sha256=sha256_bytes(json.dumps(config, sort_keys=True).encode()),
+            split_manifest_sha256=ZERO_SHA,
+            dataset_fingerprint=ZERO_SHA,
+            seed=0,
+            epoch=0,
+            checkpoint_sha256=ZERO_SHA,
+            code_revision=origin,
+        ),
+        environment=current_environment("cpu"),
+        weights_sha256=ZERO_SHA,
+        parity=ParitySpec(
+            tolerance=1e-4,
+            references=[ReferenceImage(file="pending", sha256=ZERO_SHA, expected_probability=0, expected_decision="")],
+        ),
     )
 
 

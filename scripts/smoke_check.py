@@ -25,7 +25,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +36,13 @@ from model_store import activation
 from model_store.bundle import REFERENCE_DIR, Bundle, load_bundle
 from model_store.errors import ModelStoreError
 from model_store.manifest import (
-    DecisionSpec,
-    Lineage,
     Manifest,
     ModelSpec,
-    ParitySpec,
     PreprocessingSpec,
-    ReferenceImage,
 )
 from model_store.signing import generate_keypair
 from model_store.store import open_store
-from model_store.writer import ReferenceInput, current_environment, write_bundle
+from model_store.writer import ReferenceInput, hand_made_manifest, write_bundle
 from model_store.zoo import build_model
 
 VERSION = "smoke-1"
@@ -68,31 +63,9 @@ def _jpeg(seed: int) -> bytes:
 
 def _manifest() -> Manifest:
     """A draft manifest; `write_bundle` fills in the digests and parity outputs."""
-    config: dict[str, Any] = {"smoke_check": True}
-    return Manifest(
-        name="smoke-check",
-        version=VERSION,
-        created_at=datetime.now(UTC),
-        model=ModelSpec(architecture="mobilenet_v3_small"),
-        preprocessing=PreprocessingSpec(resize=72, crop=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
-        decision=DecisionSpec(threshold=0.5, cost_false_alarm=1.0, cost_miss=5.0, method="fixed"),
-        lineage=Lineage(
-            config=config,
-            config_sha256=ZERO_SHA,
-            split_manifest_sha256=ZERO_SHA,
-            dataset_fingerprint=ZERO_SHA,
-            seed=0,
-            epoch=0,
-            checkpoint_sha256=ZERO_SHA,
-            code_revision="smoke-check",
-        ),
-        environment=current_environment("cpu"),
-        weights_sha256=ZERO_SHA,
-        parity=ParitySpec(
-            tolerance=1e-4,
-            references=[ReferenceImage(file="x.jpg", sha256=ZERO_SHA, expected_probability=0, expected_decision="")],
-        ),
-    )
+    spec = PreprocessingSpec(resize=72, crop=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    model = ModelSpec(architecture="mobilenet_v3_small")
+    return hand_made_manifest("smoke-check", VERSION, model=model, preprocessing=spec, origin="smoke-check")
 
 
 def make_signed_bundle(out: Path, private_key: Path) -> None:

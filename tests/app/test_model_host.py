@@ -5,28 +5,17 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from app.model_host import ModelHost
 from model_store import activation
 from model_store.errors import ParityFailed
-from model_store.store import FilesystemStore
 from tests.utils.bundles import failing_parity_copy, snapshot
 from tests.utils.factories import image_bytes
 from tests.utils.pipelines import checked, running_pipeline
 
 pytestmark = pytest.mark.slow  # worker processes
-
-
-@pytest.fixture
-def store(tmp_path: Path, keys, bundles) -> FilesystemStore:
-    s = FilesystemStore(tmp_path / "store", keys[1])
-    for v in ("v1", "v2"):
-        s.import_bundle(bundles[v], actor="fixture")
-    activation.activate(s, "v1", actor="fixture")
-    return s
 
 
 async def _until(predicate: Callable[[], object], timeout: float = 30.0) -> None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import struct
 import subprocess
 import sys
 import zlib
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +16,12 @@ from torch import nn
 
 from model_store.bundle import Bundle
 from model_store.manifest import (
-    DecisionSpec,
-    Lineage,
     Manifest,
     ModelSpec,
-    ParitySpec,
     PreprocessingSpec,
-    ReferenceImage,
 )
 from model_store.preprocessing import Preprocessor
-from model_store.writer import ReferenceInput, current_environment, write_bundle
+from model_store.writer import ReferenceInput, hand_made_manifest, write_bundle
 from model_store.zoo import build_model
 from training.loops import recalibrate_batchnorm
 
@@ -71,30 +65,12 @@ def preprocessing_spec(**overrides: object) -> PreprocessingSpec:
 
 def draft_manifest(version: str = "v1", architecture: str = "mobilenet_v3_small") -> Manifest:
     """A manifest whose digests and parity outputs `write_bundle` fills in."""
-    config = {"model": {"architecture": architecture}}
-    return Manifest(
-        name="parcel-damage",
-        version=version,
-        created_at=datetime.now(UTC),
+    return hand_made_manifest(
+        "parcel-damage",
+        version,
         model=ModelSpec.model_validate({"architecture": architecture}),
         preprocessing=preprocessing_spec(),
-        decision=DecisionSpec(threshold=0.5, cost_false_alarm=1.0, cost_miss=5.0, method="fixed", validation=None),
-        lineage=Lineage(
-            config=config,
-            config_sha256=hashlib.sha256(repr(config).encode()).hexdigest(),
-            split_manifest_sha256=ZERO_SHA,
-            dataset_fingerprint=ZERO_SHA,
-            seed=0,
-            epoch=0,
-            checkpoint_sha256=ZERO_SHA,
-            code_revision="test",
-        ),
-        environment=current_environment("cpu"),
-        weights_sha256=ZERO_SHA,
-        parity=ParitySpec(
-            tolerance=1e-4,
-            references=[ReferenceImage(file="x.jpg", sha256=ZERO_SHA, expected_probability=0, expected_decision="")],
-        ),
+        origin="test",
     )
 
 
