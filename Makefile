@@ -21,7 +21,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint --no-color Dockerfile
-	$(BIN)/shellcheck scripts/*.sh deploy/*.sh
+	$(BIN)/shellcheck scripts/*.sh deploy/*.sh benchmarks/peers/*/*.sh
 
 # pytest exits 5 when it collected no tests: that is a broken suite, not a pass.
 test: lint
