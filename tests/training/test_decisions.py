@@ -48,6 +48,27 @@ def test_calibration_lowers_ece_and_log_loss_and_keeps_the_ranking(method: calib
     assert M.roc_auc(cal, y) == M.roc_auc(raw, y)  # monotone: the same ranking, by construction
 
 
+def test_platt_fits_large_shifted_logits_that_plain_newton_steps_diverge_on() -> None:
+    """Logits like the demo network's: in the tens and shifted, so intact parcels score
+    above 0 (temperature alone cannot move the 0.5 point; Platt's intercept can)."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 600)
+    z = np.where(y == 1, rng.normal(40.0, 12.0, 600), rng.normal(1.5, 10.0, 600))
+    temp, platt = calibration.fit(z, y, "temperature"), calibration.fit(z, y, "platt")
+
+    def probs(spec: CalibrationSpec) -> np.ndarray:
+        return 1 / (1 + np.exp(-(spec.slope * z + spec.intercept)))
+
+    # The fit is a minimum: no nearby (slope, intercept) has a lower log loss.
+    best = calibration.log_loss(probs(platt), y)
+    for da, db in [(0.01, 0), (-0.01, 0), (0, 0.5), (0, -0.5)]:
+        near = CalibrationSpec(method="platt", slope=platt.slope * (1 + da), intercept=platt.intercept + db)
+        assert calibration.log_loss(probs(near), y) >= best
+    assert best < calibration.log_loss(probs(temp), y) < calibration.log_loss(1 / (1 + np.exp(-z)), y)
+    assert platt.intercept < 0  # it moved the intact parcels' scores back below 0.5
+    assert calibration.expected_calibration_error(probs(platt), y) < 0.05
+
+
 def test_the_served_probability_is_the_calibrated_one_shifted_to_the_deployment_rate() -> None:
     spec = DecisionSpec(
         threshold=0.5,
