@@ -348,7 +348,9 @@ function psiChart(drift, t) {
   const width = 300;
   const plot = width - left - 44;
   const height = features.length * rowH + 16;
-  const top = Math.max(t.psi_alarm * 2, ...Object.values(drift)) * 1.05;
+  // Capped at 1 (far past the alarm): one huge value must not squeeze the thresholds
+  // into the axis. The number beside each bar is the real one.
+  const top = Math.min(1, Math.max(t.psi_alarm * 2, ...Object.values(drift)));
   const x = (v) => left + (Math.min(v, top) / top) * plot;
   const chart = svg("svg", {
     class: "chart psi",
@@ -369,7 +371,7 @@ function psiChart(drift, t) {
     [t.psi_alarm, "alarm"],
   ]) {
     chart.append(svg("line", { x1: x(v), x2: x(v), y1: 0, y2: height - 12, class: `threshold ${name}` }));
-    chart.append(svg("text", { x: x(v), y: height - 2, "text-anchor": "middle", class: "axis" }, v));
+    chart.append(svg("text", { x: x(v), y: height - 2, "text-anchor": name === "warn" ? "end" : "start", class: "axis" }, v));
   }
   return el("div", { class: "chart-box" }, el("h4", {}, "PSI per feature"), chart);
 }
