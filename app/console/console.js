@@ -390,6 +390,8 @@ function histograms(hists) {
       role: "img",
       "aria-label": `${feature}: reference and live histograms`,
     });
+    // A baseline shows the chart's extent when most bins are empty (a constant feature).
+    chart.append(svg("line", { x1: 0, x2: width, y1: height - 0.5, y2: height - 0.5, class: "base" }));
     for (let i = 0; i < bins; i++) {
       const ref = (h.reference[i] / peak) * (height - 2);
       const live = ((h.live[i] || 0) / peak) * (height - 2);
