@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test demo clean
+.PHONY: install browser lint test demo clean
 
 install: $(STAMP)
 
@@ -16,6 +16,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# The console's browser tests drive Debian's Chromium (Playwright never downloads a browser
+# here). A clean CI clone runs as root; elsewhere sudo is used if there is one.
+CHROMIUM := /usr/bin/chromium
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" -eq 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
+	else echo "error: $(CHROMIUM) is missing; as root: apt-get install -y chromium" >&2; exit 1; fi; \
+	set -x; $$sudo apt-get update -qq \
+	&& DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends chromium
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -24,8 +35,9 @@ lint: install
 	$(BIN)/shellcheck scripts/*.sh deploy/*.sh benchmarks/peers/*/*.sh
 
 # pytest exits 5 when it collected no tests: that is a broken suite, not a pass.
-test: lint
-	@$(BIN)/python -m pytest; rc=$$?; \
+# REQUIRE_BROWSER: the browser tests fail, not skip, if Chromium is missing after all.
+test: lint browser
+	@REQUIRE_BROWSER=1 $(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 demo: install

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from app import errors
 from app.errors import JSONLines
 from app.observability import Metrics, RequestObserver, configure_logging
-from app.routes import health, models, monitoring, parity, predict, shadow
+from app.routes import console, health, models, monitoring, parity, predict, shadow
 from app.routes.predict import PredictFastPath
 from app.service import build_service
 from app.settings import Settings
@@ -60,6 +60,14 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     app.add_middleware(PredictFastPath, fastapi=app)
     app.add_middleware(RequestObserver, metrics=metrics)  # outermost of ours: sees every request
-    for r in (predict.router, parity.router, models.router, shadow.router, monitoring.router, health.router):
+    for r in (
+        predict.router,
+        parity.router,
+        models.router,
+        shadow.router,
+        monitoring.router,
+        health.router,
+        console.router,
+    ):
         app.include_router(r)
     return app
