@@ -58,15 +58,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # lingering after a refusal: drop what the client still sends
-        if self._in_head:
-            # Bounds what httptools buffers of a header not yet complete (it has no limit).
+        super().data_received(data)  # a callback's _Refused arrives in send_400_response
+        if self._in_head and not self._refused:
+            # The headers are still not complete after this chunk: httptools buffers what it
+            # has of them, with no limit of its own. (A chunk that completes them may carry
+            # any amount of body; it is not counted.)
             self._head_raw += len(data)
             if self._head_raw > MAX_HEAD_BYTES:
                 self._refuse(
                     431, "request_headers_too_large", f"request line and headers exceed {MAX_HEAD_BYTES} bytes"
                 )
-                return
-        super().data_received(data)  # a callback's _Refused arrives in send_400_response
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

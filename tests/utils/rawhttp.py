@@ -46,12 +46,16 @@ def exchange(
 
 def _read_reply(sock: socket.socket, deadline: float) -> Reply:
     data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = _recv(sock, deadline)
-        if not chunk:
-            return Reply(0, {}, data)
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    while True:
+        while b"\r\n\r\n" not in data:
+            chunk = _recv(sock, deadline)
+            if not chunk:
+                return Reply(0, {}, data)
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 1"):
+            break
+        data = body  # an interim answer (100 Continue): the real one follows
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
     headers = {}
