@@ -39,19 +39,16 @@ def _same_weights(a: Path, b: Path) -> bool:
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
-@pytest.mark.parametrize(
-    ("step", "last_epoch", "temp_left"),
-    [
-        # Killed while epoch 2's last.pt was being written: the temp file is debris, last.pt is epoch 1's.
-        ("checkpoint.last.temp_written@2", 1, True),
-        # Killed right after epoch 2's last.pt: had best.pt not been written first, it would
-        # now be older than the best_epoch last.pt names, and the result would differ.
-        ("checkpoint.last.replaced@2", 2, False),
-    ],
-)
 def test_a_run_killed_while_checkpointing_resumes_to_the_straight_runs_result(
-    finished_run, data_dir: Path, tmp_path: Path, step: str, last_epoch: int, temp_left: bool
+    finished_run, data_dir: Path, tmp_path: Path
 ) -> None:
+    """Killed while writing best.pt the second time (the first epoch that improves on epoch 1).
+
+    A temp file is left as debris. Since best.pt is written before last.pt, last.pt still
+    holds the epoch before, and resume recomputes the killed epoch bit for bit. (In the
+    other order last.pt would already name this epoch as best while best.pt still held an
+    older one, and the resumed run would export the wrong weights.)
+    """
     straight, _ = finished_run  # configs/smoke.toml with optim.epochs=4, trained without a kill
     run_dir = tmp_path / "run"
     args = [
@@ -65,11 +62,12 @@ def test_a_run_killed_while_checkpointing_resumes_to_the_straight_runs_result(
         "--set",
         "optim.epochs=4",
     ]
-    killed = _cli(*args, crash=step)
+    killed = _cli(*args, crash="checkpoint.best.temp_written@2")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     ckpt_dir = run_dir / "checkpoints"
-    assert load_checkpoint(ckpt_dir / "last.pt")["epoch"] == last_epoch  # never torn: the old or the new file
-    assert bool(list(ckpt_dir.glob(".*.tmp"))) == temp_left
+    last_epoch = load_checkpoint(ckpt_dir / "last.pt")["epoch"]  # never torn: the old or the new file
+    assert 1 <= last_epoch < 4
+    assert list(ckpt_dir.glob(".best.pt.*.tmp"))  # the half-written checkpoint
 
     resumed = _cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
