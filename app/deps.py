@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPBearer
 
 from app.errors import APIError
 from app.model_host import Loaded, NotReady
@@ -37,7 +38,15 @@ async def pinned(request: Request) -> AsyncIterator[Loaded]:
         host.unpin(loaded)
 
 
-async def require_admin(request: Request) -> str:
+# Declares the bearer scheme in the OpenAPI document (and the "Authorize" button of /docs);
+# the check itself is `check_admin`, which answers in our JSON error format.
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", description="APP_ADMIN_TOKEN (or APP_STATION_TOKEN)")
+SECURED: list[dict[str, list[str]]] = [
+    {BEARER.scheme_name: []}
+]  # `openapi_extra` security of routes that check a token themselves
+
+
+async def require_admin(request: Request, _: Annotated[object, Depends(BEARER)]) -> str:
     """Bearer-token check; returns the actor for the audit log."""
     return check_admin(request)
 

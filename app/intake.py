@@ -26,7 +26,8 @@ class ClientGone(Exception):
     """The client closed the connection before its body arrived; nobody is left to answer."""
 
 
-BODY_TIMEOUT_S = 60.0  # a whole request body, however slowly it trickles in
+BODY_TIMEOUT_S = 60.0  # a whole request body, however slowly it trickles in (APP_BODY_TIMEOUT_S)
+HEADER_TIMEOUT_S = 10.0  # connect (or previous answer) to the end of the headers (APP_HEADER_TIMEOUT_S; app.server)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from app import errors
+from app import docs, errors
 from app.errors import JSONLines
 from app.observability import Metrics, RequestObserver, configure_logging
 from app.routes import console, health, models, monitoring, parity, predict, shadow
@@ -53,11 +53,12 @@ def create_app(settings: Settings) -> FastAPI:
         title="Parcel damage detection",
         version="1",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # app.docs serves /docs and /redoc with local assets
         redoc_url=None,
         default_response_class=JSONLines,
     )
     errors.install(app)
+    docs.install(app)
     app.add_middleware(PredictFastPath, fastapi=app)
     app.add_middleware(RequestObserver, metrics=metrics)  # outermost of ours: sees every request
     for r in (

@@ -1,8 +1,10 @@
-"""Response bodies."""
+"""Response bodies, and the error statuses each route declares in the OpenAPI document."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from model_store.parity import ParityReport
 from model_store.store.base import AuditEntry
@@ -108,3 +110,33 @@ class AuditOut(BaseModel):
     @classmethod
     def of(cls, entry: AuditEntry) -> AuditOut:
         return cls(**entry.to_dict())
+
+
+class ErrorBody(BaseModel):
+    """Every refusal: a stable code to branch on and a sentence for a person. Some carry
+    more (a failed parity check also has the report's fields)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str = Field(description="stable, machine-readable code, e.g. not_an_image")
+    message: str = Field(description="what was wrong, for a person")
+
+
+# What each status means on this API, as /docs shows it next to every route that can answer it.
+_ERROR_MEANING = {
+    400: "malformed request: not HTTP, or a JSON body that is not UTF-8 (`bad_request`)",
+    401: "missing or wrong bearer token (`unauthorized`)",
+    403: "management is off: no token configured (`management_disabled`)",
+    404: "no such version or captured request",
+    408: "the request body did not arrive in time (`request_timeout`)",
+    409: "conflict with the store's state (`parity_failed`, `version_conflict`, `nothing_to_roll_back`)",
+    413: "too large: the body, one image or the number of images",
+    415: "unsupported content type",
+    422: "the body or a parameter is invalid (not an image, truncated, too many pixels, unsafe archive...)",
+    503: "not ready, overloaded or the store is unreachable; retry after `Retry-After` seconds",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: each status with the `ErrorBody` schema."""
+    return {status: {"model": ErrorBody, "description": _ERROR_MEANING[status]} for status in statuses}

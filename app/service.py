@@ -32,7 +32,7 @@ class Service:
     @property
     def body_limits(self) -> BodyLimits:
         s = self.settings
-        return BodyLimits(s.max_image_bytes, s.max_images_per_request, s.max_request_bytes)
+        return BodyLimits(s.max_image_bytes, s.max_images_per_request, s.max_request_bytes, s.body_timeout_s)
 
 
 def build_service(settings: Settings, metrics: Metrics) -> Service:

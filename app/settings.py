@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.intake import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
 from model_store.errors import describe_validation_errors
 
 
@@ -59,6 +60,12 @@ class Settings(BaseSettings):
     )
     follow_interval_s: float = Field(5.0, ge=0, description="poll the store's active pointer; 0 = never")
     retry_after_s: int = Field(1, ge=1, description="Retry-After on 503 overload")
+    header_timeout_s: float = Field(
+        HEADER_TIMEOUT_S, gt=0, le=300, description="request line and headers must arrive within this"
+    )
+    body_timeout_s: float = Field(
+        BODY_TIMEOUT_S, gt=0, le=3600, description="a whole request body must arrive within this"
+    )
 
     @field_validator("admin_token", "station_token")
     @classmethod

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shutil
 import tarfile
 import tempfile
@@ -21,10 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from model_store.errors import UnsafeArchive
+from model_store.fsutil import private_temp_dir, remove_abandoned
 
 MAX_MEMBERS = 1000
 MAX_NAME = 128  # per path component: reference image names are at most 128 characters
 MAX_PATH = 512
+UPLOAD_PREFIX = "upload-"
 
 
 def extract_bundle_tar(data: bytes, dest: Path, max_bytes: int) -> Path:
@@ -108,7 +109,7 @@ def upload_root() -> Path:
 def workspace(root: Path) -> Iterator[Path]:
     """A private directory for one upload, removed afterwards (and by `clean_stale` after a kill -9)."""
     root.mkdir(mode=0o700, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f"upload-{os.getpid()}-", dir=root))
+    path = private_temp_dir(root, UPLOAD_PREFIX)
     try:
         yield path
     finally:
@@ -117,13 +118,4 @@ def workspace(root: Path) -> Iterator[Path]:
 
 def clean_stale(root: Path) -> int:
     """Remove upload folders whose process no longer runs; returns how many."""
-    removed = 0
-    for entry in root.glob("upload-*-*") if root.is_dir() else []:
-        try:
-            pid = int(entry.name.split("-")[1])
-        except ValueError:
-            continue
-        if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(entry, ignore_errors=True)
-            removed += 1
-    return removed
+    return remove_abandoned(root, UPLOAD_PREFIX)

@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -23,6 +22,8 @@ from safetensors.torch import save as save_safetensors
 
 from model_store.bundle import MANIFEST_FILE, REFERENCE_DIR, WEIGHTS_FILE, Bundle, load_bundle
 from model_store.errors import BundleError
+from model_store.faults import crash_point
+from model_store.fsutil import private_temp_dir, remove_abandoned
 from model_store.manifest import (
     DecisionSpec,
     Environment,
@@ -131,8 +132,10 @@ def write_bundle(
     else:
         weights = save_safetensors({k: v.detach().cpu().contiguous() for k, v in state_dict.items()})
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    # Work happens in `.NAME.PID-*` beside the bundle, renamed into place once complete;
+    # what a killed writer left there is removed first.
+    remove_abandoned(out_dir.parent, f".{out_dir.name}.")
+    staging = private_temp_dir(out_dir.parent, f".{out_dir.name}.")
     os.chmod(staging, 0o755)  # mkdtemp makes 0700; a bundle is meant to be shared
     public_key = public_key_file(private_key, staging.with_name(staging.name + ".pub.pem"))
     try:
@@ -158,6 +161,7 @@ def write_bundle(
         )
         draft = parse_manifest(draft.to_json_bytes())  # re-validate what we are about to sign
         _write_and_sign(staging, draft, private_key)
+        crash_point("bundle.draft_signed")
 
         predictor = Predictor(load_bundle(staging, public_key), device="cpu")
         with torch_threads(SERVING_THREADS):
@@ -175,6 +179,7 @@ def write_bundle(
 
         bundle = load_bundle(staging, public_key)
         Predictor(bundle, device="cpu").check_parity().require_pass()
+        crash_point("bundle.final_signed")
         os.rename(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import random
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
+from model_store.faults import crash_point
 from model_store.fsutil import atomic_write
 
 CHECKPOINT_FORMAT = 1
@@ -51,8 +52,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> str:
     """Write atomically (temp file, fsync, rename); returns the file's sha256."""
-    atomic_write(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **checkpoint}, f))
+
+    def write(f: IO[bytes]) -> None:
+        torch.save({"format": CHECKPOINT_FORMAT, **checkpoint}, f)
+        crash_point(f"checkpoint.{path.stem}.temp_written")  # a kill here leaves a temp file
+
+    atomic_write(path, write)
+    crash_point(f"checkpoint.{path.stem}.replaced")
     return file_sha256(path)
+
+
+def remove_debris(ckpt_dir: Path) -> int:
+    """Remove temp files a run killed mid-write left (`atomic_write`'s `.name.*.tmp`); how many.
+
+    A run directory belongs to one run at a time, so any temp file in it is abandoned.
+    """
+    stale = list(ckpt_dir.glob(".*.tmp")) if ckpt_dir.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

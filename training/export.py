@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ from typing import Any
 from model_store import monitoring as mon
 from model_store.bundle import Bundle
 from model_store.errors import ModelStoreError
+from model_store.faults import crash_point
+from model_store.fsutil import private_temp_dir, remove_abandoned
 from model_store.manifest import (
     DecisionSpec,
     Lineage,
@@ -33,6 +34,8 @@ from model_store.writer import ReferenceInput, current_environment, write_bundle
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig, config_from_run
 from training.data import SplitManifest, check_matches
+
+EXPORT_PREFIX = ".export-"
 
 
 class ExportError(Exception):
@@ -172,7 +175,16 @@ def export_to_store(
 ) -> tuple[Bundle, float]:
     from model_store.store import open_store
 
-    with tempfile.TemporaryDirectory(dir=Path(store).parent if Path(store).parent.exists() else None) as tmp:
-        bundle, diff = export_run(run_dir, private_key, version, Path(tmp) / version, data_dir)
+    # The bundle is written beside the store (same filesystem: the import copies it once),
+    # in a folder of this process; what a killed export left there is removed first.
+    parent = Path(store).resolve().parent
+    remove_abandoned(parent, EXPORT_PREFIX)
+    tmp = private_temp_dir(parent, EXPORT_PREFIX)
+    try:
+        bundle, diff = export_run(run_dir, private_key, version, tmp / version, data_dir)
+        crash_point("export.written")
         open_store(store, public_key).import_bundle(bundle.path, actor=actor, reason=f"export of {run_dir}")
+        crash_point("export.imported")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return bundle, diff

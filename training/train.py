@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from model_store.preprocessing import Preprocessor
 from model_store.zoo import build_model
-from training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from training.checkpoint import load_checkpoint, remove_debris, save_checkpoint, set_rng_state
 from training.config import TrainConfig
 from training.data import Augment, ImageDataset, SplitManifest, check_matches, make_split, summary
 from training.distributed import Dist, gather_rng, setup_distributed
@@ -216,6 +216,8 @@ def run(
     start_epoch, best, best_epoch = 1, math.inf, 0
     ckpt_dir = Path(run_dir) / "checkpoints"
     if resume:
+        if d.main and remove_debris(ckpt_dir):
+            log("removed a checkpoint a killed run left half written")
         ckpt = load_checkpoint(ckpt_dir / "last.pt")
         if ckpt["split_sha256"] != split.sha256:
             raise RunError("checkpoint was made with another split manifest")
@@ -267,9 +269,12 @@ def run(
                 "config": config.model_dump(mode="json"),
                 "split_sha256": split.sha256,
             }
-            save_checkpoint(ckpt_dir / "last.pt", ckpt)
+            # best.pt before last.pt: a kill between the two leaves last.pt at the previous
+            # epoch, so resume recomputes this epoch (bit for bit) and writes both again. The
+            # other order could leave a last.pt whose best_epoch names a best.pt never written.
             if improved:
                 save_checkpoint(ckpt_dir / "best.pt", ckpt)
+            save_checkpoint(ckpt_dir / "last.pt", ckpt)
             with open(Path(run_dir) / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             log(

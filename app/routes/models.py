@@ -11,10 +11,18 @@ from pydantic import BaseModel, Field
 from app.deps import AdminDep, ServiceDep
 from app.errors import APIError
 from app.intake import read_body
-from app.schemas import ParityResponse, SwapResponse, UploadResponse, VersionOut, VersionsResponse
+from app.schemas import (
+    ParityResponse,
+    SwapResponse,
+    UploadResponse,
+    VersionOut,
+    VersionsResponse,
+    error_responses,
+)
 from app.upload import extract_bundle_tar, upload_root, workspace
+from model_store.faults import crash_point
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=error_responses(401, 403, 503))
 
 
 class SwapRequest(BaseModel):
@@ -44,25 +52,48 @@ async def list_versions(_: AdminDep, service: ServiceDep) -> VersionsResponse:
     )
 
 
-@router.get("/{version}")
+@router.get("/{version}", responses=error_responses(404, 422))
 async def show_version(version: str, _: AdminDep, service: ServiceDep) -> dict[str, Any]:
     host = service.host
     manifest = await asyncio.to_thread(host.store.manifest, version)
     return manifest.model_dump(mode="json")
 
 
-@router.post("", response_model=UploadResponse, status_code=201)
+# Read by the route itself (streamed, bounded); declared so /docs can send a file.
+_TAR_BODY = {
+    "required": True,
+    "description": "a signed bundle as a .tar (optionally gzip, bzip2 or xz compressed)",
+    "content": {
+        kind: {"schema": {"type": "string", "format": "binary"}}
+        for kind in ("application/x-tar", "application/tar", "application/octet-stream")
+    },
+}
+
+
+@router.post(
+    "",
+    response_model=UploadResponse,
+    status_code=201,
+    responses={
+        200: {"model": UploadResponse, "description": "the identical bundle was already stored"},
+        **error_responses(408, 409, 413, 415, 422),
+    },
+    openapi_extra={"requestBody": _TAR_BODY},
+)
 async def upload(request: Request, response: Response, actor: AdminDep, service: ServiceDep) -> UploadResponse:
     host, settings = service.host, service.settings
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in ("application/x-tar", "application/tar", "application/octet-stream"):
         raise APIError(415, "unsupported_media_type", "upload a bundle as an application/x-tar body")
-    data = await read_body(request, settings.max_upload_bytes, "bundle archive")
+    data = await read_body(request, settings.max_upload_bytes, "bundle archive", settings.body_timeout_s)
 
     def store_it() -> UploadResponse:
         with workspace(upload_root()) as tmp:
+            crash_point("upload.workspace_created")
             bundle_dir = extract_bundle_tar(data, tmp, settings.max_bundle_bytes)
+            crash_point("upload.extracted")  # then the store's own import steps
             result = host.store.import_bundle(bundle_dir, actor=actor, reason="uploaded through the API")
+            crash_point("upload.imported")
         return UploadResponse(version=result.version, created=result.created)
 
     result = await asyncio.to_thread(store_it)
@@ -71,7 +102,16 @@ async def upload(request: Request, response: Response, actor: AdminDep, service:
     return result
 
 
-@router.post("/rollback", response_model=SwapResponse)
+# Optional: read by `_reason` (an empty body is no reason).
+_REASON_BODY = {"required": False, "content": {"application/json": {"schema": SwapRequest.model_json_schema()}}}
+
+
+@router.post(
+    "/rollback",
+    response_model=SwapResponse,
+    responses=error_responses(409, 422),
+    openapi_extra={"requestBody": _REASON_BODY},
+)
 async def rollback(request: Request, actor: AdminDep, service: ServiceDep) -> SwapResponse:
     host = service.host
     previous = host.current.version if host.current else None
@@ -81,7 +121,12 @@ async def rollback(request: Request, actor: AdminDep, service: ServiceDep) -> Sw
     )
 
 
-@router.post("/{version}/activate", response_model=SwapResponse)
+@router.post(
+    "/{version}/activate",
+    response_model=SwapResponse,
+    responses=error_responses(404, 409, 422),
+    openapi_extra={"requestBody": _REASON_BODY},
+)
 async def activate(version: str, request: Request, actor: AdminDep, service: ServiceDep) -> SwapResponse:
     host = service.host
     previous = host.current.version if host.current else None

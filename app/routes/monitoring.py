@@ -10,16 +10,16 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from app.deps import AdminDep, ServiceDep, check_admin
+from app.deps import SECURED, AdminDep, ServiceDep, check_admin
 from app.errors import APIError
-from app.schemas import AuditOut
+from app.schemas import AuditOut, error_responses
 from model_store import monitoring as mon
 from model_store.capture import CaptureNotFound
 
 router = APIRouter(prefix="/v1", tags=["monitoring"])
 
 
-@router.get("/monitoring")
+@router.get("/monitoring", responses=error_responses(401, 403, 503))
 async def monitoring(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
     """Per station of the served version: window, decision rate, PSI per feature, alarms;
     and precision/recall on inspectors' labels when capture is on."""
@@ -62,7 +62,12 @@ def _feedback_actor(request: Request) -> str:
     return check_admin(request)
 
 
-@router.post("/feedback", status_code=201)
+@router.post(
+    "/feedback",
+    status_code=201,
+    responses=error_responses(400, 401, 403, 404, 409, 422, 503),
+    openapi_extra={"security": SECURED},
+)
 async def feedback(body: Feedback, request: Request, service: ServiceDep) -> dict[str, Any]:
     """An inspector's labels for a captured request (station token or management token)."""
     actor = _feedback_actor(request)
@@ -90,7 +95,7 @@ async def feedback(body: Feedback, request: Request, service: ServiceDep) -> dic
     return {"request_id": body.request_id, "labels": body.labels, "version": record["version"]}
 
 
-@router.get("/audit", response_model=list[AuditOut])
+@router.get("/audit", response_model=list[AuditOut], responses=error_responses(401, 403, 422, 503))
 async def audit(_: AdminDep, service: ServiceDep, limit: int = Query(100, ge=1, le=10_000)) -> list[AuditOut]:
     """The store's audit log, newest last."""
     entries = await asyncio.to_thread(service.host.store.audit_log)

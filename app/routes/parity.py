@@ -4,15 +4,24 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from app.deps import ServiceDep, check_admin
+from app.deps import SECURED, ServiceDep, check_admin
 from app.errors import APIError, JSONLines
 from app.model_host import NotReady
-from app.schemas import ParityResponse
+from app.schemas import ParityResponse, error_responses
 
 router = APIRouter(prefix="/v1", tags=["parity"])
 
 
-@router.get("/parity", response_model=ParityResponse, responses={409: {"model": ParityResponse}})
+@router.get(
+    "/parity",
+    response_model=ParityResponse,
+    responses={
+        409: {"model": ParityResponse, "description": "a reference image is out of tolerance (`parity_failed`)"},
+        **error_responses(401, 403, 404, 422, 503),
+    },
+    # The token is needed only with `?version=`: no security, or the bearer scheme.
+    openapi_extra={"security": [{}, *SECURED]},
+)
 async def parity(request: Request, service: ServiceDep, version: str | None = None) -> Response:
     """200 when every reference image is within tolerance (and keeps its decision) on every
     inference worker, else 409.

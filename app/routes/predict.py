@@ -21,7 +21,7 @@ from app.intake import read_images
 from app.model_host import Loaded, NotReady
 from app.monitor import STATION_HEADER, station_of
 from app.pipeline import Overloaded, RequestTooLarge, WorkerFailed
-from app.schemas import PredictResponse
+from app.schemas import PredictResponse, error_responses
 from app.service import Service, not_ready
 from model_store.errors import ImageError, ModelStoreError
 from model_store.preprocessing import ImageInfo
@@ -90,8 +90,33 @@ async def serve_predict(request: Request, loaded: Loaded, service: Service) -> R
     return response
 
 
-@router.post(PATH.removeprefix("/v1"), response_model=PredictResponse)
+_BINARY = {"type": "string", "format": "binary"}
+# The route reads its body itself (streamed, bounded), so FastAPI cannot infer it: declared
+# here, so /docs can send an image and clients can be generated from the document.
+_REQUEST_BODY = {
+    "required": True,
+    "description": "one image as the raw body, or several as multipart `files` fields",
+    "content": {
+        **{f"image/{kind}": {"schema": _BINARY} for kind in ("jpeg", "png", "webp")},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"files": {"type": "array", "items": _BINARY, "minItems": 1}},
+                "required": ["files"],
+            }
+        },
+    },
+}
+
+
+@router.post(
+    PATH.removeprefix("/v1"),
+    response_model=PredictResponse,
+    responses=error_responses(408, 413, 415, 422, 503),
+    openapi_extra={"requestBody": _REQUEST_BODY},
+)
 async def predict(request: Request, loaded: PinnedDep, service: ServiceDep) -> Response:
+    """Probability and decision per image; the model (name, version, manifest digest) once."""
     return await serve_predict(request, loaded, service)
 
 

@@ -12,9 +12,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from app.deps import AdminDep, ServiceDep
-from app.schemas import AuditOut
+from app.schemas import AuditOut, error_responses
 
-router = APIRouter(prefix="/v1/shadow", tags=["shadow"])
+router = APIRouter(prefix="/v1/shadow", tags=["shadow"], responses=error_responses(401, 403, 503))
 
 
 class ShadowRequest(BaseModel):
@@ -35,13 +35,13 @@ async def shadow_status(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
     return {"served": served.version if served else None, "shadow": run.stats.as_dict() if run else None}
 
 
-@router.put("", response_model=AuditOut)
+@router.put("", response_model=AuditOut, responses=error_responses(400, 404, 409, 422))
 async def put_shadow(body: ShadowRequest, actor: AdminDep, service: ServiceDep) -> AuditOut:
     entry = await service.host.set_shadow(body.version, fraction=body.fraction, actor=actor, reason=body.reason)
     return AuditOut.of(entry)
 
 
-@router.delete("", response_model=AuditOut)
+@router.delete("", response_model=AuditOut, responses=error_responses(400, 422))
 async def delete_shadow(actor: AdminDep, service: ServiceDep, body: ShadowOff | None = None) -> AuditOut:
     entry = await service.host.set_shadow(None, fraction=1.0, actor=actor, reason=body.reason if body else "")
     return AuditOut.of(entry)

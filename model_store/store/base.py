@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from model_store import faults
 from model_store.bundle import Bundle
 from model_store.errors import InvalidVersionName, NotAStore, NothingToRollBack, StoreError
 from model_store.manifest import VERSION_PATTERN, Manifest
@@ -46,12 +47,13 @@ def not_a_store(location: str) -> NotAStore:
 
 
 def crash_point(step: str) -> None:
-    """A named step of a store write; a no-op.
+    """A named step of a store write: `model_store.faults.crash_point` (a no-op unless a
+    crash test names the step in the environment).
 
-    The crash tests replace it, in a child process only, with one that kills the process
-    with SIGKILL at `step`, so each step's crash is tested on purpose, not by timing luck.
-    Backends call it as `base.crash_point(...)` so the replacement is seen.
+    The store's own crash tests also replace it, in a child process, to kill or race at
+    `step`. Backends call it as `base.crash_point(...)` so the replacement is seen.
     """
+    faults.crash_point(step)
 
 
 def now() -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import uvicorn
 
 from app.main import create_app
@@ -98,6 +99,22 @@ class ServiceProcess:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"service not ready after {timeout:.0f}s: {self.log.read_text()[-2000:]}")
+
+    def descendants(self) -> list[psutil.Process]:
+        """The forkserver and inference workers this service started (to check they end with it)."""
+        assert self.proc is not None
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+    def wait_killed(self, children: list[psutil.Process], timeout: float = 60.0) -> int:
+        """Wait for the front (killed by a fault) to exit, then for its `children`, which
+        notice it is gone; any still running after `timeout` are ended. Its return code."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout=timeout)
+        _, alive = psutil.wait_procs(children, timeout=timeout)
+        for p in alive:  # started by this test: not left running whatever the outcome
+            p.kill()
+        assert not alive, f"{len(alive)} process(es) outlived the killed service"
+        return code
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
