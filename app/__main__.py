@@ -5,6 +5,13 @@ import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
+
+
+def _help(field: FieldInfo) -> str:
+    default = field.get_default(call_default_factory=False)
+    shown = "" if field.is_required() or field.default_factory or default is None else f" (default {default})"
+    return f"{field.description or ''}{shown}".strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Everything is configured by the environment (one Settings class, as in containers);
     # --help lists it so nobody has to open the source to find a variable's name.
     variables = "\n".join(
-        f"  APP_{name.upper():<26} {field.description or ''}".rstrip() for name, field in Settings.model_fields.items()
+        f"  APP_{name.upper():<26} {_help(field)}".rstrip() for name, field in Settings.model_fields.items()
     )
     return ArgumentParser(
         prog=program("app"),
