@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser lint test demo clean
+.PHONY: install browser lint test demo demo-port clean
 
 install: $(STAMP)
 
@@ -40,8 +40,12 @@ test: lint browser
 	@REQUIRE_BROWSER=1 $(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-demo: install
+# The port first: a taken DEMO_PORT is refused before minutes of install and training.
+demo: demo-port install
 	@bash scripts/demo.sh
+
+demo-port:
+	@bash scripts/demo.sh --check-port
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo

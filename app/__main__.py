@@ -1,13 +1,40 @@
-"""`python -m app`: serve the store's active bundle with uvicorn (uvloop and httptools when installed)."""
+"""`python -m app` (or `damage-serve`): serve the store's active bundle with uvicorn (uvloop and httptools)."""
 
+import argparse
 import sys
+from collections.abc import Sequence
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 
-def main() -> int:
+def _help(field: FieldInfo) -> str:
+    default = field.get_default(call_default_factory=False)
+    shown = "" if field.is_required() or field.default_factory or default is None else f" (default {default})"
+    return f"{field.description or ''}{shown}".strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from app.settings import Settings
+    from model_store.argparsing import ArgumentParser, program
+
+    # Everything is configured by the environment (one Settings class, as in containers);
+    # --help lists it so nobody has to open the source to find a variable's name.
+    variables = "\n".join(
+        f"  APP_{name.upper():<26} {_help(field)}".rstrip() for name, field in Settings.model_fields.items()
+    )
+    return ArgumentParser(
+        prog=program("app"),
+        description=__doc__.splitlines()[0],
+        epilog=f"settings, from environment variables (APP_STORE and APP_PUBLIC_KEY are required):\n{variables}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     from app.settings import get_settings, settings_error
 
+    build_parser().parse_args(argv)
     try:
         settings = get_settings()
     except ValidationError as exc:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from model_store.argparsing import ArgumentParser, program
 from model_store.errors import ModelStoreError
 from model_store.store.base import default_actor
 
@@ -52,7 +53,7 @@ class _SubParsers:
     """add_subparsers() whose every command also takes the common options."""
 
     def __init__(self, parser: argparse.ArgumentParser) -> None:
-        self._common = argparse.ArgumentParser(add_help=False)
+        self._common = ArgumentParser(add_help=False)
         _common_options(self._common, top_level=False)
         self._sub = parser.add_subparsers(dest="command", required=True)
 
@@ -61,7 +62,7 @@ class _SubParsers:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m model_store", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog=program("model_store"), description=__doc__.splitlines()[0])
     _common_options(p, top_level=True)
     sub = _SubParsers(p)
 
@@ -189,6 +190,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (ModelStoreError, FileExistsError) as exc:
+    except (ModelStoreError, OSError) as exc:  # OSError: a path that is missing, not a directory, not ours
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -118,7 +118,7 @@ def verify_directory(bundle_dir: Path, public_key: Path) -> None:
         raise SignatureInvalid(f"{SIGNATURE_FILE} of {bundle_dir.name} is unreadable: {exc}") from None
     except InvalidSignature:
         raise SignatureInvalid(
-            f"signature of {bundle_dir.name} does not verify with {public_key.name}: the signature was altered"
+            f"signature of {bundle_dir.name} does not verify with {public_key.absolute()}: the signature was altered"
         ) from None
     except ValueError as exc:
         raise _classify(bundle_dir, public_key, str(exc)) from None
@@ -132,5 +132,6 @@ def _classify(bundle_dir: Path, public_key: Path, message: str) -> BundleError:
             return FileSetMismatch(f"{bundle_dir.name}: files added or removed after signing: {message}")
         return BundleTampered(f"{bundle_dir.name}: file contents changed after signing: {message}")
     if "Key mismatch" in message:
-        return SignatureInvalid(f"{bundle_dir.name} was signed with a different key than {public_key.name}")
+        # The full path: every deployment has a public.pem, the operator needs to know which one.
+        return SignatureInvalid(f"{bundle_dir.name} was signed with a different key than {public_key.absolute()}")
     return SignatureInvalid(f"signature of {bundle_dir.name} does not verify: {message}")

@@ -11,6 +11,21 @@ VERSION=${DEMO_VERSION:-demo-1}
 START=$(date +%s)
 step() { printf '\n\033[1m== %s\033[0m (%ss)\n' "$1" "$(( $(date +%s) - START ))"; }
 
+# Another server on the port would answer the curls printed below while ours fails to
+# bind, so refuse before minutes of training. Checked again just before serving.
+port_free() {
+  if ! [[ $PORT =~ ^[0-9]+$ ]] || (( 10#$PORT < 1 || 10#$PORT > 65535 )); then
+    echo "error: DEMO_PORT=$PORT is not a port number (1-65535)" >&2
+    exit 2
+  fi
+  if timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT" 2>/dev/null; then
+    echo "error: port $PORT (DEMO_PORT) on 127.0.0.1 is already in use; stop what listens there or run DEMO_PORT=<free port> make demo" >&2
+    exit 1
+  fi
+}
+port_free
+[ "${1:-}" = "--check-port" ] && exit 0  # make runs this before installing
+
 step "1/6 demo data: $COUNT synthetic parcel photos"
 if [ -d "$DEMO/data/intact" ]; then echo "reusing $DEMO/data"; else
   $PY -m training synth --out "$DEMO/data" --count "$COUNT" --seed 0; fi
@@ -43,6 +58,7 @@ TOKEN_FILE="$DEMO/admin-token"
 export APP_STORE="$DEMO/store" APP_PUBLIC_KEY="$DEMO/keys/public.pem" APP_PORT="$PORT"
 APP_ADMIN_TOKEN="$(cat "$TOKEN_FILE")"
 export APP_ADMIN_TOKEN
+port_free
 $PY -m app &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null' EXIT INT TERM

@@ -9,9 +9,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from model_store.argparsing import ArgumentParser, program
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog=program("training"), description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="write the procedural demo data set (ImageFolder layout)")
@@ -84,8 +86,10 @@ def run(args: argparse.Namespace) -> int:
         import tempfile
 
         from model_store.signing import public_key_file
-        from model_store.store.base import default_actor
+        from model_store.store.base import check_version_name, default_actor
         from training.export import export_run, export_to_store
+
+        check_version_name(args.version)  # before minutes of work, not in the manifest's validation after them
 
         if args.out:
             bundle, diff = export_run(args.run, args.key, args.version, args.out, args.data)
@@ -131,8 +135,10 @@ def _redecide(args: argparse.Namespace) -> None:
     import tempfile
 
     from model_store.signing import public_key_file
+    from model_store.store.base import check_version_name
     from training.redecide import redecide
 
+    check_version_name(args.version)
     given = {
         "cost_miss": args.cost_miss,
         "cost_false_alarm": args.cost_false_alarm,
@@ -156,16 +162,21 @@ def _redecide(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from model_store.errors import ModelStoreError
+    args = build_parser().parse_args(argv)  # usage errors and --help before torch loads
+    from pydantic import ValidationError
+
+    from model_store.errors import ModelStoreError, describe_validation_errors
     from training.config import ConfigError
     from training.data import DataError
     from training.export import ExportError
     from training.redecide import RedecideError
     from training.train import RunError
 
-    args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (ConfigError, DataError, RunError, ExportError, RedecideError, ModelStoreError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, RunError, ExportError, RedecideError, ModelStoreError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValidationError as exc:  # a value given on the command line that a manifest or policy refuses
+        print(f"error: {describe_validation_errors(exc.errors(), args.command)}", file=sys.stderr)
         return 1

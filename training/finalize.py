@@ -23,7 +23,7 @@ from training.config import TrainConfig
 from training.data import ImageDataset, Split, SplitManifest
 from training.decide import decide, served
 from training.loops import eval_loader, evaluate, sigmoid
-from training.progress import Log
+from training.progress import Log, summary_lines
 from training.report import write_report
 
 
@@ -91,18 +91,8 @@ def finalize(
         "predictions": predictions,
     }
     (run_dir / "eval.json").write_text(json.dumps(evaluation, indent=1) + "\n")
-    rate = spec.deployment_prevalence or spec.validation_prevalence
-    log(
-        f"best epoch {ckpt['epoch']}; calibration {spec.calibration.method} (slope {spec.calibration.slope:.3f}): "
-        f"validation ECE {quality['val']['ece_before']:.3f} -> {quality['val']['ece_after']:.3f}, "
-        f"log loss {quality['val']['log_loss_before']:.3f} -> {quality['val']['log_loss_after']:.3f}"
-    )
-    log(
-        f"threshold {spec.threshold:.4f} ({dc.method}, false alarm {dc.cost_false_alarm:g} vs miss {dc.cost_miss:g}, "
-        f"damage rate {rate:.3g}); test: recall {test_op.recall:.3f} precision {test_op.precision:.3f} "
-        f"fpr {test_op.false_positive_rate:.3f} acc {test_op.accuracy:.3f} "
-        f"roc_auc {results['test']['test_roc_auc']:.3f} cost/parcel {test_op.expected_cost:.3f} at that rate"
-    )
+    for line in summary_lines(evaluation):
+        log(line)
     report = write_report(run_dir, data_dir, config)
     log(f"report: {report}")
     return evaluation

@@ -6,9 +6,10 @@ only the one summary line per epoch, so logs never fill with carriage returns.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -27,3 +28,36 @@ def progress(items: Iterable[T], *, desc: str, enabled: bool = True) -> Iterator
         yield from items
         return
     yield from tqdm(items, desc=desc, unit="batch", leave=False, file=sys.stderr, mininterval=0.5)
+
+
+# The lines a run prints. The README's demo block (scripts/update_readme_demo.py) renders
+# the same lines from a finished run directory, so both read alike and come from one place.
+
+
+def data_line(split_summary: dict[str, Any], split_sha256: str) -> str:
+    return f"data: {json.dumps(split_summary)}  split sha256 {split_sha256[:12]}"
+
+
+def epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
+    """One epoch of `metrics.jsonl` as the run prints it."""
+    return (
+        f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  "
+        f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}  "
+        f"val_auc {row['val_roc_auc']:.3f}  {row['train_images_per_s']:.0f} img/s" + ("  *best" if improved else "")
+    )
+
+
+def summary_lines(evaluation: dict[str, Any]) -> list[str]:
+    """The chosen checkpoint, calibration and operating point, from `eval.json`."""
+    c, d = evaluation["calibration"], evaluation["decision"]
+    test, op = evaluation["test"], evaluation["test"]["at_threshold"]
+    rate = d["deployment_prevalence"] or d["validation_prevalence"]
+    return [
+        f"best epoch {evaluation['best_epoch']}; calibration {c['method']} (slope {c['slope']:.3f}): "
+        f"validation ECE {c['val_ece_before']:.3f} -> {c['val_ece_after']:.3f}, "
+        f"log loss {c['val_log_loss_before']:.3f} -> {c['val_log_loss_after']:.3f}",
+        f"threshold {evaluation['threshold']:.4f} ({evaluation['method']}, false alarm {d['cost_false_alarm']:g} "
+        f"vs miss {d['cost_miss']:g}, damage rate {rate:.3g}); test: recall {op['recall']:.3f} "
+        f"precision {op['precision']:.3f} fpr {op['false_positive_rate']:.3f} acc {op['accuracy']:.3f} "
+        f"roc_auc {test['test_roc_auc']:.3f} cost/parcel {op['expected_cost']:.3f} at that rate",
+    ]

@@ -28,7 +28,7 @@ from training.distributed import Dist, gather_rng, setup_distributed
 from training.finalize import finalize
 from training.loops import eval_loader, evaluate, recalibrate_batchnorm, sigmoid, train_one_epoch
 from training.metrics import ranking_metrics
-from training.progress import Log, log_stderr
+from training.progress import Log, data_line, epoch_line, log_stderr
 
 # Keys a resumed run may change: they do not alter a single number the run computes
 # (augmentation randomness is a function of (seed, epoch, index), not of the workers).
@@ -159,7 +159,7 @@ def prepare_run(
             "split": summary(split),
         }
         (run_dir / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
-        log(f"data: {json.dumps(summary(split))}  split sha256 {split.sha256[:12]}")
+        log(data_line(summary(split), split.sha256))
     return config, split
 
 
@@ -277,12 +277,7 @@ def run(
             save_checkpoint(ckpt_dir / "last.pt", ckpt)
             with open(Path(run_dir) / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-            log(
-                f"epoch {epoch}/{config.optim.epochs}  train_loss {row['train_loss']:.4f}  "
-                f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}  "
-                f"val_auc {row['val_roc_auc']:.3f}  {row['train_images_per_s']:.0f} img/s"
-                + ("  *best" if improved else "")
-            )
+            log(epoch_line(row, config.optim.epochs, improved))
         if d.world > 1:
             dist.barrier()
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.optim.epochs:

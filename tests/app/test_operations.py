@@ -111,6 +111,26 @@ def test_metrics_and_structured_logs(server: LiveServer) -> None:
     assert 'predicted_images_total{decision="' in text
 
 
+def test_every_json_answer_ends_with_a_newline(server: LiveServer) -> None:
+    # `curl .../readyz; curl .../metrics` must not run the JSON into the next output.
+    jpeg = {"Content-Type": "image/jpeg"}
+    answers = {
+        "readyz": httpx.get(f"{server.url}/readyz"),
+        "healthz": httpx.get(f"{server.url}/healthz"),
+        "parity": httpx.get(f"{server.url}/v1/parity"),
+        "predict": httpx.post(f"{server.url}/v1/predict", content=image_bytes(3), headers=jpeg),
+        "predict multipart": httpx.post(f"{server.url}/v1/predict", files=[("files", ("a.jpg", image_bytes(4)))]),
+        "models": httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}),
+        "bad image": httpx.post(f"{server.url}/v1/predict", content=b"x", headers=jpeg),
+        "unauthorized": httpx.get(f"{server.url}/v1/models"),
+        "unknown route": httpx.get(f"{server.url}/v1/nothing-here"),
+    }
+    for name, r in answers.items():
+        assert r.headers["content-type"].startswith("application/json"), name
+        assert r.content.endswith(b"}\n") and not r.content.endswith(b"\n\n"), (name, r.content[-40:])
+        json.loads(r.content)  # still one JSON document
+
+
 def test_json_log_lines_on_stderr(store, keys) -> None:
     """`python -m app` as ops run it: JSON lines on stderr, bound to 127.0.0.1 by default."""
     env = {**os.environ, "APP_STORE": str(store.root), "APP_PUBLIC_KEY": str(keys[1]), "APP_PORT": "0"}

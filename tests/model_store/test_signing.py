@@ -78,6 +78,15 @@ def test_verifying_with_the_wrong_public_key_is_refused(bundles, other_keys) -> 
         load_bundle(bundles["v1"], other_keys[1])
 
 
+def test_the_wrong_key_message_names_the_key_by_its_full_path(bundles, other_keys, monkeypatch) -> None:
+    # Every deployment has a public.pem; given as a relative path, the message still says which one.
+    monkeypatch.chdir(other_keys[1].parent.parent)
+    relative = Path(other_keys[1].parent.name) / "public.pem"
+    with pytest.raises(SignatureInvalid) as refused:
+        load_bundle(bundles["v1"], relative)
+    assert f"different key than {other_keys[1]}" in str(refused.value)
+
+
 def test_altered_signature_is_refused(bundle_copy, keys) -> None:
     path = bundle_copy()
     sig = json.loads((path / "model.sig").read_text())

@@ -115,6 +115,9 @@ def test_smoke_workflow_through_the_cli(tmp_path: Path) -> None:
         "train", "--config", str(SMOKE), "--data", str(data), "--run-dir", str(run_dir), "--set", "loader.workers=0"
     )
     assert "epoch 2/2" in trained.stderr and "threshold" in trained.stderr  # progress is visible
+    # stderr is a pipe here, as in a log file: one plain line per epoch, no bar frames
+    assert "\r" not in trained.stderr
+    assert [line.split()[1] for line in trained.stderr.splitlines() if line.startswith("epoch ")] == ["1/2", "2/2"]
     cli("keygen", "--out", str(keys), module="model_store")
     exported = cli(
         "export",

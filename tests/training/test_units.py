@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from training import metrics as M
 from training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from training.config import ConfigError, load_config
 from training.data import DataError, SplitManifest, check_matches, check_no_leakage, make_split
+from training.progress import log_stderr, progress
 from training.synth import PHOTO_SIZE, generate
 
 LABELS = ("intact", "damaged")
@@ -194,3 +197,21 @@ def test_checkpoint_with_arbitrary_objects_is_not_unpickled(tmp_path: Path) -> N
     with pytest.raises(pickle.UnpicklingError):
         load_checkpoint(tmp_path / "evil.pt")
     assert not (tmp_path / "executed").exists()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stderr_is_a_terminal", [False, True])
+def test_progress_draws_a_bar_only_on_a_terminal(monkeypatch, stderr_is_a_terminal: bool) -> None:
+    # A log file or pipe (CI, `make demo | tee`) must not fill with carriage-return bar frames.
+    err = _Terminal() if stderr_is_a_terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    assert list(progress(range(50), desc="epoch 1")) == list(range(50))
+    log_stderr("epoch 1/2  train_loss 0.5")
+    if stderr_is_a_terminal:
+        assert "\r" in err.getvalue() and "epoch 1" in err.getvalue()
+    else:
+        assert err.getvalue() == "epoch 1/2  train_loss 0.5\n"
