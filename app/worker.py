@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from app.protocol import Header, recv_frame, send_frame
+from model_store import monitoring as mon
 from model_store.bundle import Bundle, parse_weights
 from model_store.errors import ImageError, ModelStoreError
 from model_store.manifest import parse_manifest
@@ -89,10 +90,12 @@ def _predict(predictor: Predictor, images: list[bytes], with_stats: bool = True)
     started = time.perf_counter()
     tensors, rows, errors = [], [], []
     stats: list[list[float] | None] = [None] * len(images)
+    reference = predictor.manifest.monitoring
+    stride = reference.stats_stride if reference is not None else mon.STATS_STRIDE
     for i, data in enumerate(images):
         try:
             if with_stats:
-                tensor, image_stats = predictor.preprocessor.prepare(data)
+                tensor, image_stats = predictor.preprocessor.prepare(data, stride)
                 stats[i] = image_stats.as_list()
             else:
                 tensor = predictor.preprocessor(data)

@@ -210,6 +210,8 @@ class MonitoringSpec(_Strict):
     images: int = Field(ge=1)
     decision_rate: Probability  # expected share of positive decisions at the deployment rate
     features: dict[str, FeatureHistogram]
+    # The pixel step of the image features; bundles exported before it existed used every pixel.
+    stats_stride: int = Field(1, ge=1, le=8)
 
 
 class Lineage(_Strict):

@@ -239,10 +239,11 @@ class Preprocessor:
         """Decoded RGB image → model input. Deterministic; no randomness here, ever."""
         return self.normalize(self.crop(img))
 
-    def prepare(self, data: bytes) -> tuple[torch.Tensor, ImageStats]:
-        """Bytes → (model input, the drift features of what the model sees): the service's path."""
+    def prepare(self, data: bytes, stats_stride: int = 1) -> tuple[torch.Tensor, ImageStats]:
+        """Bytes → (model input, the drift features of what the model sees): the service's path.
+        `stats_stride`: the bundle's `monitoring.stats_stride`."""
         crop = self.crop(self.decode(data))
-        return self.normalize(crop), image_stats(crop)
+        return self.normalize(crop), image_stats(crop, stats_stride)
 
     def __call__(self, data: bytes) -> torch.Tensor:
         return self.transform(self.decode(data))

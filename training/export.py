@@ -100,7 +100,7 @@ def monitoring_reference(
     for r in evaluation["predictions"]["val"]:
         data = (data_dir / r["path"]).read_bytes()
         info = pre.inspect(data)
-        _, stats = pre.prepare(data)
+        _, stats = pre.prepare(data, mon.STATS_STRIDE)
         rows.append(mon.features(stats, info.width, info.height, r["probability"]))
         labels.append(int(r["label"] == config.decision.positive_label))
     return mon.reference(rows, labels, manifest.decision)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model_store import monitoring as mon
-from model_store.manifest import DecisionSpec
+from model_store.manifest import DecisionSpec, MonitoringSpec
 
 
 def test_psi_is_small_for_the_same_distribution_and_large_for_a_shifted_one() -> None:
@@ -43,3 +43,21 @@ def test_crop_features_follow_light_contrast_and_blur() -> None:
     assert dark.brightness == pytest.approx(base.brightness * 0.5, rel=0.02)
     assert dark.contrast < base.contrast and flat.contrast == 0
     assert flat.sharpness < 1e-3 < base.sharpness
+
+
+def test_features_use_the_pixel_step_the_bundle_recorded() -> None:
+    """New references use every 2nd pixel (a quarter of the work per served image); a bundle
+    exported before the step was recorded is compared at every pixel, as its reference was."""
+    x = torch.arange(64, dtype=torch.float32)
+    wave = 128 + 100 * torch.sin(2 * torch.pi * x / 16)  # a soft edge every 8 pixels, as a parcel's
+    crop = wave.expand(3, 64, 64).round().to(torch.uint8)
+    full, strided = mon.image_stats(crop, 1), mon.image_stats(crop, mon.STATS_STRIDE)
+    assert strided == mon.image_stats(crop[:, ::2, ::2].contiguous())
+    assert strided.sharpness > 3 * full.sharpness  # another scale: not comparable with each other
+    old = MonitoringSpec.model_validate({"images": 1, "decision_rate": 0.1, "features": {}})
+    assert old.stats_stride == 1
+    rows = [{f: float(i) for f in mon.FEATURES} for i in range(40)]
+    new = mon.reference(
+        rows, [i % 2 for i in range(40)], DecisionSpec(threshold=0.5, method="fixed", cost_false_alarm=1, cost_miss=5)
+    )
+    assert new.stats_stride == mon.STATS_STRIDE == 2

@@ -141,7 +141,7 @@ def make_monitored_bundle(out: Path, private_key: Path, version: str, reference:
     rows = []
     for data in reference:
         info = predictor.preprocessor.inspect(data)
-        _, stats = predictor.preprocessor.prepare(data)
+        _, stats = predictor.preprocessor.prepare(data, mon.STATS_STRIDE)
         rows.append(mon.features(stats, info.width, info.height, predictor.predict([data])[0].probability))
     labels = [i % 2 for i in range(len(reference))]  # the drift features do not depend on them
     manifest = draft.manifest.model_copy(update={"monitoring": mon.reference(rows, labels, draft.manifest.decision)})
