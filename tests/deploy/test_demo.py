@@ -60,5 +60,10 @@ def test_a_free_port_passes_the_check(tmp_path: Path) -> None:
 
 
 def test_make_demo_checks_the_port_before_it_installs() -> None:
-    dry = subprocess.run(["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    # Under `make test` the variables of the outer make would make this one a sub-make, which
+    # prints "Entering directory" lines: run it as a user's own `make` would be.
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"}}
+    dry = subprocess.run(
+        ["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True, env=env
+    )
     assert dry.stdout.splitlines()[0] == "bash scripts/demo.sh --check-port", dry.stdout
