@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from app.pipeline import WorkerFailed
 from model_store import errors as E
 from model_store.errors import describe_validation_errors
 
@@ -36,6 +37,7 @@ class APIError(Exception):
 
 # Model-store refusals as HTTP: the image ones are the client's fault, bundle ones the upload's.
 _STATUS: list[tuple[type[E.ModelStoreError], int]] = [
+    (WorkerFailed, 503),  # a worker died or was replaced: retry shortly, another will answer
     (E.ImageTooLarge, 413),
     (E.ImageError, 422),
     (E.VersionNotFound, 404),

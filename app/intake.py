@@ -4,22 +4,32 @@ Multipart bodies are parsed as they stream in (python-multipart's push parser): 
 refused the moment it passes the per-image limit, the request the moment it passes the
 body limit or has one image too many, so a 1 GB upload costs at most one image's worth of
 memory before the 413. Nothing is spooled to disk.
+
+Bodies of all requests together are bounded too (`ByteBudget`): each chunk is counted as it
+arrives and stays counted until its request is answered, so many slow uploads at once are
+refused with 503 instead of growing the front without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from app.errors import APIError
+from model_store.errors import describe_validation_errors
 
 if TYPE_CHECKING:  # declared by python-multipart for type checkers only
     from python_multipart.multipart import MultipartCallbacks
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ClientGone(Exception):
@@ -30,6 +40,42 @@ BODY_TIMEOUT_S = 60.0  # a whole request body, however slowly it trickles in (AP
 HEADER_TIMEOUT_S = 10.0  # connect (or previous answer) to the end of the headers (APP_HEADER_TIMEOUT_S; app.server)
 
 
+@dataclass
+class ByteBudget:
+    """Bytes of request bodies held in memory by all requests together."""
+
+    limit: int
+    retry_after_s: int = 1
+    held: int = 0
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[BodyHold]:
+        """A request's share: what it takes is given back when the block ends."""
+        hold = BodyHold(self)
+        try:
+            yield hold
+        finally:
+            self.held -= hold.taken
+
+
+@dataclass
+class BodyHold:
+    budget: ByteBudget
+    taken: int = 0
+
+    def take(self, n: int) -> None:
+        b = self.budget
+        if b.held + n > b.limit:
+            raise APIError(
+                503,
+                "overloaded",
+                f"request bodies in flight would pass {b.limit} bytes (all requests together); retry shortly",
+                {"Retry-After": str(b.retry_after_s)},
+            )
+        b.held += n
+        self.taken += n
+
+
 @dataclass(frozen=True)
 class BodyLimits:
     max_image_bytes: int
@@ -38,7 +84,9 @@ class BodyLimits:
     timeout_s: float = BODY_TIMEOUT_S
 
 
-async def _chunks(request: Request, limit: int, what: str, timeout_s: float) -> AsyncIterator[bytes]:
+async def _chunks(
+    request: Request, limit: int, what: str, timeout_s: float, hold: BodyHold | None = None
+) -> AsyncIterator[bytes]:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise APIError(413, "payload_too_large", f"{what} is {declared} bytes; the limit is {limit} bytes")
@@ -58,6 +106,8 @@ async def _chunks(request: Request, limit: int, what: str, timeout_s: float) -> 
             size += len(chunk)
             if size > limit:
                 raise APIError(413, "payload_too_large", f"{what} exceeds the limit of {limit} bytes")
+            if hold is not None:
+                hold.take(len(chunk))
             yield chunk
     except ClientDisconnect:
         raise ClientGone() from None
@@ -65,20 +115,45 @@ async def _chunks(request: Request, limit: int, what: str, timeout_s: float) -> 
         await stream.aclose()
 
 
-async def read_body(request: Request, limit: int, what: str, timeout_s: float = BODY_TIMEOUT_S) -> bytes:
+async def read_body(
+    request: Request, limit: int, what: str, timeout_s: float = BODY_TIMEOUT_S, hold: BodyHold | None = None
+) -> bytes:
     """The whole body, refusing more than `limit` bytes (declared or streamed) or a slow one."""
-    return b"".join([chunk async for chunk in _chunks(request, limit, what, timeout_s)])
+    return b"".join([chunk async for chunk in _chunks(request, limit, what, timeout_s, hold)])
+
+
+JSON_BODY_BYTES = 64 * 1024  # management and feedback bodies: a reason, a version, a few labels
+
+
+async def read_json(request: Request, model: type[M], *, optional: bool = False) -> M | None:
+    """A small JSON body validated by `model`: read (bounded, with the body deadline) only
+    when the route has already checked the caller's token, so an unauthenticated body is
+    never read, let alone parsed. `optional`: an empty body gives None."""
+    timeout_s = request.app.state.service.settings.body_timeout_s
+    raw = await read_body(request, JSON_BODY_BYTES, "JSON body", timeout_s)
+    if not raw.strip() and optional:
+        return None
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise APIError(422, "invalid_request", describe_validation_errors(exc.errors())) from None
+
+
+def json_body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
+    """The OpenAPI `requestBody` of a route that reads its JSON body with `read_json`."""
+    return {"required": required, "content": {"application/json": {"schema": model.model_json_schema()}}}
 
 
 def content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_images(request: Request, limits: BodyLimits) -> list[tuple[str, bytes]]:
-    """(name, bytes) per image: a raw `image/*` body, or multipart `files` fields."""
+async def read_images(request: Request, limits: BodyLimits, hold: BodyHold | None = None) -> list[tuple[str, bytes]]:
+    """(name, bytes) per image: a raw `image/*` body, or multipart `files` fields. Chunks are
+    counted in `hold` as they arrive."""
     ctype = content_type(request)
     if ctype.startswith("image/"):
-        return [("image", await read_body(request, limits.max_image_bytes, "image", limits.timeout_s))]
+        return [("image", await read_body(request, limits.max_image_bytes, "image", limits.timeout_s, hold))]
     if ctype != "multipart/form-data":
         raise APIError(
             415,
@@ -93,7 +168,7 @@ async def read_images(request: Request, limits: BodyLimits) -> list[tuple[str, b
     parts = _Parts(limits)
     parser = MultipartParser(boundary, parts.callbacks())
     try:
-        async for chunk in _chunks(request, limits.max_request_bytes, "multipart body", limits.timeout_s):
+        async for chunk in _chunks(request, limits.max_request_bytes, "multipart body", limits.timeout_s, hold):
             parser.write(chunk)
         parser.finalize()
     except APIError:

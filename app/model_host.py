@@ -29,6 +29,9 @@ from model_store.preprocessing import ImageInfo
 from model_store.store.base import AuditEntry, Shadow, Store
 
 log = logging.getLogger("app.model")
+# Anonymous /v1/parity reuses a result this young: parity frames go to the workers ahead of
+# station images, so callers must not be able to queue them at will.
+PARITY_CACHE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,9 @@ class ModelHost:
         self._refused: dict[str, ModelStoreError] = {}  # so following does not retry a bad bundle forever
         self.shadow: ShadowRun | None = None
         self._stamp: str | None = None  # the store's pointer stamp when it was last read
+        self._parity: dict[str, tuple[float, ParityReport]] = {}  # version -> (monotonic time, report)
+        self._parity_runs: dict[str, asyncio.Future[ParityReport]] = {}
+        self.parity_runs = 0  # runs of the served version's parity for /v1/parity (cache misses)
 
     @property
     def refused(self) -> dict[str, str]:
@@ -149,6 +155,26 @@ class ModelHost:
 
     def unpin(self, loaded: Loaded) -> None:
         self.pipeline.release(loaded.version)
+
+    async def served_parity(self, loaded: Loaded) -> tuple[ParityReport, float]:
+        """Parity of the served (pinned) version through the workers now, and its age in
+        seconds: one run at a time per version, its result reused for `PARITY_CACHE_S`."""
+        version = loaded.version
+        cached = self._parity.get(version)
+        if cached is not None and time.monotonic() - cached[0] < PARITY_CACHE_S:
+            return cached[1], time.monotonic() - cached[0]
+        run = self._parity_runs.get(version)
+        if run is None:
+            self.parity_runs += 1
+            run = self._parity_runs[version] = asyncio.ensure_future(self.pipeline.parity(version))
+
+            def done(f: asyncio.Future[ParityReport]) -> None:
+                self._parity_runs.pop(version, None)
+                if not f.cancelled() and f.exception() is None:
+                    self._parity = {version: (time.monotonic(), f.result())}  # only the newest version
+
+            run.add_done_callback(done)
+        return await asyncio.shield(run), 0.0  # a caller that leaves does not cancel the others' run
 
     # --- loading and proving -----------------------------------------------------------
 

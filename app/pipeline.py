@@ -18,6 +18,13 @@ loaded model version.
   image is waiting, and are dropped first under load.
 - **Crash recovery.** A worker that dies fails only its in-flight batch, is started
   again, and gets every loaded version back before it takes work.
+- **A deadline per frame.** A batch (or a parity run) not answered within `batch_timeout_s`,
+  a load within `LOAD_TIMEOUT_S`, means a stuck worker (a pathological image, a stopped
+  process): it is killed, its frame answered with `WorkerFailed` (503), and it is started
+  again. Idle workers are pinged every `PING_INTERVAL_S` under the same deadline, so a
+  stopped one is found before a request is given to it.
+- **Header checks off the event loop.** `inspect` runs Pillow's header parsing (bounded by
+  `model_store.structure`) in a small thread pool, so the front keeps answering meanwhile.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
@@ -47,6 +55,10 @@ from model_store.preprocessing import DecodeLimits, ImageInfo, inspect
 log = logging.getLogger("app.pipeline")
 SOCKET_BUFFER = 4 * 1024 * 1024  # bytes; the kernel caps it at net.core.wmem_max / rmem_max
 SHADOW_QUEUE = 32  # shadow images waiting at most; beyond, a sampled request is not shadowed
+BATCH_TIMEOUT_S = 30.0  # a batch of 16 of the largest accepted images decodes in well under this
+LOAD_TIMEOUT_S = 300.0  # building and warming up a model
+PING_INTERVAL_S = 5.0  # an idle worker is asked to answer at least this often
+INSPECT_THREADS = 2  # header checks of images being admitted (bounded work each)
 
 
 class Overloaded(Exception):
@@ -90,7 +102,7 @@ class _Item:
     request: _Request
     index: int
     data: bytes
-    pixels: int
+    pixels: int  # decode work, as admission counts it (`ImageInfo.decode_work`)
 
 
 @dataclass
@@ -120,7 +132,9 @@ class _Worker:
     writer: asyncio.StreamWriter | None = None
     listener: asyncio.Task[None] | None = None  # reads this worker's replies, one per frame sent
     waiting: asyncio.Future[tuple[protocol.Header, list[bytes]]] | None = None
+    deadline: asyncio.TimerHandle | None = None  # the watchdog of the frame in flight
     sent_at: float = 0.0
+    replied_at: float = 0.0
     busy: bool = False
     alive: bool = False
     control: deque[_Control] = field(default_factory=deque)
@@ -161,6 +175,7 @@ class Pipeline:
         limits: DecodeLimits | None = None,
         on_batch: BatchObserver | None = None,
         image_stats: bool = True,
+        batch_timeout_s: float = BATCH_TIMEOUT_S,
     ) -> None:
         self.device = device
         self.threads = threads_per_worker
@@ -169,6 +184,13 @@ class Pipeline:
         self.max_pending_pixels = max_pending_pixels
         self.limits = limits or DecodeLimits()
         self.image_stats = image_stats  # drift features per image (off when monitoring is off)
+        self.batch_timeout_s = batch_timeout_s
+        self.stuck_workers = 0  # workers killed by the per-frame deadline
+        self._inspector = ThreadPoolExecutor(INSPECT_THREADS, thread_name_prefix="inspect")
+        # Starting and joining worker processes: never asyncio's default pool, which slow store
+        # calls may fill (a dead worker must be replaced whatever the store is doing).
+        self._processes = ThreadPoolExecutor(2, thread_name_prefix="worker-processes")
+        self._pinger: asyncio.Task[None] | None = None
         self._on_batch = on_batch or (lambda n, d, f: None)
         self._workers = [_Worker(i) for i in range(workers)]
         self._models: dict[str, _Model] = {}
@@ -186,6 +208,21 @@ class Pipeline:
 
     async def start(self) -> None:
         await asyncio.gather(*(self._spawn(w) for w in self._workers))
+        self._pinger = asyncio.get_running_loop().create_task(self._ping_idle(), name="ping-workers")
+
+    async def _ping_idle(self) -> None:
+        """Ask idle workers to answer (under the frame deadline), so a stopped one is replaced."""
+        while not self._closing:
+            await asyncio.sleep(1.0)
+            now = time.perf_counter()
+            for w in self._workers:
+                if w.alive and not w.busy and not w.control and now - w.replied_at > PING_INTERVAL_S:
+                    self._send_control(w, {"op": "ping"})
+
+    def responsive_workers(self) -> int:
+        """Workers alive and not past the deadline of what they are doing (readiness)."""
+        now = time.perf_counter()
+        return sum(w.alive and not (w.busy and now - w.sent_at > self.batch_timeout_s) for w in self._workers)
 
     async def _spawn(self, w: _Worker) -> None:
         front, back = socket.socketpair()
@@ -200,10 +237,11 @@ class Pipeline:
             name=f"inference-worker-{w.index}",
             daemon=True,
         )
-        await asyncio.to_thread(proc.start)
+        await asyncio.get_running_loop().run_in_executor(self._processes, proc.start)
         back.close()
         w.reader, w.writer = await asyncio.open_unix_connection(sock=front)
         w.process, w.alive, w.busy, w.started_at = proc, True, False, time.monotonic()
+        w.replied_at = time.perf_counter()
         w.listener = asyncio.get_running_loop().create_task(self._listen(w), name=f"worker-{w.index}-replies")
         # A new worker holds nothing yet: give it every version before it takes images.
         for model in list(self._models.values()):
@@ -220,6 +258,9 @@ class Pipeline:
 
     async def close(self) -> None:
         self._closing = True
+        if self._pinger is not None:
+            self._pinger.cancel()
+        self._inspector.shutdown(wait=False, cancel_futures=True)
         for items in (self._pending, self._shadow):
             for item in items:
                 self._fail(item.request, Overloaded("the service is shutting down"))
@@ -234,12 +275,13 @@ class Pipeline:
             if w.writer is not None:
                 w.writer.close()
             if w.process is not None:
-                await asyncio.to_thread(w.process.join, 5)
+                await asyncio.get_running_loop().run_in_executor(self._processes, w.process.join, 5)
                 if w.process.is_alive():
                     w.process.kill()
         for w in self._workers:
             if w.listener is not None:
                 w.listener.cancel()
+        self._processes.shutdown(wait=False)
 
     def worker_pids(self) -> list[int | None]:
         return [w.process.pid if w.process is not None and w.alive else None for w in self._workers]
@@ -331,9 +373,22 @@ class Pipeline:
                 f"(bounds {self.queue_bound} images, {self.max_pending_pixels / 1e6:.0f} megapixels)"
             )
 
-    def inspect(self, version: str, data: bytes) -> ImageInfo:
-        """Header checks with the version's own preprocessing (bounded work), before queueing."""
-        return inspect(data, self.limits, resize=self._models[version].manifest.preprocessing.resize)
+    async def inspect(self, version: str, images: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes, ImageInfo]]:
+        """Header checks of a request's images with the version's own preprocessing, before
+        queueing: bounded work per image (`model_store.structure`), in the inspect threads,
+        never on the event loop. The first refusal names its image."""
+        resize = self._models[version].manifest.preprocessing.resize
+
+        def check() -> list[tuple[str, bytes, ImageInfo]]:
+            checked = []
+            for name, data in images:
+                try:
+                    checked.append((name, data, inspect(data, self.limits, resize=resize)))
+                except ImageError as exc:
+                    raise type(exc)(f"{name}: {exc}") from None
+            return checked
+
+        return await asyncio.get_running_loop().run_in_executor(self._inspector, check)
 
     async def predict(
         self, version: str, images: Sequence[tuple[str, bytes, ImageInfo]], *, shadow: bool = False
@@ -345,7 +400,7 @@ class Pipeline:
         """
         if not images:
             return []
-        pixels = sum(info.pixels for _, _, info in images)
+        pixels = sum(info.decode_work for _, _, info in images)
         n = len(images)
         if shadow and len(self._shadow) + n > SHADOW_QUEUE:
             raise Overloaded(f"{len(self._shadow)} shadow images already waiting")
@@ -367,7 +422,7 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         request = _Request(version, [None] * n, loop.create_future(), n, shadow)
         queue = self._shadow if shadow else self._pending
-        queue.extend(_Item(request, i, data, info.pixels) for i, (_, data, info) in enumerate(images))
+        queue.extend(_Item(request, i, data, info.decode_work) for i, (_, data, info) in enumerate(images))
         self._dispatch()
         try:
             probs = await request.future
@@ -470,11 +525,30 @@ class Pipeline:
         let the worker's listener hand its reply to `future`."""
         assert w.writer is not None
         w.busy, w.waiting, w.sent_at = True, future, time.perf_counter()
+        timeout = LOAD_TIMEOUT_S if header.get("op") == "load" else self.batch_timeout_s
+        w.deadline = asyncio.get_running_loop().call_later(timeout, self._overdue, w, future, timeout)
         try:
             w.writer.writelines(protocol.encode(header, blobs))
         except (OSError, RuntimeError) as exc:  # the transport is already closing: the listener restarts it
             w.waiting = None
             future.set_exception(WorkerFailed(f"inference worker {w.index} is gone ({exc!r})"))
+
+    def _overdue(self, w: _Worker, future: asyncio.Future[Any], timeout: float) -> None:
+        """The frame's deadline passed: the worker is stuck. Answer the frame, kill the worker
+        (SIGKILL ends a stopped process too); its listener sees EOF and starts a new one."""
+        w.deadline = None
+        if w.waiting is not future or w.process is None:
+            return
+        w.waiting = None
+        self.stuck_workers += 1
+        log.error(
+            "inference worker %d (pid %s) did not answer within %gs; replacing it", w.index, w.process.pid, timeout
+        )
+        if not future.done():
+            future.set_exception(
+                WorkerFailed(f"an inference worker did not finish within {timeout:g} s and was replaced")
+            )
+        w.process.kill()
 
     async def _listen(self, w: _Worker) -> None:
         """Replies of one worker, in order; on EOF its in-flight frame fails and it is restarted."""
@@ -483,13 +557,20 @@ class Pipeline:
             while True:
                 reply = await protocol.read_frame(w.reader)
                 future, w.waiting = w.waiting, None
-                w.busy_seconds += time.perf_counter() - w.sent_at
+                if w.deadline is not None:
+                    w.deadline.cancel()
+                    w.deadline = None
+                w.replied_at = time.perf_counter()
+                w.busy_seconds += w.replied_at - w.sent_at
                 w.busy = False
                 if future is not None and not future.done():
                     future.set_result(reply)
                 self._dispatch()
         except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
             future, w.waiting = w.waiting, None
+            if w.deadline is not None:
+                w.deadline.cancel()
+                w.deadline = None
             if future is not None and not future.done():
                 future.set_exception(WorkerFailed(f"inference worker {w.index} exited unexpectedly ({exc!r})"))
             await self._restart(w)
@@ -503,7 +584,7 @@ class Pipeline:
         if w.writer is not None:
             w.writer.close()
         if w.process is not None:
-            await asyncio.to_thread(w.process.join, 1)
+            await asyncio.get_running_loop().run_in_executor(self._processes, w.process.join, 1)
         if self._closing:
             return
         w.restarts += 1

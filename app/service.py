@@ -9,7 +9,7 @@ from fastapi import Response
 
 from app.capture import Capturer
 from app.errors import error_response
-from app.intake import BodyLimits
+from app.intake import BodyLimits, ByteBudget
 from app.model_host import Loaded, ModelHost, NotReady
 from app.monitor import Monitor
 from app.observability import Metrics
@@ -28,6 +28,7 @@ class Service:
     metrics: Metrics
     monitor: Monitor
     capture: Capturer | None  # None: capture is off
+    bodies: ByteBudget  # predict bodies in memory, all requests together
 
     @property
     def body_limits(self) -> BodyLimits:
@@ -48,6 +49,7 @@ def build_service(settings: Settings, metrics: Metrics) -> Service:
         limits=DecodeLimits(settings.max_image_bytes, settings.max_pixels),
         on_batch=telemetry.batch,
         image_stats=settings.monitor_window > 0,
+        batch_timeout_s=settings.batch_timeout_s,
     )
     monitor = Monitor(settings.monitor_window, settings.max_stations)
 
@@ -70,7 +72,8 @@ def build_service(settings: Settings, metrics: Metrics) -> Service:
             settings.capture_max_megabytes * 1_000_000,
             settings.capture_max_age_days * 86400,
         )
-    return Service(settings, host, metrics, monitor, capture)
+    bodies = ByteBudget(settings.max_body_bytes_in_flight, settings.retry_after_s)
+    return Service(settings, host, metrics, monitor, capture, bodies)
 
 
 def not_ready(exc: NotReady) -> Response:

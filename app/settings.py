@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.intake import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
+from app.pipeline import BATCH_TIMEOUT_S
 from model_store.errors import describe_validation_errors
 
 
@@ -45,6 +46,14 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1024, description="per image, and per image after its resize")
     max_images_per_request: int = Field(64, ge=1)
     max_request_bytes: int = Field(128 * 1024 * 1024, ge=1024, description="a predict request's whole body")
+    max_body_bytes_in_flight: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="predict bodies being received or waiting for their answer, all requests together; beyond: 503",
+    )
+    batch_timeout_s: float = Field(
+        BATCH_TIMEOUT_S, gt=0, le=3600, description="a worker not done with a batch by then is replaced (503)"
+    )
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="bundle .tar upload limit")
     max_bundle_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="an uploaded bundle, once extracted")
     monitor_window: int = Field(500, ge=0, le=100_000, description="images per station in the drift window; 0 = off")
@@ -123,6 +132,11 @@ class Settings(BaseSettings):
             raise ValueError("APP_QUEUE_BOUND must be at least APP_MAX_IMAGES_PER_REQUEST, or big requests always fail")
         if self.max_request_bytes < self.max_image_bytes:
             raise ValueError("APP_MAX_REQUEST_BYTES must be at least APP_MAX_IMAGE_BYTES, or no image fits a request")
+        if self.max_body_bytes_in_flight < self.max_request_bytes:
+            raise ValueError(
+                "APP_MAX_BODY_BYTES_IN_FLIGHT must be at least APP_MAX_REQUEST_BYTES, "
+                "or the largest request always fails"
+            )
         return self
 
 

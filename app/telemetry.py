@@ -49,6 +49,13 @@ def live_metrics(metrics: Metrics, host: ModelHost, monitor: Monitor, capture: C
     yield counter(
         "worker_restarts", "Inference workers started again after dying", [], {(): pipeline.worker_restarts()}
     )
+    yield counter(
+        "worker_deadline_kills",
+        "Inference workers replaced after missing a frame deadline",
+        [],
+        {(): pipeline.stuck_workers},
+    )
+    yield counter("parity_runs", "Runs of the served version's parity for GET /v1/parity", [], {(): host.parity_runs})
     metrics.follow_healthy.set(1 if host.follow_status.healthy else 0)
     run = host.shadow
     if run is not None:
@@ -68,7 +75,7 @@ def live_metrics(metrics: Metrics, host: ModelHost, monitor: Monitor, capture: C
             yield gauge(
                 "shadow_mean_abs_probability_diff", "Mean |shadow - served|", s.abs_diff_sum / s.images, version
             )
-    drift = list(monitor.gauges(host.current))
+    drift = monitor.gauges(host.current)  # computed off the loop by the scrape route (Monitor.refresh_gauges)
     if drift:
         family = GaugeMetricFamily(
             "drift_psi", "PSI of live inputs vs the bundle's reference", labels=["station", "feature"]

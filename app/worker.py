@@ -42,7 +42,6 @@ def serve(sock: socket.socket, threads: int, device: str, limits: DecodeLimits, 
         except (EOFError, ConnectionError):
             return  # the front exited (or was killed): nothing left to serve
         op = header.get("op")
-        out: list[bytes] = []
         try:
             if op == "predict":
                 reply = _predict(models[header["version"]], blobs, header.get("stats", True))
@@ -50,6 +49,8 @@ def serve(sock: socket.socket, threads: int, device: str, limits: DecodeLimits, 
                 started = time.perf_counter()
                 models[header["version"]] = _load(header, blobs, device, limits, max_batch)
                 reply = {"ok": True, "seconds": time.perf_counter() - started}
+            elif op == "ping":  # the front checks that an idle worker still answers
+                reply = {"ok": True}
             elif op == "unload":
                 models.pop(header["version"], None)
                 reply = {"ok": True}
@@ -62,7 +63,7 @@ def serve(sock: socket.socket, threads: int, device: str, limits: DecodeLimits, 
             reply = {"ok": False, "code": exc.code, "message": str(exc)}
         except Exception as exc:  # a model or device error fails this frame, not the worker
             reply = {"ok": False, "code": "worker_error", "message": f"{type(exc).__name__}: {exc}"}
-        send_frame(sock, {**reply, "pid": os.getpid()}, out)
+        send_frame(sock, {**reply, "pid": os.getpid()})
 
 
 def _load(header: Header, blobs: list[bytes], device: str, limits: DecodeLimits, max_batch: int) -> Predictor:

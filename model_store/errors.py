@@ -95,6 +95,13 @@ class NotAnImage(ImageError):
     code = "not_an_image"
 
 
+class ImageTooComplex(ImageError):
+    """The file's structure (markers, chunks, scans) would cost far more to parse or decode
+    than any camera photo does: refused before a decoder walks it."""
+
+    code = "image_too_complex"
+
+
 class TruncatedImage(ImageError):
     code = "truncated_image"
 

@@ -38,8 +38,13 @@ from model_store.errors import (
 )
 from model_store.manifest import PreprocessingSpec
 from model_store.monitoring import ImageStats, image_stats
+from model_store.structure import check_structure
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
+# Pillow opens a JPEG that carries an MP index (phones write them: a second, smaller image
+# after the first) as "MPO". Its first image is an ordinary JPEG and is decoded as one, DCT
+# scaling included, so the same pixels give the same probability.
+_JPEG_FORMATS = ("JPEG", "MPO")
 
 # Magic numbers of formats a station might send by mistake: named in the error so the
 # operator knows what to change, but never handed to a decoder.
@@ -82,18 +87,28 @@ class ImageInfo:
     format: str
     width: int
     height: int
+    scans: int = 1  # a progressive JPEG's scans; each is a pass over every coefficient
 
     @property
     def pixels(self) -> int:
         return self.width * self.height
 
+    @property
+    def decode_work(self) -> int:
+        """Pixels, weighted for the extra passes of a many-scan progressive JPEG (what
+        admission counts): libjpeg's own progressive mode (10 scans) counts as 1x, the
+        most scans accepted (64) as 5x."""
+        return self.pixels * (1 + self.scans // 16)
 
-def _open(data: bytes, limits: DecodeLimits, resize: int | None) -> Image.Image:
-    """Open lazily (header only) and apply every limit that the header can decide."""
+
+def _open(data: bytes, limits: DecodeLimits, resize: int | None) -> tuple[Image.Image, int]:
+    """Open lazily (header only) and apply every limit that the header can decide; returns
+    the image and its scan count."""
     if len(data) > limits.max_bytes:
         raise ImageTooLarge(f"image is {len(data)} bytes; the limit is {limits.max_bytes} bytes")
     if not data:
         raise NotAnImage("image is empty (0 bytes)")
+    structure = check_structure(data)  # bounded: before Pillow walks markers and chunks in Python
     try:
         img: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
@@ -122,7 +137,7 @@ def _open(data: bytes, limits: DecodeLimits, resize: int | None) -> Image.Image:
                 f"image is {width}x{height}: resizing its shorter side to {resize} would make {resized} pixels; "
                 f"the limit is {limits.max_pixels} (aspect ratio at most {limits.max_pixels // resize**2}:1)"
             )
-    return img
+    return img, structure.scans
 
 
 def inspect(data: bytes, limits: DecodeLimits | None = None, *, resize: int | None = None) -> ImageInfo:
@@ -131,8 +146,9 @@ def inspect(data: bytes, limits: DecodeLimits | None = None, *, resize: int | No
     The service calls this before queueing an image, so bad input is refused at once and
     admission control can count the decode work an image will cost.
     """
-    img = _open(data, limits or DecodeLimits(), resize)
-    return ImageInfo(img.format or "?", img.width, img.height)
+    img, scans = _open(data, limits or DecodeLimits(), resize)
+    fmt = "JPEG" if img.format in _JPEG_FORMATS else img.format or "?"
+    return ImageInfo(fmt, img.width, img.height, scans)
 
 
 def decode(
@@ -157,8 +173,8 @@ def decode(
         ImageTooLarge, TooManyPixels, AspectRatioTooLarge, UnsupportedImageFormat,
         UnsupportedImageMode, NotAnImage, TruncatedImage.
     """
-    img = _open(data, limits or DecodeLimits(), resize)
-    if jpeg_dct_scaling and resize is not None and img.format == "JPEG":
+    img, _ = _open(data, limits or DecodeLimits(), resize)
+    if jpeg_dct_scaling and resize is not None and img.format in _JPEG_FORMATS:
         # PIL picks the largest scale s in (8, 4, 2, 1) with width // resize >= s and
         # height // resize >= s, so the shorter side stays >= resize.
         img.draft("RGB", (resize, resize))

@@ -28,6 +28,10 @@ async def readyz(service: ServiceDep) -> Response:
     loaded = host.current
     if loaded is None:
         return JSONLines({"ready": False, "reason": host.reason, "following": following}, status_code=503)
+    responsive = host.pipeline.responsive_workers()
+    if responsive == 0:  # every worker dead, restarting, or stuck past its deadline: nothing can answer
+        reason = f"no inference worker is answering ({host.pipeline.workers} restarting or stuck)"
+        return JSONLines({"ready": False, "reason": reason, "following": following}, status_code=503)
     return JSONLines(
         {
             "ready": True,
@@ -35,6 +39,7 @@ async def readyz(service: ServiceDep) -> Response:
             "manifest_sha256": loaded.manifest_sha256,
             "parity_max_abs_diff": loaded.parity.max_abs_diff,
             "workers": host.pipeline.workers,
+            "workers_answering": responsive,
             "refused": host.refused,
             "following": following,
         }
@@ -49,4 +54,5 @@ async def readyz(service: ServiceDep) -> Response:
     },
 )
 async def metrics(service: ServiceDep) -> Response:
+    await service.monitor.refresh_gauges(service.host.current)  # PSI: in a thread, at most every few seconds
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from app.deps import AdminDep, ServiceDep
 from app.errors import APIError
-from app.intake import read_body
+from app.intake import json_body, read_body, read_json
 from app.schemas import (
     ParityResponse,
     SwapResponse,
@@ -30,13 +30,9 @@ class SwapRequest(BaseModel):
 
 
 async def _reason(request: Request) -> str:
-    raw = await request.body()
-    if not raw:
-        return ""
-    try:
-        return SwapRequest.model_validate_json(raw).reason
-    except ValueError as exc:
-        raise APIError(422, "invalid_request", f'body must be JSON like {{"reason": "..."}}: {exc}') from None
+    """The optional `{"reason": ...}` body of a swap (bounded; read after the token check)."""
+    body = await read_json(request, SwapRequest, optional=True)
+    return body.reason if body else ""
 
 
 @router.get("", response_model=VersionsResponse)
@@ -102,8 +98,7 @@ async def upload(request: Request, response: Response, actor: AdminDep, service:
     return result
 
 
-# Optional: read by `_reason` (an empty body is no reason).
-_REASON_BODY = {"required": False, "content": {"application/json": {"schema": SwapRequest.model_json_schema()}}}
+_REASON_BODY = json_body(SwapRequest, required=False)  # an empty body is no reason
 
 
 @router.post(

@@ -37,7 +37,7 @@ async def monitoring(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
     reference = loaded.manifest.monitoring
     if reference is not None:
         body["reference"] = {"images": reference.images, "decision_rate": reference.decision_rate}
-    body["stations"] = service.monitor.report(loaded)
+    body["stations"] = await service.monitor.report(loaded)
     if service.capture is not None:
         positive = loaded.manifest.decision.positive_label
         body["feedback"] = await asyncio.to_thread(service.capture.feedback, loaded.version, positive)

@@ -24,7 +24,7 @@ router = APIRouter(prefix="/v1", tags=["parity"])
 )
 async def parity(request: Request, service: ServiceDep, version: str | None = None) -> Response:
     """200 when every reference image is within tolerance (and keeps its decision) on every
-    inference worker, else 409.
+    inference worker, else 409. The served version's result is reused for 10 s (`Age` header).
 
     `?version=V` checks a stored bundle before activation (management token required).
     """
@@ -36,14 +36,15 @@ async def parity(request: Request, service: ServiceDep, version: str | None = No
             raise APIError(503, "not_ready", f"no model is being served yet: {exc}", {"Retry-After": "5"}) from None
         try:
             request.state.version = loaded.version
-            report = await host.pipeline.parity(loaded.version)
+            report, age = await host.served_parity(loaded)
         finally:
             host.unpin(loaded)
     else:
         check_admin(request)
         request.state.version = version
-        report = await host.check(version)
+        report, age = await host.check(version), 0.0
     body = ParityResponse.of(report).model_dump()
     if not report.passed:
         body = {"error": "parity_failed", "message": report.summary(), **body}
-    return JSONLines(body, status_code=200 if report.passed else 409)
+    # Age: seconds since the run (results are reused for a few seconds, app.model_host.PARITY_CACHE_S).
+    return JSONLines(body, status_code=200 if report.passed else 409, headers={"Age": str(int(age))})

@@ -23,8 +23,7 @@ from app.monitor import STATION_HEADER, station_of
 from app.pipeline import Overloaded, RequestTooLarge, WorkerFailed
 from app.schemas import PredictResponse, error_responses
 from app.service import Service, not_ready
-from model_store.errors import ImageError, ModelStoreError
-from model_store.preprocessing import ImageInfo
+from model_store.errors import ModelStoreError
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 PATH = "/v1/predict"
@@ -39,23 +38,25 @@ async def serve_predict(request: Request, loaded: Loaded, service: Service) -> R
     except Overloaded as exc:
         metrics.shed.labels("overloaded").inc()
         raise APIError(503, "overloaded", f"{exc}; retry shortly", retry) from None
-    images = await read_images(request, service.body_limits)
-    checked: list[tuple[str, bytes, ImageInfo]] = []
-    for name, data in images:  # header checks (~30 µs each) before anything is queued
+    # The body's bytes count against the budget of all requests until this one is answered.
+    with service.bodies.hold() as hold:
         try:
-            checked.append((name, data, pipeline.inspect(loaded.version, data)))
-        except ImageError as exc:
-            raise type(exc)(f"{name}: {exc}") from None
-    try:
-        scores = await pipeline.predict(loaded.version, checked)
-    except Overloaded as exc:
-        metrics.shed.labels("overloaded").inc()
-        raise APIError(503, "overloaded", f"{exc}; retry shortly", retry) from None
-    except RequestTooLarge as exc:
-        metrics.shed.labels("request_too_large").inc()
-        raise APIError(413, "request_too_large", f"{exc}; send fewer or smaller images per request") from None
-    except WorkerFailed as exc:
-        raise APIError(503, "worker_restarting", f"{exc}; retry shortly", retry) from None
+            images = await read_images(request, service.body_limits, hold)
+        except APIError as exc:
+            if exc.status == 503:
+                metrics.shed.labels("bodies_in_flight").inc()
+            raise
+        checked = await pipeline.inspect(loaded.version, images)  # header checks before anything is queued
+        try:
+            scores = await pipeline.predict(loaded.version, checked)
+        except Overloaded as exc:
+            metrics.shed.labels("overloaded").inc()
+            raise APIError(503, "overloaded", f"{exc}; retry shortly", retry) from None
+        except RequestTooLarge as exc:
+            metrics.shed.labels("request_too_large").inc()
+            raise APIError(413, "request_too_large", f"{exc}; send fewer or smaller images per request") from None
+        except WorkerFailed as exc:
+            raise APIError(503, "worker_restarting", f"{exc}; retry shortly", retry) from None
     service.monitor.record(loaded, station, checked, scores)
     threshold = loaded.threshold
     results = []

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from app.deps import AdminDep, ServiceDep
+from app.intake import json_body, read_json
 from app.schemas import AuditOut, error_responses
 
 router = APIRouter(prefix="/v1/shadow", tags=["shadow"], responses=error_responses(401, 403, 503))
@@ -35,13 +36,27 @@ async def shadow_status(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
     return {"served": served.version if served else None, "shadow": run.stats.as_dict() if run else None}
 
 
-@router.put("", response_model=AuditOut, responses=error_responses(400, 404, 409, 422))
-async def put_shadow(body: ShadowRequest, actor: AdminDep, service: ServiceDep) -> AuditOut:
+# The bodies are read by the handlers after the token check (`read_json`), never before it.
+@router.put(
+    "",
+    response_model=AuditOut,
+    responses=error_responses(400, 404, 408, 409, 413, 422),
+    openapi_extra={"requestBody": json_body(ShadowRequest)},
+)
+async def put_shadow(request: Request, actor: AdminDep, service: ServiceDep) -> AuditOut:
+    body = await read_json(request, ShadowRequest)
+    assert body is not None
     entry = await service.host.set_shadow(body.version, fraction=body.fraction, actor=actor, reason=body.reason)
     return AuditOut.of(entry)
 
 
-@router.delete("", response_model=AuditOut, responses=error_responses(400, 422))
-async def delete_shadow(actor: AdminDep, service: ServiceDep, body: ShadowOff | None = None) -> AuditOut:
+@router.delete(
+    "",
+    response_model=AuditOut,
+    responses=error_responses(400, 408, 413, 422),
+    openapi_extra={"requestBody": json_body(ShadowOff, required=False)},
+)
+async def delete_shadow(request: Request, actor: AdminDep, service: ServiceDep) -> AuditOut:
+    body = await read_json(request, ShadowOff, optional=True)
     entry = await service.host.set_shadow(None, fraction=1.0, actor=actor, reason=body.reason if body else "")
     return AuditOut.of(entry)

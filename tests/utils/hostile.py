@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tests.utils import crafted
 from tests.utils.archives import HOSTILE_KINDS, hostile_tar, tar_of
 from tests.utils.factories import image_bytes, png_bomb
 from tests.utils.server import ADMIN_TOKEN
@@ -771,8 +772,53 @@ def tar_cases(bundles: dict[str, Path], tmp: Path) -> list[Case]:
     return cases
 
 
+# --- structure that costs more than pixels (issue 19) ----------------------------------
+
+
+def structure_cases() -> list[Case]:
+    """Images under the byte limit whose markers, fill, chunks or scans would stall a parser
+    (the front) or a decoder (a worker): refused before either walks them."""
+    size = 1024 * 1024 - 4096  # SERVICE_ENV's per-image limit
+    too_complex = frozenset({422})
+    return [
+        Case("structure", "JPEG padded with empty COM markers", predict(crafted.jpeg_with_markers(size)),
+             too_complex, "image_too_complex"),
+        Case("structure", "JPEG padded with 0xFF fill", predict(crafted.jpeg_with_fill(size)),
+             too_complex, "image_too_complex"),
+        Case("structure", "PNG padded with unknown chunks", predict(crafted.png_with_chunks(size), "image/png"),
+             too_complex, "image_too_complex"),
+        Case("structure", "progressive JPEG with 3,000 scans", predict(crafted.progressive_jpeg(3000, (128, 128))),
+             too_complex, "image_too_complex"),
+        Case("structure", "four padded PNGs in one request",
+             form(files([crafted.png_with_chunks(size // 4)] * 4)), too_complex, "image_too_complex"),
+        Case("structure", "12-bit JPEG", predict(crafted.jpeg_with_precision(12)),
+             frozenset({422}), "unsupported_image_mode"),
+        Case("structure", "MPO from a phone", predict(crafted.mpo_and_jpeg()[0]), OK),
+        Case("structure", "libjpeg progressive JPEG", predict(crafted.progressive_jpeg(0)), OK),
+    ]  # fmt: skip
+
+
+def body_before_token_cases() -> list[Case]:
+    """Management bodies: never read (no `100 Continue`) before the token is checked."""
+    huge = {"Content-Type": "application/json", "Expect": "100-continue"}
+    return [
+        Case("body-before-token", f"{method} {path}, no token, 10 GB declared",
+             [request(method, path, headers=huge, length=10_000_000_000)], frozenset({401}), "unauthorized")
+        for method, path in (("PUT", "/v1/shadow"), ("DELETE", "/v1/shadow"), ("POST", "/v1/models/v2/activate"))
+    ] + [
+        Case("body-before-token", "PUT /v1/shadow, token, 10 GB declared",
+             [request("PUT", "/v1/shadow", headers=huge, length=10_000_000_000, admin=True)],
+             frozenset({413}), "payload_too_large"),
+        Case("body-before-token", "PUT /v1/shadow, token, body not JSON",
+             [request("PUT", "/v1/shadow", b"{nope", {"Content-Type": "application/json"}, admin=True)],
+             frozenset({422}), "invalid_request"),
+    ]  # fmt: skip
+
+
 def corpus(bundles: dict[str, Path], tmp: Path) -> list[Case]:
     return [
+        *structure_cases(),
+        *body_before_token_cases(),
         *aspect_cases(),
         *bomb_cases(),
         *mode_cases(),
