@@ -103,6 +103,8 @@ class Capturer:
     def _reserve(self, size: int) -> bool:
         """Count `size` bytes against the bound before they are written, removing the
         oldest requests first if they would pass it; False when they cannot fit."""
+        if size > self.max_bytes:
+            return False  # could never fit: removing everything else for it would not help
         with self._lock:  # one scan at a time; writes themselves run unlocked
             now = time.monotonic()
             full = self._bytes is not None and self._bytes + size > self.max_bytes

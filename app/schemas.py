@@ -25,7 +25,10 @@ class ImageResult(BaseModel):
 
 
 class PredictResponse(BaseModel):
-    request_id: str
+    request_id: str = Field(
+        description="the service's own id for this request (random, also in X-Request-ID); "
+        "it names the request's capture for POST /v1/feedback"
+    )
     model: ModelRef
     results: list[ImageResult]
 
