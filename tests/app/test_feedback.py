@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import re
 import socket
@@ -22,7 +21,14 @@ from typing import Any
 import httpx
 import pytest
 
-from model_store.capture import CapturedImage, CaptureError, CaptureStore, FilesystemCapture, new_record
+from model_store.capture import (
+    CapturedImage,
+    CaptureError,
+    CaptureNotFound,
+    CaptureStore,
+    FilesystemCapture,
+    new_record,
+)
 from model_store.store import FilesystemStore
 from tests.utils.factories import image_bytes
 from tests.utils.server import ADMIN_TOKEN, LiveServer, admin
@@ -41,10 +47,24 @@ def capture_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def srv(store: FilesystemStore, keys, capture_dir: Path) -> Iterator[LiveServer]:
+def location(request: pytest.FixtureRequest, capture_dir: Path) -> str:
+    """The capture store: the directory, or (parametrized "s3") a prefix on the moto server."""
+    if getattr(request, "param", "filesystem") == "s3":
+        request.getfixturevalue("s3_server")
+        from tests.utils.stores import BUCKET
+
+        return f"s3://{BUCKET}/{uuid.uuid4().hex[:12]}/capture"
+    return str(capture_dir)
+
+
+BOTH = pytest.mark.parametrize("location", ["filesystem", "s3"], indirect=True)
+
+
+@pytest.fixture
+def srv(store: FilesystemStore, keys, location: str) -> Iterator[LiveServer]:
     with LiveServer(
         store.root, keys[1], admin_token=ADMIN_TOKEN, station_token=STATION_TOKEN,
-        capture_fraction=1.0, capture_location=str(capture_dir), body_timeout_s=2.0,
+        capture_fraction=1.0, capture_location=location, body_timeout_s=2.0,
     ) as s:  # fmt: skip
         s.wait_ready()
         yield s
@@ -71,7 +91,8 @@ def _label(srv: LiveServer, rid: str, headers: dict[str, str], label: str = "dam
 # --- 1. capture ids: the service's, bound to the station, create-only ---------------------------
 
 
-def test_a_client_chosen_request_id_cannot_take_or_replace_a_stations_capture(srv: LiveServer, capture_dir) -> None:
+@BOTH
+def test_a_client_chosen_request_id_cannot_take_or_replace_a_stations_capture(srv: LiveServer) -> None:
     attacker_image, station_image = image_bytes(1), image_bytes(2)
     # The attacker predicts first with the id the station is going to use.
     attacker = _predict(srv, attacker_image, "dock-x", request_id="dock3-000123")
@@ -83,18 +104,20 @@ def test_a_client_chosen_request_id_cannot_take_or_replace_a_stations_capture(sr
         assert r.headers["x-request-id"] == rid
         assert r.headers["x-client-request-id"] == "dock3-000123"  # the client's, echoed for its logs
     assert ids[0] != ids[1]
-    assert not (capture_dir / "requests" / "dock3-000123").exists()
     store = srv.app.state.service.capture.store
+    with pytest.raises(CaptureNotFound):
+        store.record("dock3-000123")
     assert srv.app.state.service.capture.written == 2
     assert store.image(ids[1], "0.jpg") == station_image  # the station's capture is its own image
     assert store.record(ids[1])["station"] == "dock-3"
     # The inspector's label lands on the station's image.
     assert _label(srv, ids[1], {**STATION, "X-Station-ID": "dock-3"}).status_code == 201
-    label = json.loads((capture_dir / "labels" / f"{ids[1]}.json").read_text())
+    label = store.labels()[ids[1]]
     assert label["labels"] == ["damaged"] and label["station"] == "dock-3"
 
 
-def test_feedback_must_come_from_the_station_whose_request_was_captured(srv: LiveServer, capture_dir) -> None:
+@BOTH
+def test_feedback_must_come_from_the_station_whose_request_was_captured(srv: LiveServer) -> None:
     rid = _predict(srv, image_bytes(3), "dock-1").json()["request_id"]
     _captured(srv, 1)
     unknown = _label(srv, uuid.uuid4().hex, {**STATION, "X-Station-ID": "dock-2"})
@@ -104,11 +127,12 @@ def test_feedback_must_come_from_the_station_whose_request_was_captured(srv: Liv
         assert r.status_code == 404, r.text
         assert r.json()["error"] == unknown.json()["error"] == "request_not_captured"
         assert "dock-1" not in r.text  # another station's id is not revealed
-    assert not (capture_dir / "labels" / f"{rid}.json").exists()
+    store = srv.app.state.service.capture.store
+    assert rid not in store.labels()
     assert _label(srv, rid, {**STATION, "X-Station-ID": "dock-1"}, "intact").status_code == 201
     # The management token labels any capture: a correction, recorded as the admin's.
     assert _label(srv, rid, admin(), "damaged").status_code == 201
-    label = json.loads((capture_dir / "labels" / f"{rid}.json").read_text())
+    label = store.labels()[rid]
     assert label["labels"] == ["damaged"] and "token" in label["by"]
 
 
