@@ -3,6 +3,12 @@
 Off by default (`APP_CAPTURE_FRACTION=0`). A sampled request is written after its response
 is sent, in a thread, at most `MAX_IN_FLIGHT` at a time; a write that fails or would queue
 is counted and dropped. A prediction never waits for, or fails because of, capture.
+
+The size bound holds at every write, not at the next scan: each write's bytes are counted
+against a running total before it starts (the store is scanned once to begin with), and a
+write that would pass the bound first has the oldest requests removed, down to a tenth of
+the bound below it, so that a full store is scanned once per tenth rather than per write.
+The age bound is enforced by the same scan, at least every `ENFORCE_EVERY_S`.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +24,7 @@ from typing import Any
 
 from app.model_host import Loaded
 from app.pipeline import Scored
-from model_store.capture import CapturedImage, CaptureStore, new_record
+from model_store.capture import CapturedImage, CaptureStore, new_record, request_bytes
 from model_store.preprocessing import ImageInfo
 
 log = logging.getLogger("app.capture")
@@ -37,6 +44,9 @@ class Capturer:
     failed: int = 0
     in_flight: int = 0
     _last_enforced: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _bytes: int | None = None  # the store at its last scan plus writes since, each counted before it starts
+    _writing: int = 0  # bytes of writes in progress (a scan does not count them: not complete yet)
     _feedback: tuple[float, dict[str, list[tuple[str, str]]]] | None = field(default=None, repr=False)
 
     def job(
@@ -61,8 +71,10 @@ class Capturer:
 
         async def write() -> None:
             try:
-                await asyncio.to_thread(self._write, request_id, record, captured)
-                self.written += 1
+                if await asyncio.to_thread(self._write, request_id, record, captured):
+                    self.written += 1
+                else:
+                    self.dropped += 1
             except Exception as exc:  # never the request's problem
                 self.failed += 1
                 log.error("capture of request %s failed: %s: %s", request_id, type(exc).__name__, exc)
@@ -71,14 +83,45 @@ class Capturer:
 
         return write
 
-    def _write(self, request_id: str, record: dict[str, Any], images: list[CapturedImage]) -> None:
-        self.store.put_request(request_id, record, images)
-        now = time.monotonic()
-        if now - self._last_enforced > ENFORCE_EVERY_S:
-            self._last_enforced = now
-            removed = self.store.enforce(self.max_bytes, self.max_age_s)
-            if removed:
-                log.info("capture: removed %d request(s) past the size or age bound", removed)
+    def _write(self, request_id: str, record: dict[str, Any], images: list[CapturedImage]) -> bool:
+        """Keep one request within the bounds; False if it cannot fit (dropped)."""
+        size = request_bytes(record, images)
+        if not self._reserve(size):
+            return False
+        try:
+            self.store.put_request(request_id, record, images)
+        except BaseException:
+            with self._lock:
+                self._writing -= size
+                if self._bytes is not None:
+                    self._bytes -= size
+            raise
+        with self._lock:
+            self._writing -= size
+        return True
+
+    def _reserve(self, size: int) -> bool:
+        """Count `size` bytes against the bound before they are written, removing the
+        oldest requests first if they would pass it; False when they cannot fit."""
+        if size > self.max_bytes:
+            return False  # could never fit: removing everything else for it would not help
+        with self._lock:  # one scan at a time; writes themselves run unlocked
+            now = time.monotonic()
+            full = self._bytes is not None and self._bytes + size > self.max_bytes
+            if self._bytes is None or full or now - self._last_enforced > ENFORCE_EVERY_S:
+                target = self.max_bytes - self.max_bytes // 10 - size if full else self.max_bytes
+                removed, kept = self.store.enforce(max(0, target), self.max_age_s)
+                self._last_enforced = now
+                # Writes in progress are not in the scan; one that completed during it may be
+                # counted twice until the next scan: an overestimate, which errs on the safe side.
+                self._bytes = kept + self._writing
+                if removed:
+                    log.info("capture: removed %d request(s) past the size or age bound", removed)
+            if self._bytes + size > self.max_bytes:
+                return False
+            self._bytes += size
+            self._writing += size
+            return True
 
     def feedback(self, version: str, positive: str) -> dict[str, Any]:
         """Precision and recall of `version` on the images inspectors labelled (scanned at most every 30 s)."""

@@ -19,6 +19,7 @@ from starlette.routing import Match
 
 from app.pipeline import WorkerFailed
 from model_store import errors as E
+from model_store.capture import CaptureError, CaptureFull, CaptureNotFound
 from model_store.errors import describe_validation_errors
 
 
@@ -47,6 +48,9 @@ _STATUS: list[tuple[type[E.ModelStoreError], int]] = [
     (E.ParityFailed, 409),
     (E.BundleError, 422),
     (E.StoreError, 503),  # the store is unreachable or inconsistent: not the client's doing
+    (CaptureNotFound, 404),
+    (CaptureFull, 507),  # Insufficient Storage: retrying will not help until someone frees space
+    (CaptureError, 503),  # the capture store failed: not the client's doing either
 ]
 
 

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import error_response
 from app.intake import ClientGone
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # also a capture folder name: never "." or ".."
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # logged as given: nothing a log line must escape
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer"
 
 
@@ -114,6 +114,11 @@ error_log = logging.getLogger("app.errors")
 class RequestObserver:
     """Pure ASGI middleware: request id, metrics, one JSON access line per request.
 
+    The request id is always the service's own (uuid4: random, unguessable): it names the
+    request's capture, which an inspector's label then trusts, so a client must not choose
+    it (security review, issue 19). A client's own `X-Request-ID` is logged beside it as
+    `client_request_id` and echoed back in `X-Client-Request-ID`.
+
     It is also where an unexpected exception stops: logged once (with the request id and
     traceback) and answered as a JSON 500 if nothing was sent yet. A client that hung up
     mid-body is counted as 499 and logged in one line, without a traceback.
@@ -128,8 +133,12 @@ class RequestObserver:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        client_request_id = given if _CLIENT_REQUEST_ID.match(given) else None
+        request_id = uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        echo = [(b"x-request-id", request_id.encode())]
+        if client_request_id is not None:
+            echo.append((b"x-client-request-id", given.encode()))
         start = time.perf_counter()
         status = 500
         started = False
@@ -138,7 +147,7 @@ class RequestObserver:
             nonlocal status, started
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
-                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+                message.setdefault("headers", []).extend(echo)
             await send(message)
 
         try:
@@ -148,7 +157,12 @@ class RequestObserver:
         except Exception as exc:
             status = 500
             error_log.error(
-                {"request_id": request_id, "message": f"unhandled {type(exc).__name__}: {exc}", "path": scope["path"]},
+                {
+                    "request_id": request_id,
+                    "client_request_id": client_request_id,
+                    "message": f"unhandled {type(exc).__name__}: {exc}",
+                    "path": scope["path"],
+                },
                 exc_info=exc,
             )
             if not started:
@@ -164,6 +178,7 @@ class RequestObserver:
             access_log.info(
                 {
                     "request_id": request_id,
+                    "client_request_id": client_request_id,
                     "method": scope["method"],
                     "route": route,
                     "path": scope["path"],

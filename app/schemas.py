@@ -25,7 +25,10 @@ class ImageResult(BaseModel):
 
 
 class PredictResponse(BaseModel):
-    request_id: str
+    request_id: str = Field(
+        description="the service's own id for this request (random, also in X-Request-ID); "
+        "it names the request's capture for POST /v1/feedback"
+    )
     model: ModelRef
     results: list[ImageResult]
 
@@ -127,13 +130,14 @@ _ERROR_MEANING = {
     400: "malformed request: not HTTP, or a JSON body that is not UTF-8 (`bad_request`)",
     401: "missing or wrong bearer token (`unauthorized`)",
     403: "management is off: no token configured (`management_disabled`)",
-    404: "no such version or captured request",
+    404: "no such version, or no such captured request for this station",
     408: "the request body did not arrive in time (`request_timeout`)",
     409: "conflict with the store's state (`parity_failed`, `version_conflict`, `nothing_to_roll_back`)",
     413: "too large: the body, one image or the number of images",
     415: "unsupported content type",
     422: "the body or a parameter is invalid (not an image, truncated, too many pixels, unsafe archive...)",
     503: "not ready, overloaded or the store is unreachable; retry after `Retry-After` seconds",
+    507: "the capture store is full (`capture_full`)",
 }
 
 

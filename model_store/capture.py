@@ -11,12 +11,16 @@ labels/<request id>.json           the inspector's label for each image (or one 
 
 A request becomes visible only once complete (a renamed directory; on S3 its record is
 written after its images), so a crash never leaves a half request that a reader trusts.
+Every write is create-only: a request id is the service's own (random), and a capture once
+written is never replaced, whoever tries (an inspector's label trusts what it names).
 Bounds (bytes, age) are enforced oldest first by `enforce`.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
+import errno
 import json
 import os
 import re
@@ -26,7 +30,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from model_store.errors import ModelStoreError
 from model_store.fsutil import atomic_write_bytes
@@ -42,6 +46,46 @@ class CaptureError(ModelStoreError):
 
 class CaptureNotFound(CaptureError):
     code = "request_not_captured"
+
+
+class CaptureFull(CaptureError):
+    """The capture store's disk (or quota) is full."""
+
+    code = "capture_full"
+
+
+class AlreadyCaptured(CaptureError):
+    code = "already_captured"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"request {request_id} is already captured; a capture is never replaced")
+
+
+class Enforced(NamedTuple):
+    removed: int  # requests deleted
+    kept_bytes: int  # what the complete requests left take
+
+
+def not_captured(request_id: str) -> CaptureNotFound:
+    """The one answer for an id that is not there, expired, or another station's: nothing to tell apart."""
+    return CaptureNotFound(f"request {request_id} was not captured (or has expired)")
+
+
+def _fs_error(doing: str, exc: OSError) -> CaptureError:
+    """An OS error as a refusal naming the problem, never the server's paths (`str(exc)` has them)."""
+    reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CaptureFull(f"the capture store is full ({reason}) while {doing}; free space on it")
+    return CaptureError(f"the capture store failed while {doing}: {reason}")
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    return json.dumps(record).encode()
+
+
+def request_bytes(record: dict[str, Any], images: Sequence[CapturedImage]) -> int:
+    """What one captured request takes in the store: its images and its record."""
+    return sum(len(img.data) for img in images) + len(encode_record(record))
 
 
 @dataclass(frozen=True)
@@ -63,7 +107,8 @@ class CaptureStore(abc.ABC):
 
     @abc.abstractmethod
     def put_request(self, request_id: str, record: dict[str, Any], images: Sequence[CapturedImage]) -> int:
-        """Keep one request (record + images) atomically; returns the bytes written."""
+        """Keep one request (record + images) atomically and create-only (`AlreadyCaptured`
+        if the id is taken); returns the bytes written."""
 
     @abc.abstractmethod
     def record(self, request_id: str) -> dict[str, Any]:
@@ -84,8 +129,8 @@ class CaptureStore(abc.ABC):
     def image(self, request_id: str, file: str) -> bytes: ...
 
     @abc.abstractmethod
-    def enforce(self, max_bytes: int, max_age_s: float) -> int:
-        """Delete requests (oldest first) beyond the size and age bounds; returns how many."""
+    def enforce(self, max_bytes: int, max_age_s: float) -> Enforced:
+        """Delete requests (oldest first) beyond the size and age bounds."""
 
 
 def new_record(request_id: str, version: str, station: str, images: Sequence[CapturedImage]) -> dict[str, Any]:
@@ -114,50 +159,81 @@ class FilesystemCapture(CaptureStore):
 
     def put_request(self, request_id: str, record: dict[str, Any], images: Sequence[CapturedImage]) -> int:
         check_id(request_id)
-        self._requests.mkdir(parents=True, exist_ok=True)
         final = self._requests / request_id
-        staging = self._requests / f".tmp-{request_id}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
         try:
-            written = 0
+            self._requests.mkdir(parents=True, exist_ok=True)
+            staging = self._requests / f".tmp-{request_id}-{uuid.uuid4().hex[:8]}"
+            staging.mkdir()
+        except OSError as exc:
+            raise _fs_error("writing a request", exc) from None
+        try:
             for entry, img in zip(record["images"], images, strict=True):
                 (staging / entry["file"]).write_bytes(img.data)
-                written += len(img.data)
-            (staging / "record.json").write_text(json.dumps(record))
-            os.rename(staging, final)  # complete, or not there at all
-        except BaseException:
+            (staging / "record.json").write_bytes(encode_record(record))
+            # Claim the id with mkdir, which is create-only (EEXIST), then rename onto the
+            # claim: rename alone is not create-only, since onto an empty directory (another
+            # writer's claim) it replaces it. Readers skip the empty claim (no record yet).
+            try:
+                final.mkdir()
+            except FileExistsError:
+                raise AlreadyCaptured(request_id) from None
+            try:
+                os.rename(staging, final)  # complete, or not there at all
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    final.rmdir()
+                raise
+        except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise _fs_error(f"writing request {request_id}", exc) from None
             raise
-        return written
+        return request_bytes(record, images)
 
     def record(self, request_id: str) -> dict[str, Any]:
         path = self._requests / check_id(request_id) / "record.json"
         try:
-            value: dict[str, Any] = json.loads(path.read_text())
+            value: dict[str, Any] = json.loads(path.read_bytes())
         except FileNotFoundError:
-            raise CaptureNotFound(f"request {request_id} was not captured (or has expired)") from None
+            raise not_captured(request_id) from None
+        except OSError as exc:
+            raise _fs_error(f"reading request {request_id}", exc) from None
+        except ValueError:
+            raise CaptureError(f"the capture store's record of request {request_id} is not valid JSON") from None
         return value
 
     def put_label(self, request_id: str, label: dict[str, Any]) -> None:
         self.record(request_id)  # it must exist
-        atomic_write_bytes(self._labels / f"{request_id}.json", json.dumps(label).encode())
+        try:
+            atomic_write_bytes(self._labels / f"{request_id}.json", json.dumps(label).encode())
+        except OSError as exc:
+            raise _fs_error(f"writing the label of request {request_id}", exc) from None
 
     def records(self) -> Iterator[dict[str, Any]]:
-        for d in sorted(self._requests.iterdir()) if self._requests.is_dir() else []:
+        try:
+            found = sorted(self._requests.iterdir()) if self._requests.is_dir() else []
+        except OSError as exc:
+            raise _fs_error("listing requests", exc) from None
+        for d in found:
             if d.name.startswith(".tmp-"):
                 continue
             try:
-                yield json.loads((d / "record.json").read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                continue
+                yield json.loads((d / "record.json").read_bytes())
+            except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+                continue  # a claim not yet complete, just removed by `enforce`, or not a request
+            except OSError as exc:
+                raise _fs_error(f"reading request {d.name}", exc) from None
 
     def labels(self) -> dict[str, dict[str, Any]]:
         out = {}
-        for p in self._labels.glob("*.json") if self._labels.is_dir() else []:
-            try:
-                out[p.stem] = json.loads(p.read_text())
-            except json.JSONDecodeError:
-                continue
+        try:
+            for p in self._labels.glob("*.json") if self._labels.is_dir() else []:
+                try:
+                    out[p.stem] = json.loads(p.read_bytes())
+                except (FileNotFoundError, json.JSONDecodeError):
+                    continue  # removed by `enforce` meanwhile, or torn by hand
+        except OSError as exc:
+            raise _fs_error("reading labels", exc) from None
         return out
 
     def image(self, request_id: str, file: str) -> bytes:
@@ -165,9 +241,9 @@ class FilesystemCapture(CaptureStore):
             raise CaptureNotFound(f"{file!r} is not a captured image")
         return (self._requests / check_id(request_id) / file).read_bytes()
 
-    def enforce(self, max_bytes: int, max_age_s: float) -> int:
+    def enforce(self, max_bytes: int, max_age_s: float) -> Enforced:
         if not self._requests.is_dir():
-            return 0
+            return Enforced(0, 0)
         now = time.time()
         entries = []
         for d in self._requests.iterdir():
@@ -188,7 +264,7 @@ class FilesystemCapture(CaptureStore):
                 (self._labels / f"{d.name}.json").unlink(missing_ok=True)
                 total -= size
                 removed += 1
-        return removed
+        return Enforced(removed, total)
 
 
 class S3Capture(CaptureStore):
@@ -222,15 +298,27 @@ class S3Capture(CaptureStore):
 
     def put_request(self, request_id: str, record: dict[str, Any], images: Sequence[CapturedImage]) -> int:
         check_id(request_id)
-        written = 0
         for entry, img in zip(record["images"], images, strict=True):
-            self._client.put_object(
-                Bucket=self.bucket, Key=self._key("requests", request_id, entry["file"]), Body=img.data
-            )
-            written += len(img.data)
-        body = json.dumps(record).encode()
-        self._client.put_object(Bucket=self.bucket, Key=self._key("requests", request_id, "record.json"), Body=body)
-        return written
+            self._put_new(request_id, self._key("requests", request_id, entry["file"]), img.data)
+        self._put_new(request_id, self._key("requests", request_id, "record.json"), encode_record(record))
+        return request_bytes(record, images)
+
+    def _put_new(self, request_id: str, key: str, body: bytes) -> None:
+        """Create-only (`If-None-Match: *`, which AWS S3, MinIO and the moto server the tests
+        use check and write in one step): the first object that exists already stops the
+        request before any of it is replaced. A server that ignored the header would let a
+        write replace; the ids being the service's own random ones, only a 128-bit
+        collision could get there (docs/security.md)."""
+        from botocore.exceptions import ClientError
+
+        from model_store.store.s3 import _lost_race
+
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+        except ClientError as exc:
+            if _lost_race(exc):
+                raise AlreadyCaptured(request_id) from None
+            raise
 
     def record(self, request_id: str) -> dict[str, Any]:
         raw = self._get(self._key("requests", check_id(request_id), "record.json"))
@@ -266,7 +354,7 @@ class S3Capture(CaptureStore):
             raise CaptureNotFound(f"{request_id}/{file} is not a captured image")
         return raw
 
-    def enforce(self, max_bytes: int, max_age_s: float) -> int:
+    def enforce(self, max_bytes: int, max_age_s: float) -> Enforced:
         groups: dict[str, list[dict[str, Any]]] = {}
         for obj in self._list("requests/"):
             request_id = obj["Key"][len(self._key("requests")) + 1 :].split("/", 1)[0]
@@ -284,7 +372,7 @@ class S3Capture(CaptureStore):
                 self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
                 total -= size
                 removed += 1
-        return removed
+        return Enforced(removed, total)
 
 
 def open_capture(location: str | Path) -> CaptureStore:

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from app.deps import SECURED, AdminDep, ServiceDep, check_admin
 from app.errors import APIError
+from app.intake import read_body
+from app.monitor import STATION_HEADER, station_of
 from app.schemas import AuditOut, error_responses
 from model_store import monitoring as mon
-from model_store.capture import CaptureNotFound
+from model_store.capture import not_captured
+from model_store.errors import describe_validation_errors
 
 router = APIRouter(prefix="/v1", tags=["monitoring"])
+log = logging.getLogger("app.capture")
 
 
 @router.get("/monitoring", responses=error_responses(401, 403, 503))
@@ -45,39 +50,56 @@ async def monitoring(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
 
 
 class Feedback(BaseModel):
-    request_id: str = Field(min_length=1, max_length=64)
+    request_id: str = Field(min_length=1, max_length=64, description="the `request_id` of the predict response")
     labels: list[str] = Field(min_length=1, max_length=64, description="the inspector's label per image, in order")
     inspector: str = Field("", max_length=128)
     note: str = Field("", max_length=1000)
 
 
-def _feedback_actor(request: Request) -> str:
-    """A station token or the management token."""
+# Far above any valid body (64 labels, a 1000-character note), far below what costs anything.
+FEEDBACK_MAX_BYTES = 64 * 1024
+
+
+def _feedback_actor(request: Request) -> tuple[str, bool]:
+    """Who labels: (actor, whether a station token); a station token or the management token."""
     settings = request.app.state.service.settings
     if settings.station_token is not None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         expected = settings.station_token.get_secret_value()
         if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), expected.encode()):
-            return "station"
-    return check_admin(request)
+            return "station", True
+    return check_admin(request), False
 
 
 @router.post(
     "/feedback",
     status_code=201,
-    responses=error_responses(400, 401, 403, 404, 409, 422, 503),
-    openapi_extra={"security": SECURED},
+    responses=error_responses(401, 403, 404, 408, 409, 413, 422, 503, 507),
+    openapi_extra={
+        "security": SECURED,
+        # Read by the route itself, after the token check; declared here for /docs and clients.
+        "requestBody": {"required": True, "content": {"application/json": {"schema": Feedback.model_json_schema()}}},
+    },
 )
-async def feedback(body: Feedback, request: Request, service: ServiceDep) -> dict[str, Any]:
-    """An inspector's labels for a captured request (station token or management token)."""
-    actor = _feedback_actor(request)
+async def feedback(request: Request, service: ServiceDep) -> dict[str, Any]:
+    """An inspector's labels for a captured request: by the station that sent it (station
+    token and its `X-Station-ID`), or by anyone with the management token (a correction).
+    A later label replaces an earlier one; each records who gave it, and the log has them all."""
+    # The token first, the body after: a caller without one costs no read at all (FastAPI
+    # would read and parse a declared body before any check in the route).
+    actor, by_station = _feedback_actor(request)
+    station = station_of(request.headers.get(STATION_HEADER))
     capture = service.capture
     if capture is None:
         raise APIError(409, "capture_off", "feedback needs captured requests: set APP_CAPTURE_FRACTION above 0")
+    raw = await read_body(request, FEEDBACK_MAX_BYTES, "feedback body", service.settings.body_timeout_s)
     try:
-        record = await asyncio.to_thread(capture.store.record, body.request_id)
-    except CaptureNotFound as exc:
-        raise APIError(404, "request_not_captured", str(exc)) from None
+        body = Feedback.model_validate_json(raw)
+    except ValidationError as exc:
+        raise APIError(422, "invalid_request", describe_validation_errors(exc.errors(), "body")) from None
+    record = await asyncio.to_thread(capture.store.record, body.request_id)
+    if by_station and record["station"] != station:
+        raise not_captured(body.request_id)  # as if absent: another station's ids are not confirmed
     if len(body.labels) != len(record["images"]):
         raise APIError(422, "invalid_labels", f"request {body.request_id} has {len(record['images'])} image(s)")
     loaded = service.host.current
@@ -89,9 +111,19 @@ async def feedback(body: Feedback, request: Request, service: ServiceDep) -> dic
     wrong = sorted(set(body.labels) - allowed)
     if wrong:
         raise APIError(422, "invalid_labels", f"labels {wrong} are not among {sorted(allowed)}")
-    label = {"labels": body.labels, "inspector": body.inspector, "note": body.note, "by": actor, "time": time.time()}
+    label = {
+        "labels": body.labels,
+        "inspector": body.inspector,
+        "note": body.note,
+        "by": actor,
+        "station": station if by_station else None,
+        "time": time.time(),
+    }
     await asyncio.to_thread(capture.store.put_label, body.request_id, label)
     capture.invalidate()
+    log.info(
+        {"message": "feedback", "capture": body.request_id, "labels": body.labels, "by": actor, "station": station}
+    )
     return {"request_id": body.request_id, "labels": body.labels, "version": record["version"]}
 
 

@@ -75,6 +75,8 @@ def test_predict_and_upload_declare_their_request_bodies(document: dict[str, Any
     assert files["type"] == "array" and files["items"]["format"] == "binary"
     upload = document["paths"]["/v1/models"]["post"]["requestBody"]
     assert upload["content"]["application/x-tar"]["schema"]["format"] == "binary"
+    feedback = document["paths"]["/v1/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"request_id", "labels"} <= set(feedback["required"])
 
 
 def test_management_routes_declare_the_bearer_scheme(document: dict[str, Any]) -> None:
@@ -99,7 +101,7 @@ def test_management_routes_declare_the_bearer_scheme(document: dict[str, Any]) -
         ("get", "/v1/models/{version}", {200, 401, 403, 404, 422, 503}),
         ("post", "/v1/models/{version}/activate", {200, 401, 403, 404, 409, 422, 503}),
         ("post", "/v1/models/rollback", {200, 401, 403, 409, 422, 503}),
-        ("post", "/v1/feedback", {201, 400, 401, 403, 404, 409, 422, 503}),
+        ("post", "/v1/feedback", {201, 401, 403, 404, 408, 409, 413, 422, 503, 507}),
     ],
 )
 def test_every_status_a_route_answers_is_declared_with_the_error_schema(

@@ -97,17 +97,16 @@ def test_capture_feedback_and_a_dataset_train_accepts(monitored_store, keys, tmp
         srv.wait_ready()
         ids, decisions = [], []
         with httpx.Client(base_url=srv.url, timeout=60) as c:
-            for i, img in enumerate(photos):
-                r = c.post("/v1/predict", content=img, headers={"Content-Type": "image/jpeg", "X-Station-ID": "dock-9",
-                                                                  "X-Request-ID": f"req-{i}"})  # fmt: skip
+            for img in photos:
+                r = c.post("/v1/predict", content=img, headers={"Content-Type": "image/jpeg", "X-Station-ID": "dock-9"})
                 ids.append(r.json()["request_id"])
                 decisions.append(r.json()["results"][0]["decision"])
-        eventually(lambda: len(list((capture / "requests").glob("req-*"))) == len(photos), what="captured")
-        record = capture / "requests" / "req-0"
+        eventually(lambda: sorted(p.name for p in (capture / "requests").iterdir()) == sorted(ids), what="captured")
+        record = capture / "requests" / ids[0]
         assert (record / "0.jpg").read_bytes() == photos[0]  # the bytes the station sent
 
         truth = ["damaged", "damaged", "intact", "intact", "damaged", "intact"]
-        station = {"Authorization": "Bearer station-token-0123456789"}
+        station = {"Authorization": "Bearer station-token-0123456789", "X-Station-ID": "dock-9"}
         for rid, label in zip(ids, truth, strict=True):
             r = httpx.post(
                 f"{srv.url}/v1/feedback",
@@ -143,7 +142,7 @@ def test_capture_feedback_and_a_dataset_train_accepts(monitored_store, keys, tmp
     counts = dataset_from_feedback(str(capture), data)
     assert counts == {"intact": 3, "damaged": 3}
     provenance = (data / "provenance.json").read_text()
-    assert "req-0" in provenance and "dock-9" in provenance and '"served_by": "m1"' in provenance
+    assert ids[0] in provenance and "dock-9" in provenance and '"served_by": "m1"' in provenance
     split = make_split(data, ("intact", "damaged"), 0, 0.2, 0.2)  # what `train` does with it first
     assert len(split.items) == 6
 

@@ -95,9 +95,13 @@ def test_metrics_and_structured_logs(server: LiveServer) -> None:
         bad = httpx.post(f"{server.url}/v1/predict", content=b"x", headers={"Content-Type": "text/plain"})
     finally:
         logging.getLogger("app.access").removeHandler(handler)
-    assert r.headers["x-request-id"] == "station-7-0001" and r.json()["request_id"] == "station-7-0001"
+    # The request id is the service's own (it names captures); the station's is kept beside it.
+    rid = r.json()["request_id"]
+    assert r.headers["x-request-id"] == rid != "station-7-0001"
+    assert r.headers["x-client-request-id"] == "station-7-0001"
     lines = [rec.msg for rec in records if isinstance(rec.msg, dict)]
-    ok = next(x for x in lines if x["request_id"] == "station-7-0001")
+    ok = next(x for x in lines if x["request_id"] == rid)
+    assert ok["client_request_id"] == "station-7-0001"
     assert ok["route"] == "/v1/predict" and ok["status"] == 200 and ok["version"] == "v1" and ok["latency_ms"] > 0
     assert any(x["status"] == 415 and x["request_id"] == bad.headers["x-request-id"] for x in lines)
 
