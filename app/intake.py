@@ -125,18 +125,26 @@ async def read_body(
 JSON_BODY_BYTES = 64 * 1024  # management and feedback bodies: a reason, a version, a few labels
 
 
-async def read_json(request: Request, model: type[M], *, optional: bool = False) -> M | None:
-    """A small JSON body validated by `model`: read (bounded, with the body deadline) only
-    when the route has already checked the caller's token, so an unauthenticated body is
-    never read, let alone parsed. `optional`: an empty body gives None."""
+async def read_json(request: Request, model: type[M]) -> M:
+    """A small JSON body validated by `model`. Routes call it only after checking the
+    caller's token, so an unauthenticated body is never read, let alone parsed; it is read
+    bounded (`JSON_BODY_BYTES`, 413) and within the body deadline (408)."""
+    body = await read_optional_json(request, model)
+    if body is None:
+        raise APIError(422, "invalid_request", "a JSON body is required")
+    return body
+
+
+async def read_optional_json(request: Request, model: type[M]) -> M | None:
+    """`read_json`, where an empty body means None."""
     timeout_s = request.app.state.service.settings.body_timeout_s
     raw = await read_body(request, JSON_BODY_BYTES, "JSON body", timeout_s)
-    if not raw.strip() and optional:
+    if not raw.strip():
         return None
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        raise APIError(422, "invalid_request", describe_validation_errors(exc.errors())) from None
+        raise APIError(422, "invalid_request", describe_validation_errors(exc.errors(), "body")) from None
 
 
 def json_body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from app.deps import AdminDep, ServiceDep
 from app.errors import APIError
-from app.intake import json_body, read_body, read_json
+from app.intake import json_body, read_body, read_optional_json
 from app.schemas import (
     ParityResponse,
     SwapResponse,
@@ -31,7 +31,7 @@ class SwapRequest(BaseModel):
 
 async def _reason(request: Request) -> str:
     """The optional `{"reason": ...}` body of a swap (bounded; read after the token check)."""
-    body = await read_json(request, SwapRequest, optional=True)
+    body = await read_optional_json(request, SwapRequest)
     return body.reason if body else ""
 
 

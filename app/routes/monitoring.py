@@ -9,16 +9,15 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from app.deps import SECURED, AdminDep, ServiceDep, check_admin
 from app.errors import APIError
-from app.intake import read_body
+from app.intake import json_body, read_json
 from app.monitor import STATION_HEADER, station_of
 from app.schemas import AuditOut, error_responses
 from model_store import monitoring as mon
 from model_store.capture import not_captured
-from model_store.errors import describe_validation_errors
 
 router = APIRouter(prefix="/v1", tags=["monitoring"])
 log = logging.getLogger("app.capture")
@@ -56,10 +55,6 @@ class Feedback(BaseModel):
     note: str = Field("", max_length=1000)
 
 
-# Far above any valid body (64 labels, a 1000-character note), far below what costs anything.
-FEEDBACK_MAX_BYTES = 64 * 1024
-
-
 def _feedback_actor(request: Request) -> tuple[str, bool]:
     """Who labels: (actor, whether a station token); a station token or the management token."""
     settings = request.app.state.service.settings
@@ -75,11 +70,8 @@ def _feedback_actor(request: Request) -> tuple[str, bool]:
     "/feedback",
     status_code=201,
     responses=error_responses(401, 403, 404, 408, 409, 413, 422, 503, 507),
-    openapi_extra={
-        "security": SECURED,
-        # Read by the route itself, after the token check; declared here for /docs and clients.
-        "requestBody": {"required": True, "content": {"application/json": {"schema": Feedback.model_json_schema()}}},
-    },
+    # The body is read by the route itself, after the token check (`read_json`).
+    openapi_extra={"security": SECURED, "requestBody": json_body(Feedback)},
 )
 async def feedback(request: Request, service: ServiceDep) -> dict[str, Any]:
     """An inspector's labels for a captured request: by the station that sent it (station
@@ -92,11 +84,7 @@ async def feedback(request: Request, service: ServiceDep) -> dict[str, Any]:
     capture = service.capture
     if capture is None:
         raise APIError(409, "capture_off", "feedback needs captured requests: set APP_CAPTURE_FRACTION above 0")
-    raw = await read_body(request, FEEDBACK_MAX_BYTES, "feedback body", service.settings.body_timeout_s)
-    try:
-        body = Feedback.model_validate_json(raw)
-    except ValidationError as exc:
-        raise APIError(422, "invalid_request", describe_validation_errors(exc.errors(), "body")) from None
+    body = await read_json(request, Feedback)
     record = await asyncio.to_thread(capture.store.record, body.request_id)
     if by_station and record["station"] != station:
         raise not_captured(body.request_id)  # as if absent: another station's ids are not confirmed

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from app.deps import AdminDep, ServiceDep
-from app.intake import json_body, read_json
+from app.intake import json_body, read_json, read_optional_json
 from app.schemas import AuditOut, error_responses
 
 router = APIRouter(prefix="/v1/shadow", tags=["shadow"], responses=error_responses(401, 403, 503))
@@ -45,7 +45,6 @@ async def shadow_status(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
 )
 async def put_shadow(request: Request, actor: AdminDep, service: ServiceDep) -> AuditOut:
     body = await read_json(request, ShadowRequest)
-    assert body is not None
     entry = await service.host.set_shadow(body.version, fraction=body.fraction, actor=actor, reason=body.reason)
     return AuditOut.of(entry)
 
@@ -57,6 +56,6 @@ async def put_shadow(request: Request, actor: AdminDep, service: ServiceDep) -> 
     openapi_extra={"requestBody": json_body(ShadowOff, required=False)},
 )
 async def delete_shadow(request: Request, actor: AdminDep, service: ServiceDep) -> AuditOut:
-    body = await read_json(request, ShadowOff, optional=True)
+    body = await read_optional_json(request, ShadowOff)
     entry = await service.host.set_shadow(None, fraction=1.0, actor=actor, reason=body.reason if body else "")
     return AuditOut.of(entry)
