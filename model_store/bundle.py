@@ -1,4 +1,4 @@
-"""Write and read signed model bundles (the layout in DESIGN.md).
+"""Write and read signed model bundles (the layout in the README's "The bundle" and docs/design.md).
 
 ```
 manifest.json       the contract (model_store.manifest.Manifest)

@@ -54,9 +54,12 @@ def test_a_request_pinned_before_a_swap_finishes_on_the_old_version(store) -> No
         async with running_pipeline(workers=1) as p:
             host = ModelHost(store, p)
             await host.sync_with_store()
+            by_v1 = (await p.predict("v1", img))[0].probability
             old = host.pin()  # a request arrives
             await host.activate("v2", actor="t", reason="")
-            assert (await p.predict(old.version, img))[0].probability > 0  # still served by v1
+            by_v2 = (await p.predict("v2", img))[0].probability
+            assert by_v2 != by_v1  # the two versions tell apart on this image
+            assert (await p.predict(old.version, img))[0].probability == by_v1  # still served by v1
             host.unpin(old)  # answered: v1 leaves the workers
             with pytest.raises(KeyError):
                 p.manifest("v1")

@@ -4,7 +4,9 @@ before Pillow or libjpeg walks them, and ordinary camera files unaffected."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -91,3 +93,12 @@ def test_the_walk_is_bounded_whatever_the_size(pillow_opens) -> None:
     for make in (crafted.jpeg_with_markers, crafted.png_with_chunks):
         with pytest.raises(ImageTooComplex):
             structure.check_structure(make(20 * MIB))
+
+
+def test_an_arithmetic_coded_jpeg_with_restart_markers_decodes_like_its_huffman_twin() -> None:
+    """`jpegtran -arithmetic -restart 1B` of huffman.jpg (lossless: the same coefficients).
+    Its restart markers sit inside the scan; the walk must not mistake them for structure."""
+    data = Path(__file__).parent / "data"
+    arithmetic = (data / "arithmetic-restart.jpg").read_bytes()
+    assert b"\xff\xdd" in arithmetic and b"\xff\xc9" in arithmetic  # DRI, and SOF9 (arithmetic)
+    assert np.array_equal(np.asarray(decode(arithmetic)), np.asarray(decode((data / "huffman.jpg").read_bytes())))

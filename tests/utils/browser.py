@@ -2,7 +2,7 @@
 
 Playwright's own browsers cannot be downloaded here (`playwright install` is never run);
 `make browser` installs /usr/bin/chromium with apt-get. The tests and
-scripts/console_screenshot.py launch it the same way, through `chromium()`.
+tests/console_screenshot.py launch it the same way, through `chromium()`.
 """
 
 from __future__ import annotations

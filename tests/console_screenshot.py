@@ -1,6 +1,7 @@
-"""The README's screenshot of the ops console, taken from a real service.
+"""The README's screenshot of the ops console, taken from a real service. It is built from
+the test helpers (signed bundles, the service process, the browser), so it lives with them.
 
-    .venv/bin/python scripts/console_screenshot.py            # writes docs/img/console.png
+    .venv/bin/python -m tests.console_screenshot            # writes docs/img/console.png
 
 Builds three signed bundles with monitoring references in a temporary store, starts
 `python -m app` on 127.0.0.1, makes an audit log (activations, a shadow), sends traffic from
@@ -19,15 +20,14 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the test helpers (bundles, the service process, the browser)
+from model_store import activation
+from model_store.signing import generate_keypair
+from model_store.store import FilesystemStore
+from tests.utils.browser import CHROMIUM, chromium, upload
+from tests.utils.factories import make_monitored_bundle, parcel_photo
+from tests.utils.server import ServiceProcess
 
-from model_store import activation  # noqa: E402
-from model_store.signing import generate_keypair  # noqa: E402
-from model_store.store import FilesystemStore  # noqa: E402
-from tests.utils.browser import CHROMIUM, chromium, upload  # noqa: E402
-from tests.utils.factories import make_monitored_bundle, parcel_photo  # noqa: E402
-from tests.utils.server import ServiceProcess  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 VERSIONS = ("2026.10.2", "2026.11.1", "2026.11.2")
 
