@@ -43,8 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Only now the heavy imports (torch, via the pipeline): a bad setting is refused at once.
     import uvicorn
 
+    from app.edge.server import config
     from app.main import create_app
-    from app.server import config
 
     uvicorn.Server(config(create_app(settings), settings)).run()
     return 0

@@ -9,15 +9,15 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from app import docs, errors
-from app.errors import JSONLines
-from app.observability import Metrics, RequestObserver, configure_logging
-from app.routes import console, health, models, monitoring, parity, predict, shadow
-from app.routes.predict import PredictFastPath
+from app.edge import docs, errors
+from app.edge.errors import JSONLines
+from app.edge.observability import Metrics, RequestObserver, configure_logging
+from app.edge.routes import audit, console, feedback, health, models, monitoring, parity, predict, shadow
+from app.edge.routes.predict import PredictFastPath
+from app.edge.telemetry import live_metrics
+from app.ops.upload import clean_stale, upload_root
 from app.service import build_service
 from app.settings import Settings
-from app.telemetry import live_metrics
-from app.upload import clean_stale, upload_root
 
 log = logging.getLogger("app.main")
 
@@ -53,7 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
         title="Parcel damage detection",
         version="1",
         lifespan=lifespan,
-        docs_url=None,  # app.docs serves /docs and /redoc with local assets
+        docs_url=None,  # app.edge.docs serves /docs and /redoc with local assets
         redoc_url=None,
         default_response_class=JSONLines,
     )
@@ -67,6 +67,8 @@ def create_app(settings: Settings) -> FastAPI:
         models.router,
         shadow.router,
         monitoring.router,
+        feedback.router,
+        audit.router,
         health.router,
         console.router,
     ):

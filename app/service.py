@@ -5,17 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastapi import Response
-
-from app.capture import Capturer
-from app.errors import error_response
-from app.intake import BodyLimits, ByteBudget
-from app.model_host import Loaded, ModelHost, NotReady
-from app.monitor import Monitor
-from app.observability import Metrics
-from app.pipeline import Pipeline
+from app.edge.intake import BodyLimits, ByteBudget
+from app.edge.observability import Metrics
+from app.edge.telemetry import Telemetry
+from app.ops.capture import Capturer
+from app.ops.drift import Monitor
+from app.ops.model_host import Loaded, ModelHost
+from app.serving.pipeline import Pipeline
 from app.settings import Settings
-from app.telemetry import Telemetry
 from model_store.capture import open_capture
 from model_store.preprocessing import DecodeLimits
 from model_store.store import open_store
@@ -74,7 +71,3 @@ def build_service(settings: Settings, metrics: Metrics) -> Service:
         )
     bodies = ByteBudget(settings.max_body_bytes_in_flight, settings.retry_after_s)
     return Service(settings, host, metrics, monitor, capture, bodies)
-
-
-def not_ready(exc: NotReady) -> Response:
-    return error_response(503, "not_ready", f"no model is being served yet: {exc}", {"Retry-After": "5"})

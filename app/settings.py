@@ -14,9 +14,12 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.intake import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
-from app.pipeline import BATCH_TIMEOUT_S
 from model_store.errors import describe_validation_errors
+
+# Defaults that modules below the settings also use (this module imports nothing of `app`).
+BODY_TIMEOUT_S = 60.0  # a whole request body, however slowly it trickles in
+HEADER_TIMEOUT_S = 10.0  # connect (or the previous answer) to the end of the headers
+BATCH_TIMEOUT_S = 30.0  # a batch of 16 of the largest accepted images decodes in well under this
 
 
 def default_workers() -> int:

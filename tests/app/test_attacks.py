@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.errors import status_for
-from app.model_host import Loaded
-from app.pipeline import WorkerFailed
+from app.edge.errors import status_for
+from app.ops.model_host import Loaded
+from app.serving.pipeline import WorkerFailed
 from tests.utils.factories import image_bytes, make_monitored_bundle, parcel_photo
 from tests.utils.server import ADMIN_TOKEN, LiveServer, admin
 from tests.utils.waiting import eventually
@@ -224,7 +224,7 @@ def test_anonymous_parity_callers_share_one_run(server) -> None:
 def test_scrapes_compute_drift_once_and_off_the_event_loop(monkeypatch, keys, tmp_path: Path) -> None:
     """Forty scrapers at once with 300 stations: one PSI computation, in a thread (before: one
     per scrape, on the event loop, which pushed good predicts from 13 ms to 1.2 s)."""
-    from app import monitor as monitor_module
+    from app.ops import drift as monitor_module
     from model_store import monitoring as mon
 
     bundle = make_monitored_bundle(tmp_path / "m1", keys[0], "m1", [parcel_photo(i) for i in range(40)])

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from app.model_host import ModelHost
+from app.ops.model_host import ModelHost
 from model_store import activation
 from model_store.errors import ParityFailed
 from tests.utils.bundles import failing_parity_copy, snapshot

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.pipeline import Overloaded, RequestTooLarge, WorkerFailed
+from app.serving.pipeline import Overloaded, RequestTooLarge, WorkerFailed
 from model_store.bundle import load_bundle
 from model_store.errors import TruncatedImage
 from model_store.predictor import SERVING_THREADS, Predictor, torch_threads

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.upload import MAX_MEMBERS, clean_stale, extract_bundle_tar, workspace
+from app.ops.upload import MAX_MEMBERS, clean_stale, extract_bundle_tar, workspace
 from model_store.bundle import load_bundle
 from model_store.errors import UnsafeArchive
 from tests.utils.archives import HOSTILE_KINDS, hostile_tar, tar_of

@@ -115,3 +115,27 @@ def test_packages_only_import_downwards(package: str) -> None:
         if target.split(".")[0] not in {package} | ALLOWED[package]
     )
     assert wrong == []
+
+
+# Inside the service: the serving pipeline knows nothing of HTTP or of hosting versions;
+# operations (hosting, drift, capture, uploads) know nothing of HTTP; the edge uses both.
+APP_LAYERS = {
+    "app.settings": set(),  # read before anything heavy is imported: a bad setting is refused at once
+    "app.serving": {"app.serving", "app.settings"},
+    "app.ops": {"app.serving", "app.ops", "app.settings"},
+}
+
+
+@pytest.mark.parametrize("layer", sorted(APP_LAYERS))
+def test_app_layers_only_import_downwards(layer: str) -> None:
+    def top(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    wrong = sorted(
+        f"{name} imports {target}"
+        for name, targets in _graph().items()
+        if top(name) == layer
+        for target in targets
+        if target.startswith("app.") and top(target) not in APP_LAYERS[layer] | {layer}
+    )
+    assert wrong == []

@@ -218,7 +218,7 @@ def test_the_dockerignore_reader_applies_the_last_matching_rule() -> None:
     rules = "*\n!app/\n**/__pycache__\n"
     assert dockerignore_excludes(rules, "tests/x.py")
     assert not dockerignore_excludes(rules, "app/main.py")
-    assert dockerignore_excludes(rules, "app/routes/__pycache__/x.pyc")
+    assert dockerignore_excludes(rules, "app/edge/routes/__pycache__/x.pyc")
 
 
 # ---------------------------------------------------------------- entrypoint

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from app.pipeline import Pipeline
+from app.serving.pipeline import Pipeline
 from model_store.bundle import load_bundle
 from model_store.preprocessing import ImageInfo, inspect
 

@@ -15,8 +15,8 @@ import httpx
 import psutil
 import uvicorn
 
+from app.edge.server import config
 from app.main import create_app
-from app.server import config
 from app.settings import Settings
 
 ADMIN_TOKEN = "test-admin-token-0123456789"

@@ -2,7 +2,7 @@
 
 The predict route, `/v1/parity`, activation and shadow scoring all go through a
 `Pipeline`. It lives in the front process (the one running the HTTP server) and owns
-`workers` inference processes (`app.worker`), one per core by default, each holding every
+`workers` inference processes (`app.serving.worker`), one per core by default, each holding every
 loaded model version.
 
 - **Admission, in one place.** A request is refused with `Overloaded` (503) when the
@@ -43,7 +43,8 @@ from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from app import protocol, worker
+from app.serving import protocol, worker
+from app.settings import BATCH_TIMEOUT_S
 from model_store import parity
 from model_store.bundle import Bundle
 from model_store.errors import ImageError, ModelStoreError
@@ -52,10 +53,9 @@ from model_store.monitoring import ImageStats
 from model_store.parity import ParityReport
 from model_store.preprocessing import DecodeLimits, ImageInfo, inspect
 
-log = logging.getLogger("app.pipeline")
+log = logging.getLogger("app.serving.pipeline")
 SOCKET_BUFFER = 4 * 1024 * 1024  # bytes; the kernel caps it at net.core.wmem_max / rmem_max
 SHADOW_QUEUE = 32  # shadow images waiting at most; beyond, a sampled request is not shadowed
-BATCH_TIMEOUT_S = 30.0  # a batch of 16 of the largest accepted images decodes in well under this
 LOAD_TIMEOUT_S = 300.0  # building and warming up a model
 PING_INTERVAL_S = 5.0  # an idle worker is asked to answer at least this often
 INSPECT_THREADS = 2  # header checks of images being admitted (bounded work each)
@@ -157,7 +157,7 @@ def _context() -> ForkServerContext:
     if _CONTEXT is None:
         ctx = multiprocessing.get_context("forkserver")
         assert isinstance(ctx, ForkServerContext)
-        ctx.set_forkserver_preload(["app.worker"])
+        ctx.set_forkserver_preload(["app.serving.worker"])
         _CONTEXT = ctx
     return _CONTEXT
 

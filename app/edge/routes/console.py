@@ -1,4 +1,4 @@
-"""GET /console: the ops console, a static page shipped as package data (app/console/).
+"""GET /console: the ops console, a static page shipped as package data (app/edge/console/).
 
 Nothing is rendered on the server: the page is the same bytes for everyone and calls the
 service's own API from the browser. Read-only parts use what needs no token (`/readyz`,
@@ -12,12 +12,12 @@ from importlib.resources import files
 
 from fastapi import APIRouter, Response
 
-from app.errors import APIError
+from app.edge.errors import APIError
 
 # Read once at import: a wheel or image built without the assets fails `import app.main`
 # (the Dockerfile's build step runs it) instead of serving a broken page.
 _ASSETS = {
-    name: ((files("app") / "console" / name).read_bytes(), media_type)
+    name: ((files("app.edge") / "console" / name).read_bytes(), media_type)
     for name, media_type in (
         ("index.html", "text/html; charset=utf-8"),
         ("console.js", "text/javascript; charset=utf-8"),

@@ -8,10 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from app.deps import AdminDep, ServiceDep
-from app.errors import APIError
-from app.intake import json_body, read_body, read_optional_json
-from app.schemas import (
+from app.edge.deps import AdminDep, ServiceDep
+from app.edge.errors import APIError
+from app.edge.intake import json_body, read_body, read_optional_json
+from app.edge.schemas import (
     ParityResponse,
     SwapResponse,
     UploadResponse,
@@ -19,7 +19,7 @@ from app.schemas import (
     VersionsResponse,
     error_responses,
 )
-from app.upload import extract_bundle_tar, upload_root, workspace
+from app.ops.upload import extract_bundle_tar, upload_root, workspace
 from model_store.faults import crash_point
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=error_responses(401, 403, 503))

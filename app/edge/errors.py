@@ -1,7 +1,7 @@
 """API errors: a stable `error` code, a human `message`, the right status, and always JSON.
 
 Anything unexpected becomes a JSON 500 naming the request id, logged once with its
-traceback, in `app.observability.RequestObserver` (the outermost layer we own, so the
+traceback, in `app.edge.observability.RequestObserver` (the outermost layer we own, so the
 server never sees the exception and never answers in plain text).
 """
 
@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from app.pipeline import WorkerFailed
+from app.ops.model_host import NotReady
+from app.serving.pipeline import WorkerFailed
 from model_store import errors as E
 from model_store.capture import CaptureError, CaptureFull, CaptureNotFound
 from model_store.errors import describe_validation_errors
@@ -66,10 +67,12 @@ def error_response(status: int, code: str, message: str, headers: Mapping[str, s
     return JSONLines(body(code, message), status_code=status, headers=headers)
 
 
-def response_for(exc: APIError | E.ModelStoreError) -> Response:
+def response_for(exc: APIError | E.ModelStoreError | NotReady) -> Response:
     """The JSON error for a refusal; FastAPI's handlers and the predict fast path both use it."""
     if isinstance(exc, APIError):
         return error_response(exc.status, exc.code, exc.message, exc.headers)
+    if isinstance(exc, NotReady):  # the one "not ready": every route that pins a version raises it
+        return error_response(503, "not_ready", f"no model is being served yet: {exc}", {"Retry-After": "5"})
     status = status_for(exc)
     return error_response(status, exc.code, str(exc), {"Retry-After": "5"} if status == 503 else None)
 
@@ -81,6 +84,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(E.ModelStoreError)
     async def _store(request: Request, exc: E.ModelStoreError) -> Response:
+        return response_for(exc)
+
+    @app.exception_handler(NotReady)
+    async def _not_ready(request: Request, exc: NotReady) -> Response:
         return response_for(exc)
 
     @app.exception_handler(RequestValidationError)

@@ -1,7 +1,7 @@
 """An inference worker process: decode, preprocess and forward a batch, on one core.
 
 The front process (HTTP, admission, batching, swaps, metrics) sends it frames over a
-socketpair (`app.protocol`); it answers each one before reading the next. It holds one
+socketpair (`app.serving.protocol`); it answers each one before reading the next. It holds one
 `Predictor` per loaded version, built from bundle bytes the front has already verified,
 so a swap verifies and hashes a bundle once. One torch thread: the service runs one
 worker per core instead of OpenMP threads that would spin beside the decoders.
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from app.protocol import Header, recv_frame, send_frame
+from app.serving.protocol import Header, recv_frame, send_frame
 from model_store import monitoring as mon
 from model_store.bundle import Bundle, parse_weights
 from model_store.errors import ImageError, ModelStoreError

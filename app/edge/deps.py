@@ -14,8 +14,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
-from app.errors import APIError
-from app.model_host import Loaded, NotReady
+from app.edge.errors import APIError
+from app.ops.model_host import Loaded
 from app.service import Service
 
 
@@ -26,16 +26,9 @@ async def get_service(request: Request) -> Service:
 
 async def pinned(request: Request) -> AsyncIterator[Loaded]:
     """The version that serves this request, pinned on arrival and kept loaded until it is answered."""
-    host = (await get_service(request)).host
-    try:
-        loaded = host.pin()
-    except NotReady as exc:
-        raise APIError(503, "not_ready", f"no model is being served yet: {exc}", {"Retry-After": "5"}) from None
-    request.state.version = loaded.version
-    try:
+    with (await get_service(request)).host.pinned() as loaded:
+        request.state.version = loaded.version
         yield loaded
-    finally:
-        host.unpin(loaded)
 
 
 # Declares the bearer scheme in the OpenAPI document (and the "Authorize" button of /docs);

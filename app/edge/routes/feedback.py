@@ -1,4 +1,4 @@
-"""Watching production: drift per station, inspectors' feedback, the audit log."""
+"""POST /v1/feedback: an inspector's labels for a captured request."""
 
 from __future__ import annotations
 
@@ -8,44 +8,18 @@ import logging
 import time
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from app.deps import SECURED, AdminDep, ServiceDep, check_admin
-from app.errors import APIError
-from app.intake import json_body, read_json
-from app.monitor import STATION_HEADER, station_of
-from app.schemas import AuditOut, error_responses
-from model_store import monitoring as mon
+from app.edge.deps import SECURED, ServiceDep, check_admin
+from app.edge.errors import APIError
+from app.edge.intake import json_body, read_json
+from app.edge.schemas import error_responses
+from app.edge.stations import STATION_HEADER, station_of
 from model_store.capture import not_captured
 
-router = APIRouter(prefix="/v1", tags=["monitoring"])
-log = logging.getLogger("app.capture")
-
-
-@router.get("/monitoring", responses=error_responses(401, 403, 503))
-async def monitoring(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
-    """Per station of the served version: window, decision rate, PSI per feature, alarms;
-    and precision/recall on inspectors' labels when capture is on."""
-    loaded = service.host.current
-    body: dict[str, Any] = {
-        "version": loaded.version if loaded else None,
-        "thresholds": {"psi_warn": mon.PSI_WARN, "psi_alarm": mon.PSI_ALARM, "min_images": mon.MIN_IMAGES},
-        "window": service.settings.monitor_window,
-        "reference": None,
-        "stations": [],
-        "feedback": None,
-    }
-    if loaded is None:
-        return body
-    reference = loaded.manifest.monitoring
-    if reference is not None:
-        body["reference"] = {"images": reference.images, "decision_rate": reference.decision_rate}
-    body["stations"] = await service.monitor.report(loaded)
-    if service.capture is not None:
-        positive = loaded.manifest.decision.positive_label
-        body["feedback"] = await asyncio.to_thread(service.capture.feedback, loaded.version, positive)
-    return body
+router = APIRouter(prefix="/v1", tags=["feedback"])
+log = logging.getLogger("app.ops.capture")
 
 
 class Feedback(BaseModel):
@@ -113,10 +87,3 @@ async def feedback(request: Request, service: ServiceDep) -> dict[str, Any]:
         {"message": "feedback", "capture": body.request_id, "labels": body.labels, "by": actor, "station": station}
     )
     return {"request_id": body.request_id, "labels": body.labels, "version": record["version"]}
-
-
-@router.get("/audit", response_model=list[AuditOut], responses=error_responses(401, 403, 422, 503))
-async def audit(_: AdminDep, service: ServiceDep, limit: int = Query(100, ge=1, le=10_000)) -> list[AuditOut]:
-    """The store's audit log, newest last."""
-    entries = await asyncio.to_thread(service.host.store.audit_log)
-    return [AuditOut.of(e) for e in entries[-limit:]]

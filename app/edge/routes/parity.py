@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from app.deps import SECURED, ServiceDep, check_admin
-from app.errors import APIError, JSONLines
-from app.model_host import NotReady
-from app.schemas import ParityResponse, error_responses
+from app.edge.deps import SECURED, ServiceDep, check_admin
+from app.edge.errors import JSONLines
+from app.edge.schemas import ParityResponse, error_responses
 
 router = APIRouter(prefix="/v1", tags=["parity"])
 
@@ -30,15 +29,9 @@ async def parity(request: Request, service: ServiceDep, version: str | None = No
     """
     host = service.host
     if version is None:
-        try:
-            loaded = host.pin()
-        except NotReady as exc:
-            raise APIError(503, "not_ready", f"no model is being served yet: {exc}", {"Retry-After": "5"}) from None
-        try:
+        with host.pinned() as loaded:
             request.state.version = loaded.version
             report, age = await host.served_parity(loaded)
-        finally:
-            host.unpin(loaded)
     else:
         check_admin(request)
         request.state.version = version
@@ -46,5 +39,5 @@ async def parity(request: Request, service: ServiceDep, version: str | None = No
     body = ParityResponse.of(report).model_dump()
     if not report.passed:
         body = {"error": "parity_failed", "message": report.summary(), **body}
-    # Age: seconds since the run (results are reused for a few seconds, app.model_host.PARITY_CACHE_S).
+    # Age: seconds since the run (results are reused for a few seconds, app.ops.model_host.PARITY_CACHE_S).
     return JSONLines(body, status_code=200 if report.passed else 409, headers={"Age": str(int(age))})

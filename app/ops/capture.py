@@ -22,12 +22,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.model_host import Loaded
-from app.pipeline import Scored
+from app.ops.model_host import Loaded
+from app.serving.pipeline import Scored
 from model_store.capture import CapturedImage, CaptureStore, new_record, request_bytes
 from model_store.preprocessing import ImageInfo
 
-log = logging.getLogger("app.capture")
+log = logging.getLogger("app.ops.capture")
 MAX_IN_FLIGHT = 4
 ENFORCE_EVERY_S = 60.0
 FEEDBACK_CACHE_S = 30.0

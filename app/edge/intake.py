@@ -22,7 +22,8 @@ from pydantic import BaseModel, ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from app.errors import APIError
+from app.edge.errors import APIError
+from app.settings import BODY_TIMEOUT_S
 from model_store.errors import describe_validation_errors
 
 if TYPE_CHECKING:  # declared by python-multipart for type checkers only
@@ -34,10 +35,6 @@ M = TypeVar("M", bound=BaseModel)
 
 class ClientGone(Exception):
     """The client closed the connection before its body arrived; nobody is left to answer."""
-
-
-BODY_TIMEOUT_S = 60.0  # a whole request body, however slowly it trickles in (APP_BODY_TIMEOUT_S)
-HEADER_TIMEOUT_S = 10.0  # connect (or previous answer) to the end of the headers (APP_HEADER_TIMEOUT_S; app.server)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """uvicorn, configured: uvloop, httptools, timeouts for clients that hold a connection
 without finishing a request (slow headers, idle sockets), and bounds on the request line
-and headers. Slow or large bodies are bounded where the body is read (`app.intake`)."""
+and headers. Slow or large bodies are bounded where the body is read (`app.edge.intake`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.intake import HEADER_TIMEOUT_S
-from app.settings import Settings
+from app.settings import HEADER_TIMEOUT_S, Settings
 
 MAX_URL_BYTES = 8 * 1024  # the request target; ours are short, a long one is a probe or a mistake
 # The request line and headers together. httptools itself has no bound: it would buffer a
@@ -159,7 +158,7 @@ def config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
         "http": protocol,
         "timeout_keep_alive": 5,  # idle keep-alive connections
         "log_level": "warning",
-        "access_log": False,  # our own JSON access line per request (app.observability)
+        "access_log": False,  # our own JSON access line per request (app.edge.observability)
         "lifespan": "on",
     }
     options.update(overrides)

@@ -13,15 +13,16 @@ the workers unload once its last request is answered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.pipeline import Overloaded, Pipeline, Scored
+from app.serving.pipeline import Overloaded, Pipeline, Scored
 from model_store.errors import BundleError, ModelStoreError, NothingToRollBack, ParityFailed
 from model_store.manifest import Manifest
 from model_store.parity import ParityReport
@@ -152,6 +153,16 @@ class ModelHost:
         loaded = self.require()
         self.pipeline.pin(loaded.version)
         return loaded
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[Loaded]:
+        """The served version for one request, kept loaded until the block ends: every route
+        that serves a request pins this way. `NotReady` (503) when nothing is served yet."""
+        loaded = self.pin()
+        try:
+            yield loaded
+        finally:
+            self.unpin(loaded)
 
     def unpin(self, loaded: Loaded) -> None:
         self.pipeline.release(loaded.version)

@@ -11,9 +11,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from app.deps import AdminDep, ServiceDep
-from app.intake import json_body, read_json, read_optional_json
-from app.schemas import AuditOut, error_responses
+from app.edge.deps import AdminDep, ServiceDep
+from app.edge.intake import json_body, read_json, read_optional_json
+from app.edge.schemas import AuditOut, error_responses
 
 router = APIRouter(prefix="/v1/shadow", tags=["shadow"], responses=error_responses(401, 403, 503))
 

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.deps import ServiceDep
-from app.errors import JSONLines
+from app.edge.deps import ServiceDep
+from app.edge.errors import JSONLines
 
 router = APIRouter(tags=["health"])
 

@@ -1,7 +1,7 @@
 """Drift per station: windows of live features compared with the bundle's reference.
 
-Stations may name themselves with `X-Station-ID` (1-64 of `A-Z a-z 0-9 . _ -`); requests
-without one count as `unassigned`. At most `max_stations` stations get windows of their
+A request's station comes from the edge (`app.edge.stations`); requests that name none
+count as `unassigned`. At most `max_stations` stations get windows of their
 own; further ones share `_other`, so a client inventing IDs cannot grow memory.
 
 Recording is a few list appends per image on the event loop; PSI is computed only when
@@ -13,34 +13,19 @@ however many scrapers ask.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from app.errors import APIError
-from app.model_host import Loaded
-from app.pipeline import Scored
+from app.ops.model_host import Loaded
+from app.serving.pipeline import Scored
 from model_store import monitoring as mon
 from model_store.preprocessing import ImageInfo
 
-STATION_HEADER = "x-station-id"
-UNASSIGNED = "unassigned"
-OTHER = "_other"
-_STATION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+UNASSIGNED = "unassigned"  # requests that name no station
+OTHER = "_other"  # stations beyond `max_stations` share this window
 GAUGES_CACHE_S = 5.0  # Prometheus scrapes every 15-60 s; four scrapers must not cost four computations
-
-
-def station_of(raw: str | None) -> str:
-    """The station a request comes from; a malformed ID is refused (422), not guessed at."""
-    if raw is None or raw == "":
-        return UNASSIGNED
-    if not _STATION.match(raw):
-        raise APIError(
-            422, "invalid_station_id", "X-Station-ID must be 1-64 characters of A-Z a-z 0-9 . _ - (it names a station)"
-        )
-    return raw
 
 
 @dataclass

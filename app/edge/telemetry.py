@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from app.capture import Capturer
-from app.model_host import Loaded, ModelHost
-from app.monitor import Monitor
-from app.observability import Metrics, counter, gauge
+from app.edge.observability import Metrics, counter, gauge
+from app.ops.capture import Capturer
+from app.ops.drift import Monitor
+from app.ops.model_host import Loaded, ModelHost
 
 
 class Telemetry:

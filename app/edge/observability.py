@@ -16,8 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_response
-from app.intake import ClientGone
+from app.edge.errors import error_response
+from app.edge.intake import ClientGone
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # logged as given: nothing a log line must escape
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer"
@@ -108,7 +108,7 @@ class _JsonFormatter(logging.Formatter):
 
 
 access_log = logging.getLogger("app.access")
-error_log = logging.getLogger("app.errors")
+error_log = logging.getLogger("app.edge.errors")
 
 
 class RequestObserver:
