@@ -14,9 +14,11 @@ lives in `model_store.writer`, above the `Predictor` it needs.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,19 +36,25 @@ REFERENCE_DIR = "reference"
 
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle, held in memory. Only `load_bundle` makes one."""
+    """A verified bundle, held in memory. Only `load_bundle` makes one (and a worker, from
+    the bytes the front verified)."""
 
     path: Path
     manifest: Manifest
     manifest_sha256: str
-    state_dict: dict[str, torch.Tensor]
     references: dict[str, bytes]
     manifest_bytes: bytes  # exactly what was verified, e.g. to hand to a worker process
-    weights: bytes  # `model.safetensors` as verified; `state_dict` is parsed from it
+    weights: bytes  # `model.safetensors` as verified (its safetensors header checked)
 
     @property
     def version(self) -> str:
         return self.manifest.version
+
+    @cached_property
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors, parsed on first use: only where a model is built (an inference worker,
+        the CLI, export), never in a front process that only verifies and hands bytes on."""
+        return parse_weights(self.weights, self.path.name)
 
 
 def expected_files(manifest: Manifest) -> set[str]:
@@ -96,7 +104,7 @@ def load_bundle(path: Path, public_key: Path) -> Bundle:
     # Digests are re-checked on the bytes we actually use, not on what was on disk earlier.
     if sha256_bytes(weights) != manifest.weights_sha256:
         raise BundleTampered(f"{path.name}: {WEIGHTS_FILE} digest differs from the manifest")
-    state_dict = parse_weights(weights, path.name)
+    check_weights(weights, path.name)
 
     references: dict[str, bytes] = {}
     for ref in manifest.parity.references:
@@ -104,7 +112,46 @@ def load_bundle(path: Path, public_key: Path) -> Bundle:
         if sha256_bytes(data) != ref.sha256:
             raise BundleTampered(f"{path.name}: reference/{ref.file} digest differs from the manifest")
         references[ref.file] = data
-    return Bundle(path, manifest, sha256_bytes(manifest_bytes), state_dict, references, manifest_bytes, weights)
+    return Bundle(path, manifest, sha256_bytes(manifest_bytes), references, manifest_bytes, weights)
+
+
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own bound on its JSON header
+
+
+def check_weights(data: bytes, bundle_name: str) -> None:
+    """Refuse anything that is not a safetensors file (a pickle, a `torch.save` zip) from
+    its header alone: an 8-byte length, a JSON table of tensors whose byte ranges lie inside
+    the file. No tensor is made; nothing is unpickled."""
+
+    def invalid(why: str) -> WeightsInvalid:
+        return WeightsInvalid(
+            f"{bundle_name}: {WEIGHTS_FILE} is not a valid safetensors file ({why}); "
+            "pickled checkpoints are never loaded"
+        )
+
+    if len(data) < 8:
+        raise invalid("shorter than its header")
+    n = int.from_bytes(data[:8], "little")
+    if n > min(_MAX_HEADER, len(data) - 8):
+        raise invalid("its header length points past the end of the file")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except (UnicodeDecodeError, ValueError):
+        raise invalid("its header is not JSON") from None
+    size = len(data) - 8 - n
+    if not isinstance(header, dict):
+        raise invalid("its header is not a table of tensors")
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= size
+        ):
+            raise invalid(f"tensor {str(name)[:64]!r} has no valid byte range")
 
 
 def parse_weights(data: bytes, bundle_name: str) -> dict[str, torch.Tensor]:

@@ -41,18 +41,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, TypeVar
 
 from app.serving import protocol, worker
 from app.settings import BATCH_TIMEOUT_S
 from model_store import parity
 from model_store.bundle import Bundle
-from model_store.errors import ImageError, ModelStoreError
+from model_store.errors import BundleError, ImageError, ModelStoreError
 from model_store.manifest import Manifest
 from model_store.monitoring import ImageStats
 from model_store.parity import ParityReport
 from model_store.preprocessing import DecodeLimits, ImageInfo, inspect
 
+E = TypeVar("E", bound=ModelStoreError)
 log = logging.getLogger("app.serving.pipeline")
 SOCKET_BUFFER = 4 * 1024 * 1024  # bytes; the kernel caps it at net.core.wmem_max / rmem_max
 SHADOW_QUEUE = 32  # shadow images waiting at most; beyond, a sampled request is not shadowed
@@ -319,17 +320,20 @@ class Pipeline:
         replies = await asyncio.gather(
             *(self._send_control(w, header, model.frame[1]) for w in self._workers), return_exceptions=True
         )
-        failures = []
+        failures, bundle_error = [], None
         for w, r in zip(self._workers, replies, strict=True):
             if isinstance(r, BaseException):
                 failures.append(f"worker {w.index}: {r}")
             elif not r[0].get("ok"):
                 failures.append(f"worker {w.index}: {r[0].get('message')}")
+                bundle_error = bundle_error or _error_class(r[0].get("code"), BundleError)
             else:
                 model.ready.add(w.index)
         if failures:
             self.release(version)
-            raise WorkerFailed(f"{version} could not be loaded: {'; '.join(failures)}")
+            # The bundle itself (weights that do not fit the architecture, found where they
+            # are parsed): refused as what it is, not as a worker failure to retry.
+            raise (bundle_error or WorkerFailed)(f"{version} could not be loaded: {'; '.join(failures)}")
 
     def pin(self, version: str) -> None:
         """Keep `version` loaded until the matching `release` (a request or a served version)."""
@@ -640,14 +644,15 @@ def _retrieve(f: asyncio.Future[Any]) -> None:
 
 def _image_error(code: str, message: str, index: int) -> ImageError:
     """The worker's decode refusal as the same ImageError subclass, carrying the image index."""
-    cls: type[ImageError] = next((c for c in _image_error_classes() if c.code == code), ImageError)
-    return cls(message, index)
+    return (_error_class(code, ImageError) or ImageError)(message, index)
 
 
-def _image_error_classes() -> list[type[ImageError]]:
-    seen, todo = [], [ImageError]
+def _error_class(code: object, base: type[E]) -> type[E] | None:
+    """The subclass of `base` (itself included) whose `code` a worker replied with."""
+    todo: list[type[E]] = [base]
     while todo:
         c = todo.pop()
-        seen.append(c)
+        if c.code == code:
+            return c
         todo.extend(c.__subclasses__())
-    return seen
+    return None

@@ -23,7 +23,7 @@ import torch
 
 from app.serving.protocol import Header, recv_frame, send_frame
 from model_store import monitoring as mon
-from model_store.bundle import Bundle, parse_weights
+from model_store.bundle import Bundle
 from model_store.errors import ImageError, ModelStoreError
 from model_store.manifest import parse_manifest
 from model_store.predictor import Predictor
@@ -75,12 +75,11 @@ def _load(header: Header, blobs: list[bytes], device: str, limits: DecodeLimits,
         path=Path(header["path"]),
         manifest=manifest,
         manifest_sha256=header["manifest_sha256"],
-        state_dict=parse_weights(weights, manifest.version),
         references={r.file: data for r, data in zip(manifest.parity.references, refs, strict=True)},
         manifest_bytes=manifest_bytes,
         weights=weights,
     )
-    predictor = Predictor(bundle, device=device, limits=limits)
+    predictor = Predictor(bundle, device=device, limits=limits)  # parses the weights, here only
     predictor.warm_up(max_batch)
     return predictor
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.utils.archives import HOSTILE_KINDS, hostile_tar, tar_of
-from tests.utils.bundles import failing_parity_copy, snapshot
+from tests.utils.bundles import failing_parity_copy, resign_with_weights, snapshot
 from tests.utils.factories import make_bundle
 from tests.utils.server import ADMIN_TOKEN, LiveServer, admin
 
@@ -150,3 +150,35 @@ def test_upload_limits_and_content_type(store, keys, bundles) -> None:
         assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
         r = httpx.post(f"{srv.url}/v1/models", content=b"{}", headers={**admin(), "Content-Type": "application/json"})
         assert r.status_code == 415
+
+
+def test_an_activation_verifies_in_the_front_and_parses_weights_only_in_the_workers(server, monkeypatch) -> None:
+    """The front checks signature, digests and the safetensors header; the tensors are made
+    where the model is built (each worker), not also in the front to be thrown away."""
+    import model_store.bundle
+
+    parsed: list[str] = []
+    real = model_store.bundle.parse_weights
+    monkeypatch.setattr(model_store.bundle, "parse_weights", lambda data, name: parsed.append(name) or real(data, name))
+    r = httpx.post(f"{server.url}/v1/models/v2/activate", headers=admin(), json={"reason": "t"}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["active"] == "v2"
+    assert parsed == []  # this process is the front; the workers are other processes
+
+
+def test_weights_that_do_not_fit_are_refused_as_the_bundles_fault(server, store, keys, bundles, tmp_path) -> None:
+    """Found where the weights are parsed (the workers): still a 422 `weights_invalid`, and the
+    served version does not change."""
+    from safetensors.torch import save_file
+
+    from tests.utils.factories import model_state
+
+    path = tmp_path / "misfit"
+    make_bundle(path, keys[0], version="misfit", seed=3)
+    save_file(model_state("resnet18"), tmp_path / "w.safetensors")
+    resign_with_weights(path, (tmp_path / "w.safetensors").read_bytes(), keys[0])
+    store.import_bundle(path, actor="test")
+    r = httpx.post(f"{server.url}/v1/models/misfit/activate", headers=admin(), timeout=120)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "weights_invalid"
+    assert httpx.get(f"{server.url}/readyz").json()["version"] == "v1"

@@ -23,6 +23,7 @@ from model_store.errors import (
 )
 from model_store.predictor import Predictor
 from model_store.signing import generate_keypair, sign_directory
+from tests.utils.bundles import resign_with_weights
 from tests.utils.factories import model_state, upstream_verify
 
 
@@ -194,20 +195,10 @@ class _Detonator:
         return (Path.touch, (self.marker,))
 
 
-def _resign_with_weights(path: Path, weights: bytes, private_key: Path) -> None:
-    import hashlib
-
-    (path / "model.safetensors").write_bytes(weights)
-    manifest = json.loads((path / "manifest.json").read_text())
-    manifest["weights_sha256"] = hashlib.sha256(weights).hexdigest()
-    (path / "manifest.json").write_text(json.dumps(manifest))
-    sign_directory(path, private_key)
-
-
 def test_pickled_weights_are_refused_and_never_unpickled(bundle_copy, keys, tmp_path: Path) -> None:
     path = bundle_copy()
     marker = tmp_path / "pickle-was-executed"
-    _resign_with_weights(path, pickle.dumps({"state": _Detonator(marker)}), keys[0])
+    resign_with_weights(path, pickle.dumps({"state": _Detonator(marker)}), keys[0])
     with pytest.raises(WeightsInvalid, match="not a valid safetensors"):
         load_bundle(path, keys[1])
     assert not marker.exists()
@@ -216,7 +207,7 @@ def test_pickled_weights_are_refused_and_never_unpickled(bundle_copy, keys, tmp_
 def test_torch_save_checkpoint_is_refused(bundle_copy, keys, tmp_path: Path) -> None:
     path = bundle_copy()
     torch.save(model_state(), tmp_path / "ckpt.pt")
-    _resign_with_weights(path, (tmp_path / "ckpt.pt").read_bytes(), keys[0])
+    resign_with_weights(path, (tmp_path / "ckpt.pt").read_bytes(), keys[0])
     with pytest.raises(WeightsInvalid):
         load_bundle(path, keys[1])
 
@@ -224,7 +215,7 @@ def test_torch_save_checkpoint_is_refused(bundle_copy, keys, tmp_path: Path) -> 
 def test_weights_of_another_architecture_are_refused_strictly(bundle_copy, keys, tmp_path: Path) -> None:
     path = bundle_copy()
     save_file(model_state("resnet18"), tmp_path / "w.safetensors")
-    _resign_with_weights(path, (tmp_path / "w.safetensors").read_bytes(), keys[0])
+    resign_with_weights(path, (tmp_path / "w.safetensors").read_bytes(), keys[0])
     bundle = load_bundle(path, keys[1])  # a valid safetensors file...
     with pytest.raises(WeightsInvalid, match="do not fit mobilenet_v3_small"):
         Predictor(bundle)  # ...that does not fit the manifest's architecture
@@ -235,6 +226,6 @@ def test_weights_missing_one_tensor_are_refused(bundle_copy, keys, tmp_path: Pat
     state = model_state()
     state.pop(next(iter(state)))
     save_file(state, tmp_path / "w.safetensors")
-    _resign_with_weights(path, (tmp_path / "w.safetensors").read_bytes(), keys[0])
+    resign_with_weights(path, (tmp_path / "w.safetensors").read_bytes(), keys[0])
     with pytest.raises(WeightsInvalid, match="missing 1: features"):
         Predictor(load_bundle(path, keys[1]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -51,3 +52,13 @@ def proof_from_elsewhere(bundle_dir: Path) -> ParityProof:
     manifest = (bundle_dir / MANIFEST_FILE).read_bytes()
     version = json.loads(manifest)["version"]
     return ParityProof(version, sha256_bytes(manifest), 0.0)
+
+
+def resign_with_weights(path: Path, weights: bytes, private_key: Path) -> None:
+    """Replace a bundle's weights (any bytes) and sign it again: correctly signed, so only
+    the weights' own checks can refuse it."""
+    (path / "model.safetensors").write_bytes(weights)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    sign_directory(path, private_key)
