@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.ops.model_host import NotReady
-from app.serving.pipeline import WorkerFailed
+from app.serving.workers import WorkerFailed
 from model_store import errors as E
 from model_store.capture import CaptureError, CaptureFull, CaptureNotFound
 from model_store.errors import describe_validation_errors

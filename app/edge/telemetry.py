@@ -41,19 +41,17 @@ class Telemetry:
 
 def live_metrics(metrics: Metrics, host: ModelHost, monitor: Monitor, capture: Capturer | None) -> Iterator[Metric]:
     pipeline = host.pipeline
-    yield gauge("queue_depth_images", "Images queued or in a forward pass", pipeline.queued_images)
-    yield gauge("queue_depth_megapixels", "Decode work queued or in progress", pipeline.queued_pixels / 1e6)
+    yield gauge("queue_depth_images", "Images queued or in a forward pass", pipeline.admission.images)
+    yield gauge("queue_depth_megapixels", "Decode work queued or in progress", pipeline.admission.pixels / 1e6)
     yield gauge("inference_workers", "Inference processes", pipeline.workers)
-    busy: dict[tuple[str, ...], float] = {(str(i),): s for i, s in enumerate(pipeline.worker_busy_seconds())}
+    busy: dict[tuple[str, ...], float] = {(str(i),): s for i, s in enumerate(pipeline.pool.busy_seconds())}
     yield counter("worker_busy_seconds", "Seconds each worker spent on a frame", ["worker"], busy)
-    yield counter(
-        "worker_restarts", "Inference workers started again after dying", [], {(): pipeline.worker_restarts()}
-    )
+    yield counter("worker_restarts", "Inference workers started again after dying", [], {(): pipeline.pool.restarts()})
     yield counter(
         "worker_deadline_kills",
         "Inference workers replaced after missing a frame deadline",
         [],
-        {(): pipeline.stuck_workers},
+        {(): pipeline.pool.stuck},
     )
     yield counter("parity_runs", "Runs of the served version's parity for GET /v1/parity", [], {(): host.parity_runs})
     metrics.follow_healthy.set(1 if host.follow_status.healthy else 0)

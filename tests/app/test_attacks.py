@@ -53,7 +53,7 @@ def test_a_stopped_worker_fails_its_batch_with_503_and_is_replaced(store, keys) 
     with LiveServer(store.root, keys[1], workers=1, batch_timeout_s=2.0) as srv:
         srv.wait_ready()
         pipeline = srv.app.state.service.host.pipeline
-        (pid,) = pipeline.worker_pids()
+        (pid,) = pipeline.pool.pids()
         with _stopped(pid):
             started = time.monotonic()
             r = _predict(srv.url)  # before: waited for as long as the worker stayed stopped
@@ -64,7 +64,7 @@ def test_a_stopped_worker_fails_its_batch_with_503_and_is_replaced(store, keys) 
         assert r.headers["retry-after"]
         print(f"stopped worker: answered 503 after {waited:.1f}s (deadline 2 s)")
         eventually(lambda: _predict(srv.url).status_code == 200, timeout=60, what="a predict after the restart")
-        assert pipeline.worker_pids()[0] not in (None, pid)
+        assert pipeline.pool.pids()[0] not in (None, pid)
         metrics = httpx.get(f"{srv.url}/metrics").text
         assert "worker_deadline_kills_total 1.0" in metrics
 
@@ -73,7 +73,7 @@ def test_a_stopped_idle_worker_is_found_by_its_ping_and_readiness_says_so(store,
     with LiveServer(store.root, keys[1], workers=1, batch_timeout_s=1.0) as srv:
         srv.wait_ready()
         pipeline = srv.app.state.service.host.pipeline
-        (pid,) = pipeline.worker_pids()
+        (pid,) = pipeline.pool.pids()
         with _stopped(pid):
             # No request at all: the ping (every 5 s) finds it, /readyz turns 503 meanwhile.
             body = eventually(
@@ -82,7 +82,7 @@ def test_a_stopped_idle_worker_is_found_by_its_ping_and_readiness_says_so(store,
                 what="/readyz to say no worker answers",
             )
             assert "no inference worker is answering" in body["reason"]
-            eventually(lambda: pipeline.worker_pids()[0] not in (None, pid), timeout=30, what="a new worker")
+            eventually(lambda: pipeline.pool.pids()[0] not in (None, pid), timeout=30, what="a new worker")
         srv.wait_ready(timeout=60)
         assert _predict(srv.url).status_code == 200
 

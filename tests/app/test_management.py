@@ -159,7 +159,12 @@ def test_an_activation_verifies_in_the_front_and_parses_weights_only_in_the_work
 
     parsed: list[str] = []
     real = model_store.bundle.parse_weights
-    monkeypatch.setattr(model_store.bundle, "parse_weights", lambda data, name: parsed.append(name) or real(data, name))
+
+    def counting(data: bytes, name: str):
+        parsed.append(name)
+        return real(data, name)
+
+    monkeypatch.setattr(model_store.bundle, "parse_weights", counting)
     r = httpx.post(f"{server.url}/v1/models/v2/activate", headers=admin(), json={"reason": "t"}, timeout=120)
     assert r.status_code == 200, r.text
     assert r.json()["active"] == "v2"

@@ -100,7 +100,7 @@ def test_admission_counts_images_and_decode_work(bundles, keys) -> None:
             with pytest.raises(Overloaded, match="megapixels"):
                 await p.predict(v, checked([big]))  # 2 + 1 megapixels pass the bound
             await first
-            assert (p.queued_images, p.queued_pixels) == (0, 0)  # everything answered is released
+            assert (p.admission.images, p.admission.pixels) == (0, 0)  # everything answered is released
             small = checked([IMAGES[0]] * 5)
             tasks = [asyncio.create_task(p.predict(v, small)), asyncio.create_task(p.predict(v, small))]
             done = await asyncio.gather(*tasks, return_exceptions=True)
@@ -129,18 +129,18 @@ def test_a_worker_that_dies_is_replaced_and_only_its_batch_fails(bundles, keys, 
     async def scenario() -> None:
         async with running_pipeline(workers=1) as p:
             v = await load(p, bundles["v1"], keys[1])
-            [pid] = p.worker_pids()
+            [pid] = p.pool.pids()
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
             with pytest.raises(WorkerFailed):
                 await p.predict(v, checked(IMAGES[:2]))
             for _ in range(200):  # the replacement loads v1 before it takes images
-                if p.worker_pids()[0] not in (None, pid):
+                if p.pool.pids()[0] not in (None, pid):
                     break
                 await asyncio.sleep(0.05)
             got = await asyncio.wait_for(p.predict(v, checked(IMAGES[:1])), timeout=60)
             assert got[0].probability == expected["v1"][0]
-            assert p.worker_restarts() == 1 and p.worker_pids()[0] != pid
+            assert p.pool.restarts() == 1 and p.pool.pids()[0] != pid
 
     asyncio.run(scenario())
 

@@ -28,7 +28,7 @@ async def readyz(service: ServiceDep) -> Response:
     loaded = host.current
     if loaded is None:
         return JSONLines({"ready": False, "reason": host.reason, "following": following}, status_code=503)
-    responsive = host.pipeline.responsive_workers()
+    responsive = host.pipeline.pool.responsive()
     if responsive == 0:  # every worker dead, restarting, or stuck past its deadline: nothing can answer
         reason = f"no inference worker is answering ({host.pipeline.workers} restarting or stuck)"
         return JSONLines({"ready": False, "reason": reason, "following": following}, status_code=503)
