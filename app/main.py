@@ -17,12 +17,13 @@ from app.edge.routes.predict import PredictFastPath
 from app.edge.telemetry import live_metrics
 from app.ops.upload import clean_stale, upload_root
 from app.service import build_service
+from app.serving.pipeline import Pipeline
 from app.settings import Settings
 
 log = logging.getLogger("app.main")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastAPI:
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
@@ -34,7 +35,7 @@ def create_app(settings: Settings) -> FastAPI:
                 "(management still needs the token); put it behind a proxy or firewall you control",
                 settings.host,
             )
-        service = app.state.service = build_service(settings, metrics)
+        service = app.state.service = build_service(settings, metrics, pipeline)
         metrics.watch(lambda: live_metrics(metrics, service.host, service.monitor, service.capture))
         stale = clean_stale(upload_root())  # left by a process killed mid-upload
         if stale:

@@ -33,10 +33,11 @@ class Service:
         return BodyLimits(s.max_image_bytes, s.max_images_per_request, s.max_request_bytes, s.body_timeout_s)
 
 
-def build_service(settings: Settings, metrics: Metrics) -> Service:
-    """Everything a running service holds, from its settings (nothing started yet)."""
+def build_service(settings: Settings, metrics: Metrics, pipeline: Pipeline | None = None) -> Service:
+    """Everything a running service holds, from its settings (nothing started yet).
+    `pipeline`: another serving pipeline (the route tests' in-process fake)."""
     telemetry = Telemetry(metrics)
-    pipeline = Pipeline(
+    pipeline = pipeline or Pipeline(
         workers=settings.workers,
         device=settings.device,
         threads_per_worker=settings.worker_threads,

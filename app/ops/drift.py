@@ -32,7 +32,6 @@ GAUGES_CACHE_S = 5.0  # Prometheus scrapes every 15-60 s; four scrapers must not
 class Window:
     rows: deque[tuple[float, ...]]  # one value per feature of `monitoring.FEATURES`, most recent last
     images: int = 0  # since the station first appeared for this version
-    positive: int = 0
 
     def column(self, feature: str) -> list[float]:
         i = mon.FEATURES.index(feature)
@@ -61,14 +60,12 @@ class Monitor:
         w = self.windows.get(key)
         if w is None:
             w = self.windows[key] = Window(deque(maxlen=self.window))
-        positive = loaded.manifest.decision.positive_label
         for (_, _, info), s in zip(images, scores, strict=True):
             if s.stats is None:
                 continue
             f = mon.features(s.stats, info.width, info.height, s.probability)
             w.rows.append(tuple(f[name] for name in mon.FEATURES))
             w.images += 1
-            w.positive += s.decision == positive
 
     def forget(self, keep: set[str]) -> None:
         """Drop the windows of versions no longer served or shadowed."""

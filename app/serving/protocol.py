@@ -72,10 +72,3 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[Header, list[bytes]]
     head_len, total = _PREFIX.unpack(await reader.readexactly(_PREFIX.size))
     head = await reader.readexactly(head_len)
     return _split(head, await reader.readexactly(total))
-
-
-async def write_frame(
-    writer: asyncio.StreamWriter, header: Header, blobs: list[bytes] | tuple[bytes, ...] = ()
-) -> None:
-    writer.writelines(encode(header, blobs))
-    await writer.drain()
