@@ -44,9 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from app.main import create_app
-    from app.server import config
+    from app.server import StartupRefused, config
 
-    uvicorn.Server(config(create_app(settings), settings)).run()
+    try:
+        server_config = config(create_app(settings), settings)
+    except StartupRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.Server(server_config).run()
     return 0
 
 
