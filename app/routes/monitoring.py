@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from app.deps import SECURED, AdminDep, ServiceDep, check_admin
+from app.deps import SECURED, AdminDep, ServiceDep, check_station
 from app.errors import APIError
 from app.schemas import AuditOut, error_responses
 from model_store import monitoring as mon
@@ -53,13 +52,7 @@ class Feedback(BaseModel):
 
 def _feedback_actor(request: Request) -> str:
     """A station token or the management token."""
-    settings = request.app.state.service.settings
-    if settings.station_token is not None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        expected = settings.station_token.get_secret_value()
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), expected.encode()):
-            return "station"
-    return check_admin(request)
+    return check_station(request)
 
 
 @router.post(

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request, Response
 from app.deps import SECURED, ServiceDep, check_admin
 from app.errors import APIError, JSONLines
 from app.model_host import NotReady
-from app.schemas import ParityResponse, error_responses
+from app.schemas import ParityResponse, VersionQuery, error_responses
 
 router = APIRouter(prefix="/v1", tags=["parity"])
 
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1", tags=["parity"])
     # The token is needed only with `?version=`: no security, or the bearer scheme.
     openapi_extra={"security": [{}, *SECURED]},
 )
-async def parity(request: Request, service: ServiceDep, version: str | None = None) -> Response:
+async def parity(request: Request, service: ServiceDep, version: VersionQuery = None) -> Response:
     """200 when every reference image is within tolerance (and keeps its decision) on every
     inference worker, else 409.
 

@@ -17,8 +17,9 @@ import httpx
 import pytest
 
 from model_store import activation
+from model_store.manifest import VERSION_PATTERN
 from model_store.store import FilesystemStore
-from tests.utils.server import ADMIN_TOKEN, ServiceProcess
+from tests.utils.server import ADMIN_TOKEN, ServiceProcess, admin
 
 pytestmark = pytest.mark.slow
 
@@ -93,13 +94,13 @@ def test_management_routes_declare_the_bearer_scheme(document: dict[str, Any]) -
     ("method", "path", "statuses"),
     [
         ("post", "/v1/predict", {200, 408, 413, 415, 422, 503}),
-        ("get", "/v1/parity", {200, 401, 403, 404, 409, 422, 503}),
-        ("get", "/v1/models", {200, 401, 403, 503}),
-        ("post", "/v1/models", {200, 201, 401, 403, 408, 409, 413, 415, 422, 503}),
-        ("get", "/v1/models/{version}", {200, 401, 403, 404, 422, 503}),
-        ("post", "/v1/models/{version}/activate", {200, 401, 403, 404, 409, 422, 503}),
-        ("post", "/v1/models/rollback", {200, 401, 403, 409, 422, 503}),
-        ("post", "/v1/feedback", {201, 400, 401, 403, 404, 409, 422, 503}),
+        ("get", "/v1/parity", {200, 401, 403, 404, 409, 422, 429, 503}),
+        ("get", "/v1/models", {200, 401, 403, 429, 503}),
+        ("post", "/v1/models", {200, 201, 401, 403, 408, 409, 413, 415, 422, 429, 503}),
+        ("get", "/v1/models/{version}", {200, 401, 403, 404, 422, 429, 503}),
+        ("post", "/v1/models/{version}/activate", {200, 401, 403, 404, 409, 422, 429, 503}),
+        ("post", "/v1/models/rollback", {200, 401, 403, 409, 422, 429, 503}),
+        ("post", "/v1/feedback", {201, 400, 401, 403, 404, 409, 422, 429, 503}),
     ],
 )
 def test_every_status_a_route_answers_is_declared_with_the_error_schema(
@@ -126,6 +127,35 @@ def test_405_names_the_allowed_methods_in_json(service: ServiceProcess) -> None:
         assert r.json()["error"] == "method_not_allowed"
     r = httpx.get(f"{service.url}/nowhere")
     assert r.status_code == 404 and r.json()["error"] == "not_found"
+
+
+def test_version_parameters_declare_the_stores_name_pattern(document: dict[str, Any]) -> None:
+    declared = []
+    for path, method in (
+        ("/v1/models/{version}", "get"),
+        ("/v1/models/{version}/activate", "post"),
+        ("/v1/parity", "get"),
+    ):
+        (param,) = [p for p in document["paths"][path][method]["parameters"] if p["name"] == "version"]
+        schema = param["schema"]
+        declared.append(schema.get("pattern") or next(s.get("pattern") for s in schema["anyOf"] if "pattern" in s))
+    assert declared == [VERSION_PATTERN] * 3
+    assert document["components"]["schemas"]["ShadowRequest"]["properties"]["version"]["pattern"] == VERSION_PATTERN
+
+
+def test_a_version_name_outside_the_pattern_is_refused_naming_it(service: ServiceProcess) -> None:
+    for r in (
+        httpx.get(f"{service.url}/v1/models/v%20x", headers=admin()),
+        httpx.post(f"{service.url}/v1/models/.hidden/activate", headers=admin()),
+        httpx.get(f"{service.url}/v1/parity", params={"version": "v" * 65}, headers=admin()),
+    ):
+        assert r.status_code == 422 and r.json()["error"] == "invalid_version_name", r.text
+
+
+def test_rollback_is_a_path_of_its_own_not_a_version(service: ServiceProcess) -> None:
+    for method in ("OPTIONS", "GET"):
+        r = httpx.request(method, f"{service.url}/v1/models/rollback", headers=admin())
+        assert r.status_code == 405 and r.headers["allow"] == "POST", (method, r.headers)
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
