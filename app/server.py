@@ -27,7 +27,11 @@ MAX_HEAD_BYTES = 64 * 1024
 # before closing: closing with unread bytes would reset the connection, and a reset can
 # destroy the answer before the client reads it.
 LINGER_S = 1.0
+OVER_CAP_LOG_INTERVAL_S = 60.0
 HTTP09 = "HTTP/0.9 is not supported: send an HTTP/1.1 request line"
+
+
+log = logging.getLogger("app.server")
 
 
 class _Refused(Exception):
@@ -48,6 +52,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s = HEADER_TIMEOUT_S
     max_connections = 1024  # open connections of this server (APP_MAX_CONNECTIONS, set by `config`)
     retry_after_s = 1
+    refused_over_cap = 0  # per server, like the two above
+    over_cap_logged_at = float("-inf")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -72,6 +78,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         so its file descriptor is free again. (uvicorn's own `limit_concurrency` answers only
         once the headers have arrived, in plain text, holding the descriptor until then.)"""
         self._refused = True
+        cls = type(self)  # one class per server (`config`)
+        cls.refused_over_cap += 1
+        now = self.loop.time()
+        if now - cls.over_cap_logged_at >= OVER_CAP_LOG_INTERVAL_S:  # a flood must not flood the log too
+            cls.over_cap_logged_at = now
+            log.warning(
+                "connection limit of %d reached: %d connection(s) refused so far; raise APP_MAX_CONNECTIONS "
+                "(and the file-descriptor limit) if this is real traffic",
+                self.max_connections,
+                cls.refused_over_cap,
+            )
         self.transport.write(
             _answer(
                 503,
@@ -275,5 +292,5 @@ def config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
     options.update(overrides)
     result = uvicorn.Config(app, **options)  # applies the logging configuration
     if warning:
-        logging.getLogger("app.server").warning(warning)
+        log.warning(warning)
     return result

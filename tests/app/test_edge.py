@@ -87,6 +87,7 @@ def test_connections_over_the_cap_get_a_json_503_at_once(service: ServiceProcess
             sock.close()
     time.sleep(0.3)
     assert httpx.get(f"{service.url}/readyz").status_code == 200
+    assert "connection limit of 20 reached" in service.log.read_text()  # the operator is told
 
 
 def test_pipelined_gets_are_all_answered(service: ServiceProcess) -> None:
@@ -200,3 +201,16 @@ def test_a_connection_cap_over_the_descriptor_limit_stops_startup(store, keys) -
     )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "APP_MAX_CONNECTIONS" in r.stderr and "256" in r.stderr and "Traceback" not in r.stderr
+    # Not set: the default is lowered to fit, and the log says so.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app"], env=env, stderr=subprocess.PIPE, text=True, preexec_fn=low_limit
+    )
+    assert proc.stderr is not None
+    try:
+        first = json.loads(proc.stderr.readline())
+        assert first["logger"] == "app.server" and "connections capped at" in first["message"], first
+        assert "file-descriptor limit is 256" in first["message"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stderr.close()
