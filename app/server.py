@@ -59,8 +59,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
         self._in_head = True  # between the start of a request and the end of its headers
-        self._head_raw = 0  # bytes of this head's unfinished line, which httptools buffers
+        self._head_raw = 0  # bytes received for this head (httptools buffers them)
         self._head_parsed = 0  # bytes of the request target and headers parsed so far
+        self._ended_in_chunk = False  # a request ended inside the chunk being parsed
+        self._after_pipelined = False  # this head began after a request that ended in the same chunk
         self._url_seen = False  # this head's request target has begun
         self._running: RequestResponseCycle | None = None  # the cycle whose task is answering
         self._refusal: tuple[int, str, str] | None = None
@@ -103,15 +105,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # lingering after a refusal: drop what the client still sends
+        self._ended_in_chunk = self._after_pipelined = False
         super().data_received(data)  # a callback's _Refused arrives in send_400_response
         if self._in_head and not self._refused:
-            # The chunk ends inside a head. Its complete lines are counted as the parser
-            # reports them (on_url, on_header); httptools buffers the unfinished line with no
-            # limit of its own, and only the bytes after the chunk's last line break belong
-            # to it. (Counting the whole chunk counted the complete pipelined requests
-            # before it too: 4,000 pipelined GETs were answered 431, issue 19.)
-            newline = data.rfind(b"\n")
-            self._head_raw = self._head_raw + len(data) if newline < 0 else len(data) - newline - 1
+            # The chunk ends inside a head, which httptools buffers with no limit of its own.
+            if self._after_pipelined:
+                # The head began after complete requests in this same chunk (pipelining),
+                # at an offset the parser does not tell: its bytes here are what it has
+                # reported of it (on_url, on_header) and the unfinished line after the last
+                # line break. Counting the whole chunk counted the requests before it too:
+                # 4,000 pipelined GETs were answered 431 (issue 19).
+                newline = data.rfind(b"\n")
+                self._head_raw = self._head_parsed + len(data) - newline - 1
+            else:
+                self._head_raw += len(data)  # the whole chunk is this head's
             version = self.parser.get_http_version()
             if self._url_seen and (version == "0.9" or (version == "0.0" and data.endswith(b"\n"))):
                 # A request line that ended with no HTTP version (the parser names the
@@ -119,7 +126,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 # body. Refused at once, not when the header deadline runs out.
                 self._refuse(400, "bad_request", HTTP09)
                 return
-            if self._head_parsed + self._head_raw > MAX_HEAD_BYTES:
+            if self._head_raw > MAX_HEAD_BYTES:
                 self._refuse(
                     431, "request_headers_too_large", f"request line and headers exceed {MAX_HEAD_BYTES} bytes"
                 )
@@ -127,6 +134,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head, self._head_raw, self._head_parsed, self._url_seen = True, 0, 0, False
+        self._after_pipelined = self._ended_in_chunk
         if self._header_timer is None:
             self._arm()
 
@@ -164,6 +172,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         status, code, message = self._refusal or (400, "bad_request", f"not a valid HTTP/1.1 request: {msg}")
         self._refusal = None
         self._refuse(status, code, message)
+
+    def on_message_complete(self) -> None:
+        self._ended_in_chunk = True
+        super().on_message_complete()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         self._running = cycle  # pipelined requests start one after another, from the queue

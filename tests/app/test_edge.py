@@ -97,6 +97,19 @@ def test_pipelined_gets_are_all_answered(service: ServiceProcess) -> None:
     assert len(replies) == count and statuses == {200}, (len(replies), statuses, replies[0].body[:200])
 
 
+def test_an_oversized_head_behind_pipelined_requests_is_still_refused_cleanly(service: ServiceProcess) -> None:
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"h" * 70_000  # never finished
+    replies = exchange_many(service.port, get * 10 + big, 11)
+    assert replies and replies[-1].status == 431, [r.status for r in replies]
+    assert replies[-1].json()["error"] == "request_headers_too_large"
+    # The requests ahead of it were being answered when the connection was refused: their
+    # answers are dropped, not written after the refusal (which was a 500, "write after EOF").
+    time.sleep(0.3)
+    assert _metric(service, "/healthz", 500) == 0
+    assert "Traceback" not in service.log.read_text()
+
+
 @pytest.mark.parametrize("wire", [b"GET /healthz\r\n", b"GET /healthz\r\n\r\n", b"GET /healthz HTTP/2.0\r\n\r\n"])
 def test_a_request_line_without_http_1_is_refused(service: ServiceProcess, wire: bytes) -> None:
     started = time.monotonic()
