@@ -160,10 +160,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if version not in ("1.0", "1.1"):
             # llhttp accepts a request line with no version (HTTP/0.9) or "HTTP/2.0", and
             # uvicorn would answer either in HTTP/1.1: refused, as a request we do not speak.
-            if version in ("0.0", "0.9"):
-                self._refusal = (400, "bad_request", HTTP09)
-            else:
-                self._refusal = (505, "http_version_not_supported", f"HTTP/{version} is not supported; send HTTP/1.1")
+            # (A 400, not 505: nothing a client sends gets a 5xx.)
+            message = HTTP09 if version in ("0.0", "0.9") else f"HTTP/{version} is not supported; send HTTP/1.1"
+            self._refusal = (400, "bad_request", message)
             raise _Refused()
         super().on_headers_complete()
 

@@ -115,8 +115,8 @@ def test_a_request_line_without_http_1_is_refused(service: ServiceProcess, wire:
     started = time.monotonic()
     reply = exchange(service.port, [wire], timeout=5)
     elapsed = time.monotonic() - started
-    assert reply.status in (400, 505), reply
-    assert reply.json()["error"] in ("bad_request", "http_version_not_supported")
+    assert reply.status == 400, reply
+    assert reply.json()["error"] == "bad_request" and "HTTP/" in reply.json()["message"]
     assert reply.headers["connection"] == "close"
     assert elapsed < 5  # at once, not when the header deadline (10 s) runs out
 
