@@ -43,10 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Only now the heavy imports (torch, via the pipeline): a bad setting is refused at once.
     import uvicorn
 
-    from app.edge.server import config
+    from app.edge.server import StartupRefused, config
     from app.main import create_app
 
-    uvicorn.Server(config(create_app(settings), settings)).run()
+    try:
+        server_config = config(create_app(settings), settings)
+    except StartupRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.Server(server_config).run()
     return 0
 
 

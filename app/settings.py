@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         BODY_TIMEOUT_S, gt=0, le=3600, description="a whole request body must arrive within this"
     )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        le=1_000_000,
+        description="open client connections; more are answered 503 at once (must fit the file-descriptor limit)",
+    )
 
     @field_validator("admin_token", "station_token")
     @classmethod

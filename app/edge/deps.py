@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
+import time
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -52,13 +55,94 @@ def check_admin(request: Request) -> str:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise APIError(401, "unauthorized", "send Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
+    failures = token_failures(request)
+    failures.check(request)
     expected = settings.admin_token.get_secret_value()
     if not hmac.compare_digest(token.encode(), expected.encode()):
+        failures.record(request)
         raise APIError(401, "unauthorized", "invalid bearer token", {"WWW-Authenticate": "Bearer"})
     who = request.headers.get("x-actor", "api")[:64]
     client = request.client.host if request.client else "unknown"
     token_id = hashlib.sha256(expected.encode()).hexdigest()[:8]
     return f"{who}@{client} (token {token_id})"
+
+
+def check_station(request: Request) -> str:
+    """A station token (APP_STATION_TOKEN) or the management token, for `POST /v1/feedback`."""
+    settings = request.app.state.service.settings
+    if settings.station_token is not None:
+        token_failures(request).check(request)  # before the comparison: a locked-out guess learns nothing
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        expected = settings.station_token.get_secret_value()
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), expected.encode()):
+            return "station"
+    return check_admin(request)  # counts a wrong token
+
+
+# --- wrong tokens slow their client down ----------------------------------------------
+
+TOKEN_FAILURES = 10  # wrong tokens from one client address within the window before it is refused
+TOKEN_WINDOW_S = 60.0
+TOKEN_CLIENTS = 4096  # addresses remembered; the oldest is forgotten first
+
+
+class TokenFailures:
+    """Wrong bearer tokens per client address in a sliding window. Past `TOKEN_FAILURES`, the
+    address gets 429 with Retry-After for any token, right or wrong, until its oldest failure
+    leaves the window: guessing a 16-character token at 10 a minute is hopeless, and no
+    coroutine sleeps (a delay would hold a connection and a task per guess). The table holds
+    at most `TOKEN_CLIENTS` addresses of at most `TOKEN_FAILURES` times each.
+
+    Behind a proxy every client has the proxy's address: one guesser then locks out all
+    management for up to a minute, which is the safer side to fail on.
+    """
+
+    def __init__(self) -> None:
+        self._times: OrderedDict[str, deque[float]] = OrderedDict()
+
+    @staticmethod
+    def _client(request: Request) -> str:
+        return request.client.host if request.client else "unknown"
+
+    def _recent(self, client: str, now: float) -> deque[float] | None:
+        times = self._times.get(client)
+        while times and times[0] <= now - TOKEN_WINDOW_S:
+            times.popleft()
+        if times is not None and not times:
+            del self._times[client]
+            return None
+        return times
+
+    def check(self, request: Request) -> None:
+        now = time.monotonic()
+        times = self._recent(self._client(request), now)
+        if times is not None and len(times) >= TOKEN_FAILURES:
+            wait = max(1, math.ceil(times[0] + TOKEN_WINDOW_S - now))
+            raise APIError(
+                429,
+                "too_many_token_failures",
+                f"{len(times)} wrong tokens from this address in {TOKEN_WINDOW_S:g} s; retry in {wait} s",
+                {"Retry-After": str(wait)},
+            )
+
+    def record(self, request: Request) -> None:
+        client, now = self._client(request), time.monotonic()
+        times = self._recent(client, now)
+        if times is None:
+            times = self._times[client] = deque(maxlen=TOKEN_FAILURES)
+            if len(self._times) > TOKEN_CLIENTS:
+                self._times.popitem(last=False)
+        self._times.move_to_end(client)
+        times.append(now)
+
+
+def token_failures(request: Request) -> TokenFailures:
+    """The app's table (one per app, created on first use)."""
+    state = request.app.state
+    table: TokenFailures | None = getattr(state, "token_failures", None)
+    if table is None:
+        table = state.token_failures = TokenFailures()
+    return table
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]

@@ -8,6 +8,7 @@ server never sees the exception and never answers in plain text).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from app.ops.model_host import NotReady
@@ -59,8 +61,21 @@ def status_for(exc: E.ModelStoreError) -> int:
     return next((status for cls, status in _STATUS if isinstance(exc, cls)), 500)
 
 
+# A client never sees where the server keeps things: store messages name the store's
+# directory or bucket, bundle and upload messages their temporary folders, OS errors their
+# files. Any absolute path of two components or more, and any s3:// location, is replaced
+# in every refusal (the log keeps the operator's view). API paths (/v1/...) are not
+# server paths; a path a client sent inside a name (`../../etc/passwd`) stays recognisable.
+_SERVER_PATH = re.compile(r"s3://[^\s'\":]*|(?<![\w./:-])/(?!v1/)[\w.@+~-]+(?:/[\w.@+~-]*)+")
+SERVER_PATH = "(a server path)"
+
+
+def redact(message: str) -> str:
+    return _SERVER_PATH.sub(SERVER_PATH, message)
+
+
 def body(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"error": code, "message": message, **extra}
+    return {"error": code, "message": redact(message), **extra}
 
 
 def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
@@ -92,10 +107,21 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(422, "invalid_request", describe_validation_errors(exc.errors()))
+        problems = exc.errors()
+        # A version name outside the store's pattern is refused by the framework now that the
+        # document declares it: the same code as when the store refused it.
+        names = all(
+            e.get("loc", ())[-1:] == ("version",) and e.get("type") == "string_pattern_mismatch" for e in problems
+        )
+        code = "invalid_version_name" if problems and names else "invalid_request"
+        return error_response(422, code, describe_validation_errors(problems))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if isinstance(exc.__cause__, ClientDisconnect):
+            # FastAPI turns a client hanging up mid-body into "400 error parsing the body":
+            # nobody is left to answer, and it is counted and logged as 499, not as a 400.
+            raise exc.__cause__
         code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         headers = dict(exc.headers or {})
         if exc.status_code == 405:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.config
 import re
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.edge.errors import error_response
@@ -82,13 +83,26 @@ def gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = Non
     return family
 
 
+# Ours and uvicorn's loggers, one JSON line each on stderr: uvicorn's default configuration
+# would print its warnings ("Invalid HTTP request received.") as plain text among them.
+# uvicorn applies it (`app.edge.server.config`, `log_config=`); `configure_logging` again at startup.
+LOG_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "app.edge.observability._JsonFormatter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "loggers": {
+        "app": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        **{
+            name: {"handlers": ["stderr"], "level": "WARNING", "propagate": False}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+        },
+    },
+}
+
+
 def configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter())
-    root = logging.getLogger("app")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
+    logging.config.dictConfig(LOG_CONFIG)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -152,7 +166,7 @@ class RequestObserver:
 
         try:
             await self.app(scope, receive, send_wrapper)
-        except ClientGone:
+        except (ClientGone, ClientDisconnect):  # ours, or a body read by the framework or a route
             status = CLIENT_CLOSED
         except Exception as exc:
             status = 500

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from model_store.manifest import VERSION_PATTERN
 from model_store.parity import ParityReport
 from model_store.store.base import AuditEntry
+
+# A version name as the store allows it, declared in the document so that clients (and
+# schemathesis) know a name outside it is invalid; one pattern, the store's.
+_VERSION_DOC = "a version name: 1-64 of A-Z a-z 0-9 . _ -, starting alphanumeric"
+VersionPath = Annotated[str, Path(pattern=VERSION_PATTERN, description=_VERSION_DOC)]
+VersionQuery = Annotated[str | None, Query(pattern=VERSION_PATTERN, description=_VERSION_DOC)]
 
 
 class ModelRef(BaseModel):
@@ -136,11 +144,15 @@ _ERROR_MEANING = {
     413: "too large: the body, one image or the number of images",
     415: "unsupported content type",
     422: "the body or a parameter is invalid (not an image, truncated, too many pixels, unsafe archive...)",
+    429: "too many wrong tokens from this address; retry after `Retry-After` seconds (`too_many_token_failures`)",
     503: "not ready, overloaded or the store is unreachable; retry after `Retry-After` seconds",
     507: "the capture store is full (`capture_full`)",
 }
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for a route: each status with the `ErrorBody` schema."""
+    """`responses=` for a route: each status with the `ErrorBody` schema. A route that checks
+    a token (401) also slows down wrong ones (429, `app.edge.deps.TokenFailures`)."""
+    if 401 in statuses:
+        statuses = (*statuses, 429)
     return {status: {"model": ErrorBody, "description": _ERROR_MEANING[status]} for status in statuses}

@@ -5,13 +5,17 @@ and headers. Slow or large bodies are bounded where the body is read (`app.edge.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import resource
 from http import HTTPStatus
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from app.edge.observability import LOG_CONFIG
 from app.settings import HEADER_TIMEOUT_S, Settings
 
 MAX_URL_BYTES = 8 * 1024  # the request target; ours are short, a long one is a probe or a mistake
@@ -22,6 +26,11 @@ MAX_HEAD_BYTES = 64 * 1024
 # before closing: closing with unread bytes would reset the connection, and a reset can
 # destroy the answer before the client reads it.
 LINGER_S = 1.0
+OVER_CAP_LOG_INTERVAL_S = 60.0
+HTTP09 = "HTTP/0.9 is not supported: send an HTTP/1.1 request line"
+
+
+log = logging.getLogger("app.edge.server")
 
 
 class _Refused(Exception):
@@ -40,29 +49,82 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """
 
     header_timeout_s = HEADER_TIMEOUT_S
+    max_connections = 1024  # open connections of this server (APP_MAX_CONNECTIONS, set by `config`)
+    retry_after_s = 1
+    refused_over_cap = 0  # per server, like the two above
+    over_cap_logged_at = float("-inf")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
         self._in_head = True  # between the start of a request and the end of its headers
-        self._head_raw = 0  # bytes received for this head after its first chunk (httptools buffers them)
+        self._head_raw = 0  # bytes received for this head (httptools buffers them)
         self._head_parsed = 0  # bytes of the request target and headers parsed so far
+        self._ended_in_chunk = False  # a request ended inside the chunk being parsed
+        self._after_pipelined = False  # this head began after a request that ended in the same chunk
+        self._url_seen = False  # this head's request target has begun
+        self._running: RequestResponseCycle | None = None  # the cycle whose task is answering
         self._refusal: tuple[int, str, str] | None = None
         self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(transport)  # joins the server's set of open connections
+        if len(self.connections) > self.max_connections:
+            self._over_capacity()
+            return
         self._arm()
+
+    def _over_capacity(self) -> None:
+        """Past the cap, a connection is answered before it sends a byte and closed at once,
+        so its file descriptor is free again. (uvicorn's own `limit_concurrency` answers only
+        once the headers have arrived, in plain text, holding the descriptor until then.)"""
+        self._refused = True
+        cls = type(self)  # one class per server (`config`)
+        cls.refused_over_cap += 1
+        now = self.loop.time()
+        if now - cls.over_cap_logged_at >= OVER_CAP_LOG_INTERVAL_S:  # a flood must not flood the log too
+            cls.over_cap_logged_at = now
+            log.warning(
+                "connection limit of %d reached: %d connection(s) refused so far; raise APP_MAX_CONNECTIONS "
+                "(and the file-descriptor limit) if this is real traffic",
+                self.max_connections,
+                cls.refused_over_cap,
+            )
+        self.transport.write(
+            _answer(
+                503,
+                "too_many_connections",
+                f"the service holds its limit of {self.max_connections} connections; retry shortly",
+                {"retry-after": str(self.retry_after_s)},
+            )
+        )
+        # No linger, unlike `_refuse`: a flood must not hold descriptors for a second each.
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # lingering after a refusal: drop what the client still sends
+        self._ended_in_chunk = self._after_pipelined = False
         super().data_received(data)  # a callback's _Refused arrives in send_400_response
         if self._in_head and not self._refused:
-            # The headers are still not complete after this chunk: httptools buffers what it
-            # has of them, with no limit of its own. (A chunk that completes them may carry
-            # any amount of body; it is not counted.)
-            self._head_raw += len(data)
+            # The chunk ends inside a head, which httptools buffers with no limit of its own.
+            if self._after_pipelined:
+                # The head began after complete requests in this same chunk (pipelining),
+                # at an offset the parser does not tell: its bytes here are what it has
+                # reported of it (on_url, on_header) and the unfinished line after the last
+                # line break. Counting the whole chunk counted the requests before it too:
+                # 4,000 pipelined GETs were answered 431 (issue 19).
+                newline = data.rfind(b"\n")
+                self._head_raw = self._head_parsed + len(data) - newline - 1
+            else:
+                self._head_raw += len(data)  # the whole chunk is this head's
+            version = self.parser.get_http_version()
+            if self._url_seen and (version == "0.9" or (version == "0.0" and data.endswith(b"\n"))):
+                # A request line that ended with no HTTP version (the parser names the
+                # version once the next line begins): HTTP/0.9, whose client waits for a bare
+                # body. Refused at once, not when the header deadline runs out.
+                self._refuse(400, "bad_request", HTTP09)
+                return
             if self._head_raw > MAX_HEAD_BYTES:
                 self._refuse(
                     431, "request_headers_too_large", f"request line and headers exceed {MAX_HEAD_BYTES} bytes"
@@ -70,12 +132,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head, self._head_raw, self._head_parsed = True, 0, 0
+        self._in_head, self._head_raw, self._head_parsed, self._url_seen = True, 0, 0, False
+        self._after_pipelined = self._ended_in_chunk
         if self._header_timer is None:
             self._arm()
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
+        self._url_seen = True
         self._head_parsed += len(url)
         if len(self.url) > MAX_URL_BYTES:
             self._refusal = (414, "uri_too_long", f"the request target exceeds {MAX_URL_BYTES} bytes")
@@ -91,6 +155,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         self._in_head = False
+        version = self.parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            # llhttp accepts a request line with no version (HTTP/0.9) or "HTTP/2.0", and
+            # uvicorn would answer either in HTTP/1.1: refused, as a request we do not speak.
+            # (A 400, not 505: nothing a client sends gets a 5xx.)
+            message = HTTP09 if version in ("0.0", "0.9") else f"HTTP/{version} is not supported; send HTTP/1.1"
+            self._refusal = (400, "bad_request", message)
+            raise _Refused()
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
@@ -98,6 +170,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         status, code, message = self._refusal or (400, "bad_request", f"not a valid HTTP/1.1 request: {msg}")
         self._refusal = None
         self._refuse(status, code, message)
+
+    def on_message_complete(self) -> None:
+        self._ended_in_chunk = True
+        super().on_message_complete()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        self._running = cycle  # pipelined requests start one after another, from the queue
+        super()._start_asgi_task(cycle, app)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # arms uvicorn's keep-alive timer for the idle time
@@ -129,18 +209,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused or self.transport.is_closing():
             return
         self._refused = True
-        if self.cycle is not None and not self.cycle.response_complete:
-            # A request being answered (a bad chunk mid-body): its handler sees the client
-            # gone, and whatever it sends afterwards is dropped, not written after our answer.
-            self.cycle.disconnected = True
-            self.cycle.message_event.set()
-        body = json.dumps({"error": code, "message": message}).encode() + b"\n"
-        reason = HTTPStatus(status).phrase
-        self.transport.write(
-            f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\n".encode()
-            + f"content-length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
+        # Requests being answered (a bad chunk mid-body; the one ahead of a bad pipelined
+        # head): their handlers see the client gone, and whatever they send afterwards is
+        # dropped, not written after our answer. Pipelined requests not yet started never are.
+        self.pipeline.clear()
+        for cycle in (self._running, self.cycle):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        self.transport.write(_answer(status, code, message))
         if self.transport.can_write_eof():
             self.transport.write_eof()  # the answer, then end of stream; close once the client had time to read
             self.loop.call_later(LINGER_S, self.transport.close)
@@ -148,9 +225,69 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
+def _answer(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> bytes:
+    """A whole HTTP/1.1 answer in our JSON error format, ending the connection."""
+    body = json.dumps({"error": code, "message": message}).encode() + b"\n"
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    return (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+        f"connection: close\r\n{extra}content-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+# File descriptors the process needs besides client connections: the listening socket,
+# stdio, the event loop's own, store and capture files open in worker threads (at most 32
+# at once), and per inference worker its pipes and process handles.
+FD_BASE = 64
+FD_PER_WORKER = 8
+
+
+class StartupRefused(Exception):
+    """A setting the process cannot honour; `python -m app` prints it and exits 2."""
+
+
+def connection_cap(settings: Settings) -> tuple[int, str | None]:
+    """The connection cap this process can hold, and a warning if it is below the setting.
+
+    Raises the soft RLIMIT_NOFILE to the hard one (the default soft limit, often 1024, is
+    what ~20,000 idle connections exhausted, issue 19), then keeps room for everything that
+    is not a connection: past the limit, accept() and every open() fail with EMFILE. A cap
+    set explicitly that does not fit is refused; the default is lowered, with a warning.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    room = soft - FD_BASE - FD_PER_WORKER * settings.workers
+    if settings.max_connections <= room:
+        return settings.max_connections, None
+    need = f"{FD_BASE} + {FD_PER_WORKER} per worker for files, workers and sockets"
+    if "max_connections" in settings.model_fields_set or room < 1:
+        raise StartupRefused(
+            f"APP_MAX_CONNECTIONS {settings.max_connections} does not fit the file-descriptor limit of "
+            f"{soft} (hard limit {hard}) with room for {need}: set it to at most {max(room, 0)}, "
+            "or raise the limit (ulimit -n, LimitNOFILE=, the container's nofile)"
+        )
+    return room, (
+        f"connections capped at {room}, not {settings.max_connections}: the file-descriptor limit is {soft} "
+        f"and {need} are kept free; raise the limit (ulimit -n) to allow more"
+    )
+
+
 def config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
-    # A subclass per server: the header deadline is a setting, the protocol a class uvicorn instantiates.
-    protocol = type("HttpProtocol", (GuardedHttpToolsProtocol,), {"header_timeout_s": settings.header_timeout_s})
+    cap, warning = connection_cap(settings)
+    # A subclass per server: the deadline and the cap are settings, the protocol a class uvicorn instantiates.
+    protocol = type(
+        "HttpProtocol",
+        (GuardedHttpToolsProtocol,),
+        {
+            "header_timeout_s": settings.header_timeout_s,
+            "max_connections": cap,
+            "retry_after_s": settings.retry_after_s,
+        },
+    )
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -158,8 +295,12 @@ def config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
         "http": protocol,
         "timeout_keep_alive": 5,  # idle keep-alive connections
         "log_level": "warning",
+        "log_config": LOG_CONFIG,  # uvicorn's own warnings as JSON lines too
         "access_log": False,  # our own JSON access line per request (app.edge.observability)
         "lifespan": "on",
     }
     options.update(overrides)
-    return uvicorn.Config(app, **options)
+    result = uvicorn.Config(app, **options)  # applies the logging configuration
+    if warning:
+        log.warning(warning)
+    return result

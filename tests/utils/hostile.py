@@ -815,6 +815,44 @@ def body_before_token_cases() -> list[Case]:
     ]  # fmt: skip
 
 
+# --- the HTTP edge (issue 19) ------------------------------------------------------------
+
+
+def edge_cases() -> list[Case]:
+    """Pipelining, request lines that are not HTTP/1.x, and clients that hang up mid-body."""
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    bad_request = frozenset({400})
+    cases = [
+        # Several complete requests in one read: none of them is an oversized head (was 431).
+        Case("edge", "4,000 pipelined GETs", [get * 4000], OK),
+        Case("edge", "pipelined GETs, then one split across writes", [get * 2000 + get[:20], get[20:]], OK),
+        Case("edge", "HTTP/0.9 request line, alone", [b"GET /healthz\r\n"], bad_request, "bad_request"),
+        Case("edge", "HTTP/0.9 request line and an empty line", [b"GET /healthz\r\n\r\n"], bad_request, "bad_request"),
+        Case("edge", "HTTP/0.9 request line with a header", [b"GET / \r\nHost: x\r\n\r\n"], bad_request),
+        Case(
+            "edge",
+            "HTTP/2.0 in an HTTP/1 request line",
+            [b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n"],
+            bad_request,
+            "bad_request",
+        ),
+    ]
+    # The client hangs up part-way through a body each kind of route reads: the framework
+    # (JSON), the route itself (rollback's reason), the predict intake. Nobody is left to
+    # answer; the service counts a 499, never a 400 or a 5xx.
+    for name, path, admin in (
+        ("feedback JSON", "/v1/feedback", False),
+        ("rollback reason", "/v1/models/rollback", True),
+        ("predict image", "/v1/predict", False),
+    ):
+        ctype = "image/jpeg" if path == "/v1/predict" else "application/json"
+        head = request("POST", path, headers={"Content-Type": ctype}, length=10_000, admin=admin)
+        cases.append(
+            Case("edge", f"hang-up mid-body: {name}", [head + b'{"reason": "'], frozenset({0}), keep_open=False)
+        )
+    return cases
+
+
 def corpus(bundles: dict[str, Path], tmp: Path) -> list[Case]:
     return [
         *structure_cases(),
@@ -827,4 +865,5 @@ def corpus(bundles: dict[str, Path], tmp: Path) -> list[Case]:
         *multipart_cases(),
         *http_cases(),
         *tar_cases(bundles, tmp),
+        *edge_cases(),
     ]

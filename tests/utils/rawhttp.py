@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -77,3 +78,42 @@ def _recv(sock: socket.socket, deadline: float) -> bytes:
         return sock.recv(65536)
     except (TimeoutError, ConnectionResetError):
         return b""
+
+
+# --- several answers on one connection (pipelining) -------------------------------------
+
+
+def exchange_many(port: int, data: bytes, count: int, *, timeout: float = 30.0) -> list[Reply]:
+    """Send `data` (any number of requests, pipelined) at once, then read up to `count`
+    answers from the same connection; fewer if the server closes it first."""
+    replies: list[Reply] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        deadline = time.monotonic() + timeout
+
+        def send() -> None:
+            with contextlib.suppress(OSError):  # the server may answer and close before it has read all
+                sock.sendall(data)
+
+        # Sent from another thread: the answers are read meanwhile, so neither side's buffers fill up.
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        buffer = b""
+        while len(replies) < count:
+            while b"\r\n\r\n" not in buffer:
+                chunk = _recv(sock, deadline)
+                if not chunk:
+                    return replies
+                buffer += chunk
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+            length = int(headers.get("content-length", "0"))
+            while len(buffer) < length:
+                chunk = _recv(sock, deadline)
+                if not chunk:
+                    return replies
+                buffer += chunk
+            replies.append(Reply(int(lines[0].split()[1]), headers, buffer[:length]))
+            buffer = buffer[length:]
+        sender.join(timeout=max(0.0, deadline - time.monotonic()))
+    return replies

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from app.edge.deps import SECURED, ServiceDep, check_admin
+from app.edge.deps import SECURED, ServiceDep, check_station
 from app.edge.errors import APIError
 from app.edge.intake import json_body, read_json
 from app.edge.schemas import error_responses
@@ -29,17 +28,6 @@ class Feedback(BaseModel):
     note: str = Field("", max_length=1000)
 
 
-def _feedback_actor(request: Request) -> tuple[str, bool]:
-    """Who labels: (actor, whether a station token); a station token or the management token."""
-    settings = request.app.state.service.settings
-    if settings.station_token is not None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        expected = settings.station_token.get_secret_value()
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), expected.encode()):
-            return "station", True
-    return check_admin(request), False
-
-
 @router.post(
     "/feedback",
     status_code=201,
@@ -53,7 +41,8 @@ async def feedback(request: Request, service: ServiceDep) -> dict[str, Any]:
     A later label replaces an earlier one; each records who gave it, and the log has them all."""
     # The token first, the body after: a caller without one costs no read at all (FastAPI
     # would read and parse a declared body before any check in the route).
-    actor, by_station = _feedback_actor(request)
+    actor = check_station(request)
+    by_station = actor == "station"
     station = station_of(request.headers.get(STATION_HEADER))
     capture = service.capture
     if capture is None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from app.edge.deps import AdminDep, ServiceDep
 from app.edge.errors import APIError
@@ -16,11 +17,24 @@ from app.edge.schemas import (
     SwapResponse,
     UploadResponse,
     VersionOut,
+    VersionPath,
     VersionsResponse,
     error_responses,
 )
 from app.ops.upload import extract_bundle_tar, upload_root, workspace
 from model_store.faults import crash_point
+
+
+class _VersionConvertor(StringConvertor):
+    """`{version:version}`: any segment but "rollback", which is `POST /v1/models/rollback`'s
+    path, so `GET /v1/models/rollback` is a 405 naming POST, as the document says, not a
+    lookup of a version called "rollback". (The name pattern itself is checked as a
+    parameter: a bad name is a 422 that says why, not a 404.)"""
+
+    regex = "(?!rollback$)[^/]+"
+
+
+register_url_convertor("version", _VersionConvertor())
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=error_responses(401, 403, 503))
 
@@ -48,8 +62,8 @@ async def list_versions(_: AdminDep, service: ServiceDep) -> VersionsResponse:
     )
 
 
-@router.get("/{version}", responses=error_responses(404, 422))
-async def show_version(version: str, _: AdminDep, service: ServiceDep) -> dict[str, Any]:
+@router.get("/{version:version}", responses=error_responses(404, 422))
+async def show_version(version: VersionPath, _: AdminDep, service: ServiceDep) -> dict[str, Any]:
     host = service.host
     manifest = await asyncio.to_thread(host.store.manifest, version)
     return manifest.model_dump(mode="json")
@@ -104,7 +118,7 @@ _REASON_BODY = json_body(SwapRequest, required=False)  # an empty body is no rea
 @router.post(
     "/rollback",
     response_model=SwapResponse,
-    responses=error_responses(409, 422),
+    responses=error_responses(408, 409, 413, 422),
     openapi_extra={"requestBody": _REASON_BODY},
 )
 async def rollback(request: Request, actor: AdminDep, service: ServiceDep) -> SwapResponse:
@@ -117,12 +131,12 @@ async def rollback(request: Request, actor: AdminDep, service: ServiceDep) -> Sw
 
 
 @router.post(
-    "/{version}/activate",
+    "/{version:version}/activate",
     response_model=SwapResponse,
-    responses=error_responses(404, 409, 422),
+    responses=error_responses(404, 408, 409, 413, 422),
     openapi_extra={"requestBody": _REASON_BODY},
 )
-async def activate(version: str, request: Request, actor: AdminDep, service: ServiceDep) -> SwapResponse:
+async def activate(version: VersionPath, request: Request, actor: AdminDep, service: ServiceDep) -> SwapResponse:
     host = service.host
     previous = host.current.version if host.current else None
     entry, loaded = await host.activate(version, actor=actor, reason=await _reason(request))

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.edge.deps import SECURED, ServiceDep, check_admin
 from app.edge.errors import JSONLines
-from app.edge.schemas import ParityResponse, error_responses
+from app.edge.schemas import ParityResponse, VersionQuery, error_responses
 
 router = APIRouter(prefix="/v1", tags=["parity"])
 
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1", tags=["parity"])
     # The token is needed only with `?version=`: no security, or the bearer scheme.
     openapi_extra={"security": [{}, *SECURED]},
 )
-async def parity(request: Request, service: ServiceDep, version: str | None = None) -> Response:
+async def parity(request: Request, service: ServiceDep, version: VersionQuery = None) -> Response:
     """200 when every reference image is within tolerance (and keeps its decision) on every
     inference worker, else 409. The served version's result is reused for 10 s (`Age` header).
 

@@ -14,12 +14,13 @@ from pydantic import BaseModel, Field
 from app.edge.deps import AdminDep, ServiceDep
 from app.edge.intake import json_body, read_json, read_optional_json
 from app.edge.schemas import AuditOut, error_responses
+from model_store.manifest import VERSION_PATTERN
 
 router = APIRouter(prefix="/v1/shadow", tags=["shadow"], responses=error_responses(401, 403, 503))
 
 
 class ShadowRequest(BaseModel):
-    version: str = Field(min_length=1, max_length=64)
+    version: str = Field(pattern=VERSION_PATTERN)
     fraction: float = Field(0.1, gt=0, le=1, description="share of predict requests it also scores")
     reason: str = Field("", max_length=500)
 
