@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -22,8 +23,8 @@ from tests.utils.waiting import eventually
 JPEG = image_bytes(31, (120, 90))
 
 
-def _client(store: Path, public_key: Path, **settings: object) -> TestClient:
-    values: dict[str, object] = {"store": str(store), "public_key": public_key, "follow_interval_s": 0.0}
+def _client(store: Path, public_key: Path, **settings: Any) -> TestClient:
+    values: dict[str, Any] = {"store": str(store), "public_key": public_key, "follow_interval_s": 0.0}
     values.update(settings)
     return TestClient(create_app(Settings(**values), pipeline=FakePipeline()), raise_server_exceptions=True)
 
