@@ -1,7 +1,8 @@
 """The serving path: a verified bundle → probabilities and decisions.
 
-Training export, the service and `/parity` all predict through this class, so what was
-validated is what is served.
+Export (the reference outputs), `evaluate`, the CLI's parity proof and every inference
+worker of the service (`app.serving.worker`: its preprocessor and `probabilities`) go
+through this class, so what was validated is what is served.
 """
 
 from __future__ import annotations

@@ -142,7 +142,8 @@ def test_version_parameters_declare_the_stores_name_pattern(document: dict[str, 
         schema = param["schema"]
         declared.append(schema.get("pattern") or next(s.get("pattern") for s in schema["anyOf"] if "pattern" in s))
     assert declared == [VERSION_PATTERN] * 3
-    assert document["components"]["schemas"]["ShadowRequest"]["properties"]["version"]["pattern"] == VERSION_PATTERN
+    shadow = document["paths"]["/v1/shadow"]["put"]["requestBody"]["content"]["application/json"]["schema"]
+    assert shadow["properties"]["version"]["pattern"] == VERSION_PATTERN
 
 
 def test_a_version_name_outside_the_pattern_is_refused_naming_it(service: ServiceProcess) -> None:

@@ -837,16 +837,16 @@ def edge_cases() -> list[Case]:
             "bad_request",
         ),
     ]
-    # The client hangs up part-way through a body each kind of route reads: the framework
-    # (JSON), the route itself (rollback's reason), the predict intake. Nobody is left to
-    # answer; the service counts a 499, never a 400 or a 5xx.
-    for name, path, admin in (
-        ("feedback JSON", "/v1/feedback", False),
-        ("rollback reason", "/v1/models/rollback", True),
-        ("predict image", "/v1/predict", False),
+    # The client hangs up part-way through a body each kind of route reads: a management
+    # JSON body (after its token), rollback's optional reason, the predict intake. Nobody is
+    # left to answer; the service counts a 499, never a 400 or a 5xx.
+    for name, method, path, admin in (
+        ("shadow JSON", "PUT", "/v1/shadow", True),
+        ("rollback reason", "POST", "/v1/models/rollback", True),
+        ("predict image", "POST", "/v1/predict", False),
     ):
         ctype = "image/jpeg" if path == "/v1/predict" else "application/json"
-        head = request("POST", path, headers={"Content-Type": ctype}, length=10_000, admin=admin)
+        head = request(method, path, headers={"Content-Type": ctype}, length=10_000, admin=admin)
         cases.append(
             Case("edge", f"hang-up mid-body: {name}", [head + b'{"reason": "'], frozenset({0}), keep_open=False)
         )

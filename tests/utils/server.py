@@ -18,6 +18,7 @@ import uvicorn
 from app.edge.server import config
 from app.main import create_app
 from app.settings import Settings
+from tests.utils.waiting import eventually
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 
@@ -46,15 +47,11 @@ class LiveServer:
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
+        def ready() -> dict[str, Any] | None:
             r = httpx.get(f"{self.url}/readyz")
-            if r.status_code == 200:
-                body: dict[str, Any] = r.json()
-                return body
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not ready: {r.json()}")
-            time.sleep(0.05)
+            return r.json() if r.status_code == 200 else None
+
+        return eventually(ready, timeout=timeout, what="/readyz to answer 200")
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
