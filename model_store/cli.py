@@ -113,6 +113,7 @@ def _usage(message: str) -> int:
 
 
 def _print_entry(e: AuditEntry, as_json: bool) -> None:
+    e = e.shown()  # never raw caller text on a terminal
     if as_json:
         print(json.dumps(e.to_dict()))
     else:

@@ -7,7 +7,7 @@ import getpass
 import os
 import re
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +31,19 @@ EMPTY_STATE: dict[str, Any] = {"active": None, "history": [], "seq": 0, "last": 
 
 # `fullmatch`, not `match`: `$` would accept a trailing newline ("v1\n").
 _VERSION = re.compile(VERSION_PATTERN)
+
+
+def printable(text: str) -> str:
+    """`text` with every non-printable character escaped (`\\n`, `\\x1b`, `\\u202e`).
+
+    Audit actors and reasons come from API callers: a newline would forge a log line, an
+    ANSI or bidi control would colour or reorder the operator's terminal. The store keeps
+    them escaped, and everything that shows an entry escapes it again (entries written
+    before this existed).
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def check_version_name(version: str) -> str:
@@ -84,6 +97,10 @@ class AuditEntry:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def shown(self) -> AuditEntry:
+        """This entry with its free text escaped, for display (see `printable`)."""
+        return replace(self, actor=printable(self.actor), reason=printable(self.reason))
+
 
 @dataclass(frozen=True)
 class VersionInfo:
@@ -122,11 +139,11 @@ def new_entry(
     return AuditEntry(
         seq=state["seq"] + 1,
         time=time or now(),
-        actor=actor,
+        actor=printable(actor),
         action=action,
         from_version=from_version,
         to_version=to_version,
-        reason=reason,
+        reason=printable(reason),
     )
 
 

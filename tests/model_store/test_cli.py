@@ -158,3 +158,26 @@ def test_an_s3_store_from_the_command_line(s3_server: str, tmp_path: Path, bundl
         ("activate", "v1", "first"),
     ]
     assert "not in the store" in refused(cli("show", "v9", env=env))
+
+
+def test_the_audit_log_cannot_be_forged_or_colour_the_terminal(tmp_path: Path, bundles, keys) -> None:
+    from tests.utils.bundles import proof_for
+
+    store = FilesystemStore(tmp_path / "store", keys[1])
+    store.import_bundle(bundles["v1"], actor="ops")
+    proof = proof_for(bundles["v1"], keys[1])
+    store.activate("v1", actor="\x1b[31mmallory\u202e", reason="ok\n2026-01-01 forged line", proof=proof)
+    entry = store.audit_log()[-1]
+    assert entry.actor.isprintable() and entry.reason.isprintable(), entry  # sanitised where it entered
+    assert "mallory" in entry.actor and "forged line" in entry.reason  # escaped, not lost
+    # An entry written before the store sanitised anything is escaped when it is printed.
+    log = store.root / "audit.jsonl"
+    lines = log.read_text().splitlines()
+    raw = {**json.loads(lines[-1]), "actor": "\x1b[31mold", "reason": "ok\r\n2026-01-01 old forged line\x07"}
+    log.write_text("\n".join([*lines[:-1], json.dumps(raw)]) + "\n")
+    out = cli("log", "--store", str(store.root))
+    assert out.returncode == 0, out.stderr
+    printed = out.stdout.splitlines()
+    assert len(printed) == 2, out.stdout  # one line per entry: nothing forged a third
+    assert all(line.isprintable() for line in printed), out.stdout  # no ESC, BEL, CR or bidi override
+    assert "activate" in printed[1] and "old forged line" in printed[1]
