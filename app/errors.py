@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from model_store import errors as E
+from model_store.capture import CaptureError, CaptureNotFound
 from model_store.errors import describe_validation_errors
 
 
@@ -45,6 +46,8 @@ _STATUS: list[tuple[type[E.ModelStoreError], int]] = [
     (E.ParityFailed, 409),
     (E.BundleError, 422),
     (E.StoreError, 503),  # the store is unreachable or inconsistent: not the client's doing
+    (CaptureNotFound, 404),
+    (CaptureError, 503),  # the capture store, likewise
 ]
 
 

@@ -13,13 +13,15 @@ the workers unload once its last request is answered.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from app.pipeline import Overloaded, Pipeline, Scored
 from model_store.errors import BundleError, ModelStoreError, NothingToRollBack, ParityFailed
@@ -29,6 +31,16 @@ from model_store.preprocessing import ImageInfo
 from model_store.store.base import AuditEntry, Shadow, Store
 
 log = logging.getLogger("app.model")
+
+# Threads for blocking store (and capture store) calls. Not asyncio's default pool: a hung
+# store would hold every thread of it, and the pipeline starts and joins worker processes
+# there, so a killed worker would not come back until the store did. Four threads keep the
+# follow loop and a few management calls going; more calls wait their turn here, each
+# bounded by the S3 client's timeouts (model_store.s3client).
+STORE_THREADS = 4
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -129,6 +141,16 @@ class ModelHost:
         self._refused: dict[str, ModelStoreError] = {}  # so following does not retry a bad bundle forever
         self.shadow: ShadowRun | None = None
         self._stamp: str | None = None  # the store's pointer stamp when it was last read
+        self._store_threads = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="store")
+
+    async def store_call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`fn(*args, **kwargs)` on the store's own threads (see `STORE_THREADS`)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._store_threads, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        """Stop taking store calls; a call still waiting on a hung store is abandoned, not awaited."""
+        self._store_threads.shutdown(wait=False, cancel_futures=True)
 
     @property
     def refused(self) -> dict[str, str]:
@@ -159,7 +181,7 @@ class ModelHost:
         """
         started = time.perf_counter()
         try:
-            bundle = await asyncio.to_thread(self.store.load, version)  # verification, once
+            bundle = await self.store_call(self.store.load, version)  # verification, once
             await self.pipeline.load(bundle)
         except ModelStoreError as exc:
             self._on_refusal(exc.code)
@@ -214,7 +236,7 @@ class ModelHost:
             loaded = await self.load(version)  # nothing changes unless this passes on every worker
             try:
                 proof = loaded.parity.require_pass()
-                entry = await asyncio.to_thread(self.store.activate, version, actor=actor, reason=reason, proof=proof)
+                entry = await self.store_call(self.store.activate, version, actor=actor, reason=reason, proof=proof)
             except BaseException:
                 self.unpin(loaded)
                 raise
@@ -223,13 +245,13 @@ class ModelHost:
 
     async def rollback(self, *, actor: str, reason: str) -> tuple[AuditEntry, Loaded]:
         async with self._swap_lock:
-            target = await asyncio.to_thread(self.store.previous_version)
+            target = await self.store_call(self.store.previous_version)
             if target is None:
                 raise NothingToRollBack("no earlier active version to roll back to")
             loaded = await self.load(target)
             try:
                 proof = loaded.parity.require_pass()
-                entry = await asyncio.to_thread(self.store.rollback, actor=actor, reason=reason, proof=proof)
+                entry = await self.store_call(self.store.rollback, actor=actor, reason=reason, proof=proof)
             except BaseException:
                 self.unpin(loaded)
                 raise
@@ -246,11 +268,11 @@ class ModelHost:
         """
         async with self._swap_lock:
             # One cheap request (a hash of state.json, an S3 ETag) unless the pointer moved.
-            stamp = await asyncio.to_thread(self.store.pointer_stamp)
+            stamp = await self.store_call(self.store.pointer_stamp)
             if stamp == self._stamp:
                 return
-            wanted = await asyncio.to_thread(self.store.active_version)
-            shadow = await asyncio.to_thread(self.store.shadow)
+            wanted = await self.store_call(self.store.active_version)
+            shadow = await self.store_call(self.store.shadow)
             self._stamp = stamp
             self._refused = {v: e for v, e in self._refused.items() if v == wanted}
             if wanted is None:
@@ -282,7 +304,7 @@ class ModelHost:
         async with self._swap_lock:
             loaded = await self.load(version) if version is not None else None
             try:
-                entry = await asyncio.to_thread(
+                entry = await self.store_call(
                     self.store.set_shadow, version, fraction=fraction, actor=actor, reason=reason
                 )
             except BaseException:

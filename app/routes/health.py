@@ -21,13 +21,25 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", responses={503: {"description": "not ready: the body says why"}})
 async def readyz(service: ServiceDep) -> Response:
     """200 only once a verified model has loaded and passed parity on every worker; 503 with
-    the reason otherwise. No paths or secrets: this route needs no token."""
+    the reason otherwise. No paths or secrets: this route needs no token.
+
+    `store` says whether following the store works (failures in a row, since when, the last
+    error's code). A replica serving a proven model stays ready while the store is down or
+    hung: it keeps answering with what it has, and taking every replica out of rotation
+    because their shared store is unreachable would take the whole fleet down with it.
+    """
     host = service.host
     follow = host.follow_status
-    following = {"healthy": follow.healthy, "consecutive_failures": follow.failures, "error": follow.error}
+    store = {
+        "healthy": follow.healthy,
+        "consecutive_failures": follow.failures,
+        "since": follow.since,
+        "error": follow.error,
+        "last_success": follow.last_success,
+    }
     loaded = host.current
     if loaded is None:
-        return JSONLines({"ready": False, "reason": host.reason, "following": following}, status_code=503)
+        return JSONLines({"ready": False, "reason": host.reason, "store": store}, status_code=503)
     return JSONLines(
         {
             "ready": True,
@@ -36,7 +48,7 @@ async def readyz(service: ServiceDep) -> Response:
             "parity_max_abs_diff": loaded.parity.max_abs_diff,
             "workers": host.pipeline.workers,
             "refused": host.refused,
-            "following": following,
+            "store": store,
         }
     )
 

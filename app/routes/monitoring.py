@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import time
 from typing import Any
@@ -40,7 +39,7 @@ async def monitoring(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
     body["stations"] = service.monitor.report(loaded)
     if service.capture is not None:
         positive = loaded.manifest.decision.positive_label
-        body["feedback"] = await asyncio.to_thread(service.capture.feedback, loaded.version, positive)
+        body["feedback"] = await service.host.store_call(service.capture.feedback, loaded.version, positive)
     return body
 
 
@@ -75,7 +74,7 @@ async def feedback(body: Feedback, request: Request, service: ServiceDep) -> dic
     if capture is None:
         raise APIError(409, "capture_off", "feedback needs captured requests: set APP_CAPTURE_FRACTION above 0")
     try:
-        record = await asyncio.to_thread(capture.store.record, body.request_id)
+        record = await service.host.store_call(capture.store.record, body.request_id)
     except CaptureNotFound as exc:
         raise APIError(404, "request_not_captured", str(exc)) from None
     if len(body.labels) != len(record["images"]):
@@ -84,13 +83,13 @@ async def feedback(body: Feedback, request: Request, service: ServiceDep) -> dic
     if loaded is not None and loaded.version == record["version"]:
         decision = loaded.manifest.decision
     else:  # captured under another version: its own labels
-        decision = (await asyncio.to_thread(service.host.store.manifest, record["version"])).decision
+        decision = (await service.host.store_call(service.host.store.manifest, record["version"])).decision
     allowed = {decision.positive_label, decision.negative_label}
     wrong = sorted(set(body.labels) - allowed)
     if wrong:
         raise APIError(422, "invalid_labels", f"labels {wrong} are not among {sorted(allowed)}")
     label = {"labels": body.labels, "inspector": body.inspector, "note": body.note, "by": actor, "time": time.time()}
-    await asyncio.to_thread(capture.store.put_label, body.request_id, label)
+    await service.host.store_call(capture.store.put_label, body.request_id, label)
     capture.invalidate()
     return {"request_id": body.request_id, "labels": body.labels, "version": record["version"]}
 
@@ -98,5 +97,5 @@ async def feedback(body: Feedback, request: Request, service: ServiceDep) -> dic
 @router.get("/audit", response_model=list[AuditOut], responses=error_responses(401, 403, 422, 503))
 async def audit(_: AdminDep, service: ServiceDep, limit: int = Query(100, ge=1, le=10_000)) -> list[AuditOut]:
     """The store's audit log, newest last."""
-    entries = await asyncio.to_thread(service.host.store.audit_log)
+    entries = await service.host.store_call(service.host.store.audit_log)
     return [AuditOut.of(e) for e in entries[-limit:]]
