@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 from app.pipeline import Overloaded, Pipeline, Scored
-from model_store.errors import BundleError, ModelStoreError, NothingToRollBack, ParityFailed
+from model_store.errors import BundleError, ModelStoreError, NothingToRollBack, ParityFailed, VersionRevoked
 from model_store.manifest import Manifest
 from model_store.parity import ParityReport
 from model_store.preprocessing import ImageInfo
-from model_store.store.base import AuditEntry, Shadow, Store
+from model_store.store.base import AuditEntry, Revocation, Shadow, Store, refuse_revoked
 
 log = logging.getLogger("app.model")
 
@@ -233,6 +233,7 @@ class ModelHost:
 
     async def activate(self, version: str, *, actor: str, reason: str) -> tuple[AuditEntry, Loaded]:
         async with self._swap_lock:
+            await self.store_call(self.store.refuse_revoked, version, "activate it")  # before any parity
             loaded = await self.load(version)  # nothing changes unless this passes on every worker
             try:
                 proof = loaded.parity.require_pass()
@@ -248,6 +249,7 @@ class ModelHost:
             target = await self.store_call(self.store.previous_version)
             if target is None:
                 raise NothingToRollBack("no earlier active version to roll back to")
+            await self.store_call(self.store.refuse_revoked, target, "roll back to it")
             loaded = await self.load(target)
             try:
                 proof = loaded.parity.require_pass()
@@ -273,8 +275,20 @@ class ModelHost:
                 return
             wanted = await self.store_call(self.store.active_version)
             shadow = await self.store_call(self.store.shadow)
+            revoked = await self.store_call(self.store.revoked)
             self._stamp = stamp
             self._refused = {v: e for v, e in self._refused.items() if v == wanted}
+            if shadow is not None and shadow.version in revoked:
+                self._refuse(shadow.version, "shadow", revoked)
+                shadow = None
+            if wanted is not None and wanted in revoked:
+                # Only a store written by a tool that predates revocation (or by hand) points
+                # at a revoked version: keep serving what we have, and say so.
+                self._refuse(wanted, "serve", revoked)
+                if self.current is None:
+                    self.reason = f"active version {wanted} refused (version_revoked)"
+                await self._follow_shadow(shadow)
+                return
             if wanted is None:
                 if self.current is None:
                     self.reason = "no active version in the store"
@@ -296,6 +310,17 @@ class ModelHost:
                 raise
             self._swap(loaded, "store pointer change")
             await self._follow_shadow(shadow)
+
+    def _refuse(self, version: str, doing: str, revoked: dict[str, Revocation]) -> None:
+        """Record that `version` is revoked and will not be used (once per pointer change)."""
+        if version in self._refused:
+            return
+        try:
+            refuse_revoked(revoked, version, doing)
+        except VersionRevoked as exc:
+            self._refused[version] = exc
+            self._on_refusal(exc.code)
+            log.error("refusing to %s %s: %s", doing, version, exc)
 
     # --- shadow --------------------------------------------------------------------------
 

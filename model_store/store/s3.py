@@ -76,6 +76,7 @@ from model_store.store.base import (
     EMPTY_STATE,
     AuditEntry,
     ImportResult,
+    Revocation,
     Shadow,
     Store,
     VersionInfo,
@@ -89,6 +90,9 @@ from model_store.store.base import (
     not_a_store,
     now,
     pending_import_entry,
+    refuse_revoked,
+    revocation_entry,
+    revoked_of,
     rollback_target,
     shadow_entry,
     shadow_of,
@@ -554,6 +558,7 @@ class S3Store(Store):
         check_proof(proof, version, self._stored_manifest_sha256(version))  # immutable once stored
 
         def decide(state: dict[str, Any]) -> tuple[dict[str, Any], AuditEntry]:
+            refuse_revoked(revoked_of(state), version, "activate it")
             entry = new_entry(state, "activate", actor, reason, state["active"], version)
             return committed(state, entry, **activation_changes(state, version)), entry
 
@@ -585,7 +590,23 @@ class S3Store(Store):
             self._marker(version)  # it must be stored
 
         def decide(state: dict[str, Any]) -> tuple[dict[str, Any], AuditEntry]:
+            if version is not None:
+                refuse_revoked(revoked_of(state), version, "put it in shadow")
             entry, changes = shadow_entry(state, version, fraction, actor, reason)
+            return committed(state, entry, **changes), entry
+
+        entry = self._swap(decide)
+        assert entry is not None
+        return entry
+
+    def revoked(self) -> dict[str, Revocation]:
+        return revoked_of(self._read_state()[0])
+
+    def revoke(self, version: str, *, actor: str, reason: str, undo: bool = False) -> AuditEntry:
+        self._marker(version)  # it must be stored
+
+        def decide(state: dict[str, Any]) -> tuple[dict[str, Any], AuditEntry]:
+            entry, changes = revocation_entry(state, version, undo=undo, actor=actor, reason=reason)
             return committed(state, entry, **changes), entry
 
         entry = self._swap(decide)
