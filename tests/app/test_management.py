@@ -104,7 +104,7 @@ def test_an_actor_header_and_a_reason_cannot_forge_audit_lines(server: LiveServe
     # 8-bit form of ESC [ that many terminals obey. The reason is JSON: anything goes.
     r = httpx.post(
         f"{server.url}/v1/models/v2/activate",
-        headers={**admin(), "X-Actor": b"mallory\x9b31m"},  # type: ignore[dict-item]
+        headers=[(k.encode(), v.encode()) for k, v in admin().items()] + [(b"X-Actor", b"mallory\x9b31m")],
         json={"reason": "ok\n2026-01-01 forged line\x1b[2J"},
         timeout=60,
     )

@@ -97,11 +97,11 @@ def test_a_hung_store_is_reported_and_never_starves_the_service(s3_server: str, 
                 assert r.headers["retry-after"] and r.json()["error"] in ("store_error", "capture_error"), name
 
             # Still ready (it serves a proven model), and it says the store is not healthy.
-            ready = eventually(
-                lambda: (r := httpx.get(f"{service.url}/readyz", timeout=10)).json()["store"]["healthy"] is False and r,
-                timeout=BOUND_S,
-                what="/readyz to report the hung store",
-            )
+            def unhealthy_store() -> httpx.Response | None:
+                r = httpx.get(f"{service.url}/readyz", timeout=10)
+                return r if r.json()["store"]["healthy"] is False else None
+
+            ready = eventually(unhealthy_store, timeout=BOUND_S, what="/readyz to report the hung store")
             body = ready.json()
             assert ready.status_code == 200 and body["version"] == "v1", body
             assert body["store"]["consecutive_failures"] >= 1 and body["store"]["since"] and body["store"]["error"]
