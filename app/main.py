@@ -49,6 +49,7 @@ def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastA
             follow.cancel()
             await asyncio.gather(follow, return_exceptions=True)
             await service.host.pipeline.close()
+            service.host.close()
 
     app = FastAPI(
         title="Parcel damage detection",

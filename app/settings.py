@@ -14,7 +14,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model_store.errors import describe_validation_errors
+from model_store.errors import BundleError, describe_validation_errors
+from model_store.signing import trusted_keys
 
 # Defaults that modules below the settings also use (this module imports nothing of `app`).
 BODY_TIMEOUT_S = 60.0  # a whole request body, however slowly it trickles in
@@ -31,7 +32,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="APP_", extra="forbid", frozen=True)
 
     store: str = Field(description="model store: a directory, or s3://bucket/prefix (AWS_* variables for the endpoint)")
-    public_key: Path = Field(description="trusted public key PEM; every bundle is verified with it")
+    public_key: Path = Field(
+        description="trusted public key PEM, or a directory of them (*.pem; key rotation: a bundle signed by "
+        "any one verifies); every bundle is verified with it"
+    )
     admin_token: SecretStr | None = Field(None, description="bearer token for management routes; unset = off")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -101,8 +105,12 @@ class Settings(BaseSettings):
     @field_validator("public_key")
     @classmethod
     def _key_exists(cls, v: Path) -> Path:
-        if not v.is_file():
-            raise ValueError(f"APP_PUBLIC_KEY {v} is not a file")
+        if not v.is_file() and not v.is_dir():
+            raise ValueError(f"APP_PUBLIC_KEY {v} is not a file (or a directory of *.pem keys)")
+        try:
+            trusted_keys(v)
+        except BundleError as exc:
+            raise ValueError(f"APP_PUBLIC_KEY: {exc}") from None
         return v
 
     @field_validator("store")

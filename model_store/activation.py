@@ -20,6 +20,7 @@ def prove(bundle: Bundle, device: str = "cpu") -> ParityProof:
 
 def activate(store: Store, version: str, *, actor: str, reason: str = "") -> AuditEntry:
     """Verify the stored bundle, pass parity, then point the store at it."""
+    store.refuse_revoked(version, "activate it")  # before minutes of parity, not after
     return store.activate(version, actor=actor, reason=reason, proof=prove(store.load(version)))
 
 
@@ -28,4 +29,5 @@ def rollback(store: Store, *, actor: str, reason: str = "") -> AuditEntry:
     target = store.previous_version()
     if target is None:
         raise NothingToRollBack("no earlier active version to roll back to")
+    store.refuse_revoked(target, "roll back to it")
     return store.rollback(actor=actor, reason=reason, proof=prove(store.load(target)))

@@ -271,11 +271,13 @@ class S3Capture(CaptureStore):
     """The same layout in object storage; a request's record is written after its images."""
 
     def __init__(self, bucket: str, prefix: str, client: Any = None) -> None:
-        import boto3
+        from model_store.s3client import Guarded, s3_client  # botocore loads only for S3 capture
 
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.location = f"s3://{bucket}/{self.prefix}"
-        self._client: Any = client or boto3.client("s3")  # typed loosely: boto3-stubs are a dev extra
+        # Bounded timeouts, and every S3 failure a CaptureError (503), never a botocore 500.
+        # Typed loosely: boto3-stubs are a dev extra.
+        self._client: Any = Guarded(client or s3_client(), CaptureError, self.location)
 
     def _key(self, *parts: str) -> str:
         return "/".join([self.prefix, *parts] if self.prefix else parts)

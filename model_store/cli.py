@@ -43,7 +43,7 @@ def _common_options(p: argparse.ArgumentParser, *, top_level: bool) -> None:
         "--public-key",
         type=Path,
         default=default(os.environ.get(ENV_PUBLIC_KEY)),
-        help=f"trusted public key PEM for verification (env {ENV_PUBLIC_KEY})",
+        help=f"trusted public key PEM, or a directory of them (*.pem: any one may have signed) (env {ENV_PUBLIC_KEY})",
     )
     p.add_argument("--actor", default=default(default_actor()), help="who, for the audit log")
     p.add_argument("--json", action="store_true", default=default(False), help="machine-readable output")
@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--off", action="store_true", help="stop shadowing")
     sh.add_argument("--reason", default="")
 
+    rv = sub.add_parser("revoke", help="mark a version as known bad: never activated, rolled back to or served again")
+    rv.add_argument("version")
+    rv.add_argument("--reason", required=True, help="why (kept in the audit log and shown on every refusal)")
+    rv.add_argument("--undo", action="store_true", help="un-revoke it (audited too)")
+
     sub.add_parser("log", help="the audit log")
     return p
 
@@ -113,6 +118,7 @@ def _usage(message: str) -> int:
 
 
 def _print_entry(e: AuditEntry, as_json: bool) -> None:
+    e = e.shown()  # never raw caller text on a terminal
     if as_json:
         print(json.dumps(e.to_dict()))
     else:
@@ -158,9 +164,11 @@ def run(args: argparse.Namespace) -> int:
         elif not infos:
             print("no versions in the store")
         shadow = store.shadow() if infos else None
+        revoked = store.revoked() if infos else {}
         for i in infos if not args.json else []:
             mark = "*" if i.active else " "
             note = f"  shadow on {shadow.fraction:.0%} of traffic" if shadow and shadow.version == i.version else ""
+            note += "  REVOKED" if i.version in revoked else ""
             print(f"{mark} {i.version:<20} {i.name:<24} {i.created_at}  {i.manifest_sha256[:12]}{note}")
     elif cmd == "show":
         print(store.manifest(args.version).to_json_bytes().decode(), end="")
@@ -180,6 +188,12 @@ def run(args: argparse.Namespace) -> int:
         e = store.set_shadow(None if args.off else args.version, fraction=args.fraction, actor=args.actor,
                              reason=args.reason)  # fmt: skip
         print(f"shadow: {e.to_version or 'none'} (was {e.from_version or 'none'}); replicas pick it up as they follow")
+    elif cmd == "revoke":
+        e = store.revoke(args.version, actor=args.actor, reason=args.reason, undo=args.undo)
+        if args.undo:
+            print(f"{e.to_version}: no longer revoked; it may be activated again")
+        else:
+            print(f"revoked: {e.to_version}; activate, rollback and every replica following the store refuse it")
     elif cmd == "log":
         for e in store.audit_log():
             _print_entry(e, args.json)

@@ -137,6 +137,12 @@ class NothingToRollBack(StoreError):
     code = "nothing_to_roll_back"
 
 
+class VersionRevoked(StoreError):
+    """The version was revoked as known bad: no pointer move or replica may use it."""
+
+    code = "version_revoked"
+
+
 class ParityFailed(ModelStoreError):
     """The bundle's reference images do not reproduce the recorded outputs."""
 

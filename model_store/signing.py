@@ -94,20 +94,55 @@ def sign_directory(bundle_dir: Path, private_key: Path) -> Path:
     return sig
 
 
+def trusted_keys(public_key: Path) -> list[Path]:
+    """The public key files `public_key` names: itself, or every `*.pem` in it if it is a directory.
+
+    A directory is how keys rotate: put the new public key beside the old one, sign new
+    bundles with the new private key, and remove the old public key once no bundle that
+    replicas may load was signed with it. A bundle verifies if any trusted key signed it.
+    """
+    public_key = Path(public_key)
+    if public_key.is_dir():
+        keys = sorted(p for p in public_key.glob("*.pem") if p.is_file())
+        if not keys:
+            raise BundleError(f"public key directory {public_key.absolute()} holds no *.pem file")
+        return keys
+    if not public_key.is_file():
+        raise BundleError(f"public key {public_key} does not exist")
+    return [public_key]
+
+
 def verify_directory(bundle_dir: Path, public_key: Path) -> None:
-    """Check `model.sig` against every file in `bundle_dir` with the trusted public key.
+    """Check `model.sig` against every file in `bundle_dir` with the trusted public key(s).
+
+    `public_key` is one PEM file or a directory of them (`trusted_keys`).
 
     Raises:
         SignatureMissing: no `model.sig`.
-        SignatureInvalid: signed with another key, or the signature itself was altered.
+        SignatureInvalid: signed with no trusted key, or the signature itself was altered.
         BundleTampered: a file's bytes differ from what was signed.
         FileSetMismatch: a file was added or removed after signing.
     """
     sig = bundle_dir / SIGNATURE_FILE
     if not sig.is_file():
         raise SignatureMissing(f"{bundle_dir} has no {SIGNATURE_FILE}; unsigned bundles are refused")
-    if not public_key.is_file():
-        raise BundleError(f"public key {public_key} does not exist")
+    keys = trusted_keys(public_key)
+    refusals: list[SignatureInvalid] = []
+    for key in keys:
+        try:
+            _verify_with(bundle_dir, sig, key)
+            return
+        except SignatureInvalid as exc:  # not this key's signature: try the next one
+            refusals.append(exc)
+        # BundleTampered and FileSetMismatch propagate: this key's signature verified, the files changed.
+    if len(keys) == 1:
+        raise refusals[0]
+    raise SignatureInvalid(
+        f"{bundle_dir.name} was signed with none of the {len(keys)} trusted keys in {Path(public_key).absolute()}"
+    )
+
+
+def _verify_with(bundle_dir: Path, sig: Path, public_key: Path) -> None:
     try:
         config = ms_verifying.Config().use_elliptic_key_verifier(public_key=public_key)
     except ValueError as exc:

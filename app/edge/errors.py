@@ -48,6 +48,7 @@ _STATUS: list[tuple[type[E.ModelStoreError], int]] = [
     (E.VersionConflict, 409),
     (E.InvalidVersionName, 422),
     (E.NothingToRollBack, 409),
+    (E.VersionRevoked, 409),
     (E.ParityFailed, 409),
     (E.BundleError, 422),
     (E.StoreError, 503),  # the store is unreachable or inconsistent: not the client's doing

@@ -52,8 +52,6 @@ class Metrics:
         self.refusals = Counter("model_load_refusals_total", "Bundles refused at load", ["reason"], registry=r)
         self.shed = Counter("admission_refusals_total", "Requests refused by admission control", ["reason"], registry=r)
         self.follow_errors = Counter("store_follow_errors_total", "Failed reads of the store's pointer", registry=r)
-        self.follow_healthy = Gauge("store_follow_healthy", "1 while following the store works", registry=r)
-        self.follow_healthy.set(1)
 
     def watch(self, collect: Callable[[], Iterator[Metric]]) -> None:
         """Add metrics read from live state at scrape time (queue depth, worker counters)."""

@@ -120,7 +120,7 @@ class AuditOut(BaseModel):
 
     @classmethod
     def of(cls, entry: AuditEntry) -> AuditOut:
-        return cls(**entry.to_dict())
+        return cls(**entry.shown().to_dict())  # escaped: clients print it
 
 
 class ErrorBody(BaseModel):

@@ -54,7 +54,11 @@ def live_metrics(metrics: Metrics, host: ModelHost, monitor: Monitor, capture: C
         {(): pipeline.pool.stuck},
     )
     yield counter("parity_runs", "Runs of the served version's parity for GET /v1/parity", [], {(): host.parity_runs})
-    metrics.follow_healthy.set(1 if host.follow_status.healthy else 0)
+    # Read here, at scrape time: a gauge set from a scrape's own live collector would show
+    # the previous scrape's value (the registry collects it before this runs).
+    follow = host.follow_status
+    yield gauge("store_follow_healthy", "1 while following the store works", 1 if follow.healthy else 0)
+    yield gauge("store_follow_consecutive_failures", "Failed store reads in a row", follow.failures)
     run = host.shadow
     if run is not None:
         s = run.stats

@@ -14,25 +14,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from app.serving.pipeline import Overloaded, Pipeline, Scored
-from model_store.errors import BundleError, ModelStoreError, NothingToRollBack, ParityFailed
+from model_store.errors import BundleError, ModelStoreError, NothingToRollBack, ParityFailed, VersionRevoked
 from model_store.manifest import Manifest
 from model_store.parity import ParityReport
 from model_store.preprocessing import ImageInfo
-from model_store.store.base import AuditEntry, Shadow, Store
+from model_store.store.base import AuditEntry, Revocation, Shadow, Store, refuse_revoked
 
 log = logging.getLogger("app.model")
 # Anonymous /v1/parity reuses a result this young: parity frames go to the workers ahead of
 # station images, so callers must not be able to queue them at will.
 PARITY_CACHE_S = 10.0
+
+# Threads for blocking store (and capture store) calls. Not asyncio's default pool: a hung
+# store would hold every thread of it, and the pipeline starts and joins worker processes
+# there, so a killed worker would not come back until the store did. Four threads keep the
+# follow loop and a few management calls going; more calls wait their turn here, each
+# bounded by the S3 client's timeouts (model_store.s3client).
+STORE_THREADS = 4
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -136,6 +148,16 @@ class ModelHost:
         self._parity: dict[str, tuple[float, ParityReport]] = {}  # version -> (monotonic time, report)
         self._parity_runs: dict[str, asyncio.Future[ParityReport]] = {}
         self.parity_runs = 0  # runs of the served version's parity for /v1/parity (cache misses)
+        self._store_threads = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="store")
+
+    async def store_call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`fn(*args, **kwargs)` on the store's own threads (see `STORE_THREADS`)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._store_threads, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        """Stop taking store calls; a call still waiting on a hung store is abandoned, not awaited."""
+        self._store_threads.shutdown(wait=False, cancel_futures=True)
 
     @property
     def refused(self) -> dict[str, str]:
@@ -196,7 +218,7 @@ class ModelHost:
         """
         started = time.perf_counter()
         try:
-            bundle = await asyncio.to_thread(self.store.load, version)  # verification, once
+            bundle = await self.store_call(self.store.load, version)  # verification, once
             await self.pipeline.load(bundle)
         except ModelStoreError as exc:
             self._on_refusal(exc.code)
@@ -248,10 +270,11 @@ class ModelHost:
 
     async def activate(self, version: str, *, actor: str, reason: str) -> tuple[AuditEntry, Loaded]:
         async with self._swap_lock:
+            await self.store_call(self.store.refuse_revoked, version, "activate it")  # before any parity
             loaded = await self.load(version)  # nothing changes unless this passes on every worker
             try:
                 proof = loaded.parity.require_pass()
-                entry = await asyncio.to_thread(self.store.activate, version, actor=actor, reason=reason, proof=proof)
+                entry = await self.store_call(self.store.activate, version, actor=actor, reason=reason, proof=proof)
             except BaseException:
                 self.unpin(loaded)
                 raise
@@ -260,13 +283,14 @@ class ModelHost:
 
     async def rollback(self, *, actor: str, reason: str) -> tuple[AuditEntry, Loaded]:
         async with self._swap_lock:
-            target = await asyncio.to_thread(self.store.previous_version)
+            target = await self.store_call(self.store.previous_version)
             if target is None:
                 raise NothingToRollBack("no earlier active version to roll back to")
+            await self.store_call(self.store.refuse_revoked, target, "roll back to it")
             loaded = await self.load(target)
             try:
                 proof = loaded.parity.require_pass()
-                entry = await asyncio.to_thread(self.store.rollback, actor=actor, reason=reason, proof=proof)
+                entry = await self.store_call(self.store.rollback, actor=actor, reason=reason, proof=proof)
             except BaseException:
                 self.unpin(loaded)
                 raise
@@ -283,13 +307,25 @@ class ModelHost:
         """
         async with self._swap_lock:
             # One cheap request (a hash of state.json, an S3 ETag) unless the pointer moved.
-            stamp = await asyncio.to_thread(self.store.pointer_stamp)
+            stamp = await self.store_call(self.store.pointer_stamp)
             if stamp == self._stamp:
                 return
-            wanted = await asyncio.to_thread(self.store.active_version)
-            shadow = await asyncio.to_thread(self.store.shadow)
+            wanted = await self.store_call(self.store.active_version)
+            shadow = await self.store_call(self.store.shadow)
+            revoked = await self.store_call(self.store.revoked)
             self._stamp = stamp
             self._refused = {v: e for v, e in self._refused.items() if v == wanted}
+            if shadow is not None and shadow.version in revoked:
+                self._refuse(shadow.version, "shadow", revoked)
+                shadow = None
+            if wanted is not None and wanted in revoked:
+                # Only a store written by a tool that predates revocation (or by hand) points
+                # at a revoked version: keep serving what we have, and say so.
+                self._refuse(wanted, "serve", revoked)
+                if self.current is None:
+                    self.reason = f"active version {wanted} refused (version_revoked)"
+                await self._follow_shadow(shadow)
+                return
             if wanted is None:
                 if self.current is None:
                     self.reason = "no active version in the store"
@@ -312,6 +348,17 @@ class ModelHost:
             self._swap(loaded, "store pointer change")
             await self._follow_shadow(shadow)
 
+    def _refuse(self, version: str, doing: str, revoked: dict[str, Revocation]) -> None:
+        """Record that `version` is revoked and will not be used (once per pointer change)."""
+        if version in self._refused:
+            return
+        try:
+            refuse_revoked(revoked, version, doing)
+        except VersionRevoked as exc:
+            self._refused[version] = exc
+            self._on_refusal(exc.code)
+            log.error("refusing to %s %s: %s", doing, version, exc)
+
     # --- shadow --------------------------------------------------------------------------
 
     async def set_shadow(self, version: str | None, *, fraction: float, actor: str, reason: str) -> AuditEntry:
@@ -319,7 +366,7 @@ class ModelHost:
         async with self._swap_lock:
             loaded = await self.load(version) if version is not None else None
             try:
-                entry = await asyncio.to_thread(
+                entry = await self.store_call(
                     self.store.set_shadow, version, fraction=fraction, actor=actor, reason=reason
                 )
             except BaseException:

@@ -7,18 +7,18 @@ import getpass
 import os
 import re
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from model_store import faults
 from model_store.bundle import Bundle
-from model_store.errors import InvalidVersionName, NotAStore, NothingToRollBack, StoreError
+from model_store.errors import InvalidVersionName, NotAStore, NothingToRollBack, StoreError, VersionRevoked
 from model_store.manifest import VERSION_PATTERN, Manifest
 from model_store.parity import ParityProof
 
-Action = Literal["import", "activate", "rollback", "shadow"]
+Action = Literal["import", "activate", "rollback", "shadow", "revoke", "unrevoke"]
 
 # The pointer state both backends keep, one JSON object:
 #   active            the active version, or None
@@ -27,10 +27,26 @@ Action = Literal["import", "activate", "rollback", "shadow"]
 #   last              that entry: written with the state, appended to the log after, so
 #                     the next writer (or a reader) can restore it after a crash
 #   pending_import    an import whose bundle is stored but not yet logged (see the backends)
+#   shadow            the version in shadow and its share of traffic, or None (absent in old stores)
+#   revoked           version -> who revoked it, why, when (absent in old stores): never
+#                     activated, rolled back to, shadowed or served again until un-revoked
 EMPTY_STATE: dict[str, Any] = {"active": None, "history": [], "seq": 0, "last": None, "pending_import": None}
 
 # `fullmatch`, not `match`: `$` would accept a trailing newline ("v1\n").
 _VERSION = re.compile(VERSION_PATTERN)
+
+
+def printable(text: str) -> str:
+    """`text` with every non-printable character escaped (`\\n`, `\\x1b`, `\\u202e`).
+
+    Audit actors and reasons come from API callers: a newline would forge a log line, an
+    ANSI or bidi control would colour or reorder the operator's terminal. The store keeps
+    them escaped, and everything that shows an entry escapes it again (entries written
+    before this existed).
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def check_version_name(version: str) -> str:
@@ -84,6 +100,10 @@ class AuditEntry:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def shown(self) -> AuditEntry:
+        """This entry with its free text escaped, for display (see `printable`)."""
+        return replace(self, actor=printable(self.actor), reason=printable(self.reason))
+
 
 @dataclass(frozen=True)
 class VersionInfo:
@@ -122,11 +142,11 @@ def new_entry(
     return AuditEntry(
         seq=state["seq"] + 1,
         time=time or now(),
-        actor=actor,
+        actor=printable(actor),
         action=action,
         from_version=from_version,
         to_version=to_version,
-        reason=reason,
+        reason=printable(reason),
     )
 
 
@@ -154,9 +174,62 @@ def rollback_target(state: dict[str, Any], proof: ParityProof) -> tuple[str, dic
     if not history:
         raise NothingToRollBack("no earlier active version to roll back to")
     target = history.pop()
+    # Refused, not skipped: going further back would activate a version nobody asked for.
+    refuse_revoked(revoked_of(state), target, "roll back to it")
     if proof.version != target:
         raise StoreError(f"the store would roll back to {target}, not {proof.version}: its history changed; try again")
     return target, {"active": target, "history": history}
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """A version known to be bad: refused by every pointer move and every replica."""
+
+    version: str
+    actor: str
+    reason: str
+    time: str
+
+
+def revoked_of(state: dict[str, Any]) -> dict[str, Revocation]:
+    return {v: Revocation(v, r["actor"], r["reason"], r["time"]) for v, r in (state.get("revoked") or {}).items()}
+
+
+def refuse_revoked(revoked: dict[str, Revocation], version: str | None, doing: str) -> None:
+    """`VersionRevoked` when `version` is revoked; `doing` says what was refused ("activate it")."""
+    r = revoked.get(version) if version is not None else None
+    if r is not None:
+        raise VersionRevoked(
+            f"version {version} is revoked (by {r.actor} at {r.time}: {r.reason or 'no reason given'}); "
+            f"refusing to {doing}. Activate another version, or un-revoke it first "
+            f"(`python -m model_store revoke {version} --undo --reason ...`)"
+        )
+
+
+def revocation_entry(
+    state: dict[str, Any], version: str, *, undo: bool, actor: str, reason: str
+) -> tuple[AuditEntry, dict[str, Any]]:
+    """The audit entry and state change for revoking `version` (or un-revoking it)."""
+    revoked = dict(state.get("revoked") or {})
+    if undo:
+        if version not in revoked:
+            raise StoreError(f"version {version} is not revoked")
+        del revoked[version]
+        return new_entry(state, "unrevoke", actor, reason, None, version), {"revoked": revoked}
+    if version in revoked:
+        refuse_revoked(revoked_of(state), version, "revoke it again")
+    if state["active"] == version:
+        # Revoking what every replica serves would leave them nothing to serve: the operator
+        # picks the replacement (activate, or rollback) and revokes after.
+        raise StoreError(
+            f"version {version} is the active version: activate another one (or roll back) first, then revoke it"
+        )
+    shadow = shadow_of(state)
+    if shadow is not None and shadow.version == version:
+        raise StoreError(f"version {version} is in shadow: stop the shadow first (`shadow --off`), then revoke it")
+    entry = new_entry(state, "revoke", actor, reason, None, version)
+    revoked[version] = {"actor": entry.actor, "reason": entry.reason, "time": entry.time}
+    return entry, {"revoked": revoked}
 
 
 @dataclass(frozen=True)
@@ -283,6 +356,24 @@ class Store(abc.ABC):
         No parity proof is needed: a shadow never answers a request, and every replica
         verifies it and runs its parity before it scores anything.
         """
+
+    @abc.abstractmethod
+    def revoked(self) -> dict[str, Revocation]:
+        """Revoked versions: refused by `activate`, `rollback`, `set_shadow` and every replica."""
+
+    @abc.abstractmethod
+    def revoke(self, version: str, *, actor: str, reason: str, undo: bool = False) -> AuditEntry:
+        """Mark a stored version as known bad (or, `undo`, no longer), audited like a pointer move.
+
+        The active version and the shadow cannot be revoked: move off them first.
+        """
+
+    def refuse_revoked(self, version: str | None, doing: str) -> None:
+        """Fail early, before a bundle is loaded and proved, when `version` is revoked.
+
+        Only a courtesy: the pointer moves themselves check again, atomically.
+        """
+        refuse_revoked(self.revoked(), version, doing)
 
     @abc.abstractmethod
     def audit_log(self) -> list[AuditEntry]:

@@ -52,6 +52,7 @@ from model_store.store.base import (
     EMPTY_STATE,
     AuditEntry,
     ImportResult,
+    Revocation,
     Shadow,
     Store,
     VersionInfo,
@@ -65,6 +66,9 @@ from model_store.store.base import (
     not_a_store,
     now,
     pending_import_entry,
+    refuse_revoked,
+    revocation_entry,
+    revoked_of,
     rollback_target,
     shadow_entry,
     shadow_of,
@@ -317,6 +321,7 @@ class FilesystemStore(Store):
 
     def activate(self, version: str, *, actor: str, reason: str = "", proof: ParityProof) -> AuditEntry:
         with self._locked() as state:
+            refuse_revoked(revoked_of(state), version, "activate it")
             check_proof(proof, version, self._stored_manifest_sha256(version))
             entry = new_entry(state, "activate", actor, reason, state["active"], version)
             self._commit(state, entry, **activation_changes(state, version))
@@ -338,7 +343,18 @@ class FilesystemStore(Store):
         with self._locked() as state:
             if version is not None:
                 self._version_dir(version)  # it must be stored
+                refuse_revoked(revoked_of(state), version, "put it in shadow")
             entry, changes = shadow_entry(state, version, fraction, actor, reason)
+            self._commit(state, entry, **changes)
+            return entry
+
+    def revoked(self) -> dict[str, Revocation]:
+        return revoked_of(self._state())
+
+    def revoke(self, version: str, *, actor: str, reason: str, undo: bool = False) -> AuditEntry:
+        with self._locked() as state:
+            self._version_dir(version)  # it must be stored
+            entry, changes = revocation_entry(state, version, undo=undo, actor=actor, reason=reason)
             self._commit(state, entry, **changes)
             return entry
 

@@ -14,7 +14,9 @@ s3://BUCKET/PREFIX/
 ```
 
 Endpoint, credentials and region come from the usual AWS variables (`AWS_ENDPOINT_URL`,
-`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`) through boto3.
+`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`) through boto3; timeouts
+and retries are bounded (`model_store.s3client`), and every S3 failure, in transport or an
+error answer, is a one-line `StoreError` (the service answers 503).
 
 **Conditional writes, not locks.** Every change is a compare-and-swap of `state.json`:
 read it with its ETag, decide, `PutObject` with `If-Match: <ETag>` (`If-None-Match: *`
@@ -62,18 +64,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from model_store.bundle import MANIFEST_FILE, Bundle, expected_files, load_bundle
 from model_store.errors import BundleError, InvalidVersionName, StoreError, VersionConflict, VersionNotFound
 from model_store.manifest import Manifest, sha256_bytes
 from model_store.parity import ParityProof
+from model_store.s3client import describe, is_not_found, s3_client, status_of
 from model_store.store import base
 from model_store.store.base import (
     EMPTY_STATE,
     AuditEntry,
     ImportResult,
+    Revocation,
     Shadow,
     Store,
     VersionInfo,
@@ -87,6 +90,9 @@ from model_store.store.base import (
     not_a_store,
     now,
     pending_import_entry,
+    refuse_revoked,
+    revocation_entry,
+    revoked_of,
     rollback_target,
     shadow_entry,
     shadow_of,
@@ -116,21 +122,10 @@ def default_cache_dir() -> Path:
     return Path(cache_home) / "damage-detect" / "bundles"
 
 
-def _error_code(exc: ClientError) -> tuple[str, int]:
-    error = exc.response.get("Error", {})
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    return str(error.get("Code", "")), int(status)
-
-
 def _lost_race(exc: ClientError) -> bool:
     """412: the condition failed; 409: a concurrent conditional write; 404: If-Match on a deleted key."""
-    code, status = _error_code(exc)
+    code, status = status_of(exc)
     return status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey")
-
-
-def _not_found(exc: ClientError) -> bool:
-    code, status = _error_code(exc)
-    return status == 404 or code in ("NoSuchKey", "NoSuchBucket", "NotFound")
 
 
 class _Unknown(StoreError):
@@ -161,7 +156,7 @@ class S3Store(Store):
         self.public_key = Path(public_key) if public_key else None
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.max_attempts = max_attempts
-        self._client: S3Client = client or boto3.client("s3")
+        self._client: S3Client = client or s3_client()  # bounded timeouts: see model_store.s3client
 
     def __repr__(self) -> str:
         return f"S3Store({self.location!r})"
@@ -172,12 +167,9 @@ class S3Store(Store):
         return "/".join([self.prefix, *parts] if self.prefix else parts)
 
     def _fail(self, what: str, exc: Exception) -> StoreError:
-        if isinstance(exc, ClientError):
-            code, status = _error_code(exc)
-            if code == "NoSuchBucket":
-                return StoreError(f"{self.location}: bucket {self.bucket!r} does not exist; create it first")
-            return StoreError(f"{self.location}: {what} failed: {code or status}")
-        return StoreError(f"{self.location}: {what} failed: {exc}")
+        if isinstance(exc, ClientError) and status_of(exc)[0] == "NoSuchBucket":
+            return StoreError(f"{self.location}: bucket {self.bucket!r} does not exist; create it first")
+        return StoreError(f"{self.location}: {what} failed: {describe(exc)}")
 
     def _get(self, key: str) -> tuple[bytes, str] | None:
         """(body, ETag), or None when there is no such object (or bucket)."""
@@ -185,7 +177,7 @@ class S3Store(Store):
             response = self._client.get_object(Bucket=self.bucket, Key=key)
             return response["Body"].read(), response["ETag"]
         except ClientError as exc:
-            if _not_found(exc):
+            if is_not_found(exc):
                 return None
             raise self._fail(f"reading {key}", exc) from None
         except BotoCoreError as exc:
@@ -195,7 +187,7 @@ class S3Store(Store):
         try:
             return self._client.head_object(Bucket=self.bucket, Key=key)["ETag"]
         except ClientError as exc:
-            if _not_found(exc):
+            if is_not_found(exc):
                 return None
             raise self._fail(f"reading {key}", exc) from None
         except BotoCoreError as exc:
@@ -217,7 +209,7 @@ class S3Store(Store):
         except ClientError as exc:
             if (if_match is not None or if_none_match) and _lost_race(exc):
                 return False
-            if _error_code(exc)[1] >= 500:
+            if status_of(exc)[1] >= 500:
                 raise _Unknown(str(self._fail(f"writing {key}", exc))) from None
             raise self._fail(f"writing {key}", exc) from None
         except BotoCoreError as exc:
@@ -231,7 +223,7 @@ class S3Store(Store):
                 for obj in page.get("Contents", []):
                     yield obj["Key"]
         except ClientError as exc:
-            if _not_found(exc):
+            if is_not_found(exc):
                 return
             raise self._fail(f"listing {prefix}", exc) from None
         except BotoCoreError as exc:
@@ -566,6 +558,7 @@ class S3Store(Store):
         check_proof(proof, version, self._stored_manifest_sha256(version))  # immutable once stored
 
         def decide(state: dict[str, Any]) -> tuple[dict[str, Any], AuditEntry]:
+            refuse_revoked(revoked_of(state), version, "activate it")
             entry = new_entry(state, "activate", actor, reason, state["active"], version)
             return committed(state, entry, **activation_changes(state, version)), entry
 
@@ -597,7 +590,23 @@ class S3Store(Store):
             self._marker(version)  # it must be stored
 
         def decide(state: dict[str, Any]) -> tuple[dict[str, Any], AuditEntry]:
+            if version is not None:
+                refuse_revoked(revoked_of(state), version, "put it in shadow")
             entry, changes = shadow_entry(state, version, fraction, actor, reason)
+            return committed(state, entry, **changes), entry
+
+        entry = self._swap(decide)
+        assert entry is not None
+        return entry
+
+    def revoked(self) -> dict[str, Revocation]:
+        return revoked_of(self._read_state()[0])
+
+    def revoke(self, version: str, *, actor: str, reason: str, undo: bool = False) -> AuditEntry:
+        self._marker(version)  # it must be stored
+
+        def decide(state: dict[str, Any]) -> tuple[dict[str, Any], AuditEntry]:
+            entry, changes = revocation_entry(state, version, undo=undo, actor=actor, reason=reason)
             return committed(state, entry, **changes), entry
 
         entry = self._swap(decide)

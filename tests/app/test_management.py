@@ -90,6 +90,32 @@ def test_upload_activate_rollback(server: LiveServer, store, keys, tmp_path: Pat
     assert store.active_version() == "v1" and server.wait_ready()["version"] == "v1"
 
 
+def test_a_revoked_version_is_refused_by_the_management_api(server: LiveServer, store) -> None:
+    store.revoke("v2", actor="ops", reason="misses dents")
+    before = snapshot(store.root)
+    r = httpx.post(f"{server.url}/v1/models/v2/activate", headers=admin(), timeout=60)
+    assert r.status_code == 409 and r.json()["error"] == "version_revoked", r.text
+    assert "misses dents" in r.json()["message"]
+    assert snapshot(store.root) == before and server.wait_ready()["version"] == "v1"
+
+
+def test_an_actor_header_and_a_reason_cannot_forge_audit_lines(server: LiveServer, store) -> None:
+    # HTTP forbids raw ESC and newlines in a header, but passes bytes 0x80-0xFF: 0x9B is the
+    # 8-bit form of ESC [ that many terminals obey. The reason is JSON: anything goes.
+    r = httpx.post(
+        f"{server.url}/v1/models/v2/activate",
+        headers=[(k.encode(), v.encode()) for k, v in admin().items()] + [(b"X-Actor", b"mallory\x9b31m")],
+        json={"reason": "ok\n2026-01-01 forged line\x1b[2J"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    entry = httpx.get(f"{server.url}/v1/audit", headers=admin()).json()[-1]
+    assert entry["action"] == "activate" and "forged line" in entry["reason"] and "mallory" in entry["actor"]
+    assert entry["reason"].isprintable() and entry["actor"].isprintable(), entry
+    stored = store.audit_log()[-1]
+    assert stored.reason.isprintable() and stored.actor.isprintable(), stored
+
+
 def test_parity_endpoint_passes_for_the_served_bundle(server: LiveServer) -> None:
     r = httpx.get(f"{server.url}/v1/parity")
     assert r.status_code == 200

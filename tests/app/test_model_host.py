@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from collections.abc import Callable
 
@@ -10,7 +11,7 @@ import pytest
 
 from app.ops.model_host import ModelHost
 from model_store import activation
-from model_store.errors import ParityFailed
+from model_store.errors import ParityFailed, VersionRevoked
 from tests.utils.bundles import failing_parity_copy, snapshot
 from tests.utils.factories import image_bytes
 from tests.utils.pipelines import checked, running_pipeline
@@ -104,5 +105,28 @@ def test_following_survives_a_faulty_store_reports_it_and_recovers(store, fault:
             assert host.follow_status.healthy and host.follow_status.failures == 0
             follow.cancel()
             await asyncio.gather(follow, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_following_the_store_refuses_a_revoked_version(store) -> None:
+    async def scenario() -> None:
+        async with running_pipeline(workers=1) as p:
+            refusals: list[str] = []
+            host = ModelHost(store, p, on_refusal=refusals.append)
+            await host.sync_with_store()
+            assert host.require().version == "v1"
+            store.revoke("v2", actor="ops", reason="misses dents")
+            with pytest.raises(VersionRevoked, match="refusing to activate it"):
+                await host.activate("v2", actor="t", reason="")
+            # A tool that predates revocation (or a hand edit) points the store at v2 anyway.
+            state_file = store.root / "state.json"
+            state = json.loads(state_file.read_text())
+            state_file.write_text(json.dumps({**state, "active": "v2", "history": [*state["history"], "v1"]}))
+            await host.sync_with_store()
+            assert host.require().version == "v1"  # still serving what it proved
+            assert host.refused == {"v2": "version_revoked"} and refusals == ["version_revoked"]
+            with pytest.raises(KeyError):
+                p.manifest("v2")  # never even loaded
 
     asyncio.run(scenario())

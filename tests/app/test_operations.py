@@ -177,3 +177,13 @@ def test_settings_accept_a_valid_configuration(store, keys) -> None:
     assert s.admin_token is not None and ADMIN_TOKEN not in repr(s)  # the secret never shows up in logs
     with pytest.raises(ValidationError):
         Settings.model_validate({"store": str(store.root), "public_key": keys[1], "surprise": 1})
+
+
+def test_the_public_key_may_be_a_directory_of_trusted_keys(store, keys, other_keys, tmp_path: Path) -> None:
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    with pytest.raises(ValidationError, match=r"holds no \*.pem file"):
+        Settings(store=str(store.root), public_key=trusted)
+    for i, key in enumerate((keys[1], other_keys[1])):
+        (trusted / f"{i}.pem").write_bytes(key.read_bytes())
+    assert Settings(store=str(store.root), public_key=trusted).public_key == trusted

@@ -33,6 +33,8 @@ BAD_VALUES: list[tuple[str, str, str]] = [
     ("model_store", "rollback", "rollback --store {tmp}/demo/stor --public-key {pub}"),
     ("model_store", "shadow", "shadow v1 --fraction 'a tenth' --store {store}"),
     ("model_store", "shadow", "shadow v1 --fraction 1.5 --store {store}"),
+    ("model_store", "revoke", "revoke 'demo 3' --reason bad --store {store}"),
+    ("model_store", "revoke", "revoke v1 --store {store}"),
     ("model_store", "log", "log --store {tmp}/demo/stor"),
     ("training", "synth", "synth --out {tmp}/data --count many"),
     ("training", "synth", "synth --out {file}/data --count 4"),

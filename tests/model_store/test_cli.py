@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from model_store.store import FilesystemStore
-from tests.utils.bundles import failing_parity_copy
+from tests.utils.bundles import failing_parity_copy, proof_for
 
 pytestmark = pytest.mark.slow  # real servers / subprocesses
 
@@ -158,3 +158,47 @@ def test_an_s3_store_from_the_command_line(s3_server: str, tmp_path: Path, bundl
         ("activate", "v1", "first"),
     ]
     assert "not in the store" in refused(cli("show", "v9", env=env))
+
+
+def test_the_audit_log_cannot_be_forged_or_colour_the_terminal(tmp_path: Path, bundles, keys) -> None:
+    store = FilesystemStore(tmp_path / "store", keys[1])
+    store.import_bundle(bundles["v1"], actor="ops")
+    proof = proof_for(bundles["v1"], keys[1])
+    store.activate("v1", actor="\x1b[31mmallory\u202e", reason="ok\n2026-01-01 forged line", proof=proof)
+    entry = store.audit_log()[-1]
+    assert entry.actor.isprintable() and entry.reason.isprintable(), entry  # sanitised where it entered
+    assert "mallory" in entry.actor and "forged line" in entry.reason  # escaped, not lost
+    # An entry written before the store sanitised anything is escaped when it is printed.
+    log = store.root / "audit.jsonl"
+    lines = log.read_text().splitlines()
+    raw = {**json.loads(lines[-1]), "actor": "\x1b[31mold", "reason": "ok\r\n2026-01-01 old forged line\x07"}
+    log.write_text("\n".join([*lines[:-1], json.dumps(raw)]) + "\n")
+    out = cli("log", "--store", str(store.root))
+    assert out.returncode == 0, out.stderr
+    printed = out.stdout.splitlines()
+    assert len(printed) == 2, out.stdout  # one line per entry: nothing forged a third
+    assert all(line.isprintable() for line in printed), out.stdout  # no ESC, BEL, CR or bidi override
+    assert "activate" in printed[1] and "old forged line" in printed[1]
+
+
+def test_revoke_from_the_command_line(tmp_path: Path, bundles, keys, other_keys) -> None:
+    store = FilesystemStore(tmp_path / "store", keys[1])
+    for v in ("v1", "v2"):
+        store.import_bundle(bundles[v], actor="ops")
+        store.activate(v, actor="ops", proof=proof_for(bundles[v], keys[1]))
+    # Rotation: the public key may be a directory of trusted keys, here the old and a new one.
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    for i, key in enumerate((keys[1], other_keys[1])):
+        (trusted / f"{i}.pem").write_bytes(key.read_bytes())
+    env = {"MODEL_STORE": str(store.root), "MODEL_STORE_PUBLIC_KEY": str(trusted)}
+    assert "the following arguments are required: --reason" in refused(cli("revoke", "v1", env=env), code=2)
+    assert "v2 is the active version" in refused(cli("revoke", "v2", "--reason", "bad", env=env))
+    r = cli("revoke", "v1", "--reason", "misses dents", env=env)
+    assert r.returncode == 0 and "revoked: v1" in r.stdout, r.stderr
+    assert "v1 is revoked" in refused(cli("rollback", env=env))
+    assert "v1 is revoked" in refused(cli("activate", "v1", env=env))
+    assert "REVOKED" in next(line for line in cli("list", env=env).stdout.splitlines() if " v1 " in line)
+    assert "revoke" in cli("log", env=env).stdout.splitlines()[-1]
+    assert cli("revoke", "v1", "--undo", "--reason", "false alarm", env=env).returncode == 0
+    assert store.revoked() == {} and store.active_version() == "v2"

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from model_store.bundle import load_bundle
 from model_store.errors import (
+    BundleError,
     BundleTampered,
     FileSetMismatch,
     ManifestInvalid,
@@ -229,3 +230,30 @@ def test_weights_missing_one_tensor_are_refused(bundle_copy, keys, tmp_path: Pat
     resign_with_weights(path, (tmp_path / "w.safetensors").read_bytes(), keys[0])
     with pytest.raises(WeightsInvalid, match="missing 1: features"):
         Predictor(load_bundle(path, keys[1]))
+
+
+def _key_dir(path: Path, *public_keys: Path) -> Path:
+    path.mkdir()
+    for i, key in enumerate(public_keys):
+        (path / f"key-{i}.pem").write_bytes(key.read_bytes())
+    return path
+
+
+def test_key_rotation_a_bundle_signed_by_any_trusted_key_verifies(bundle_copy, keys, other_keys, tmp_path) -> None:
+    """`other_keys` is the new signer: trusted beside the old key, then alone."""
+    new = bundle_copy("v1")
+    sign_directory(new, other_keys[0])
+    old = bundle_copy("v2")
+    both = _key_dir(tmp_path / "both", keys[1], other_keys[1])
+    assert load_bundle(new, both).version == "v1"  # the new key's bundles, during the rotation
+    assert load_bundle(old, both).version == "v2"  # and the old key's, still
+    only_old = _key_dir(tmp_path / "only-old", keys[1])
+    with pytest.raises(SignatureInvalid, match="signed with a different key"):
+        load_bundle(new, only_old)
+    with pytest.raises(SignatureInvalid, match="signed with none of the 2 trusted keys"):
+        load_bundle(new, _key_dir(tmp_path / "strangers", keys[1], generate_keypair(tmp_path / "third")[1]))
+    _flip_byte(new / "model.safetensors")  # the key that signed it says: the files changed
+    with pytest.raises(BundleTampered):
+        load_bundle(new, both)
+    with pytest.raises(BundleError, match=r"holds no \*.pem file"):
+        load_bundle(old, _key_dir(tmp_path / "empty"))

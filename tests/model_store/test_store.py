@@ -31,6 +31,7 @@ from model_store.errors import (
     StoreError,
     VersionConflict,
     VersionNotFound,
+    VersionRevoked,
 )
 from model_store.parity import ParityProof
 from model_store.signing import sign_directory
@@ -769,3 +770,45 @@ def test_a_shadow_must_be_stored_and_take_some_traffic(
     with pytest.raises(error):
         store.set_shadow(version, fraction=fraction, actor="ops")
     assert store.shadow() is None and store.pointer_stamp() == before
+
+
+def test_a_revoked_version_is_never_activated_rolled_back_to_or_shadowed(store: Store, proofs) -> None:
+    store.activate("v1", actor="ops", proof=proofs["v1"])
+    store.activate("v2", actor="ops", proof=proofs["v2"])
+    stamp = store.pointer_stamp()
+    entry = store.revoke("v1", actor="ops", reason="misses dents on dark parcels")
+    assert (entry.action, entry.to_version, entry.reason) == ("revoke", "v1", "misses dents on dark parcels")
+    assert store.pointer_stamp() != stamp  # followers notice it like a pointer move
+    assert set(reopen(store).revoked()) == {"v1"}
+    before = store_snapshot(store)
+    with pytest.raises(VersionRevoked, match=r"v1 is revoked .*misses dents on dark parcels.*refusing to activate it"):
+        store.activate("v1", actor="ops", proof=proofs["v1"])
+    with pytest.raises(VersionRevoked, match="refusing to activate it"):
+        activation.activate(store, "v1", actor="ops")  # refused before parity is even run
+    with pytest.raises(VersionRevoked, match="refusing to roll back to it"):
+        store.rollback(actor="ops", proof=proofs["v1"])  # the previous version is v1
+    with pytest.raises(VersionRevoked, match="refusing to roll back to it"):
+        activation.rollback(store, actor="ops")
+    with pytest.raises(VersionRevoked, match="refusing to put it in shadow"):
+        store.set_shadow("v1", actor="ops")
+    with pytest.raises(VersionRevoked, match="revoke it again"):
+        store.revoke("v1", actor="ops", reason="twice")
+    assert store_snapshot(store) == before and store.active_version() == "v2"
+    # Un-revoking is an audited decision too; then it may come back.
+    store.revoke("v1", actor="ops", reason="false alarm", undo=True)
+    assert store.revoked() == {}
+    assert store.rollback(actor="ops", proof=proofs["v1"]).to_version == "v1"
+    assert [e.action for e in store.audit_log()][-3:] == ["revoke", "unrevoke", "rollback"]
+
+
+def test_the_active_version_and_the_shadow_cannot_be_revoked(store: Store, proofs) -> None:
+    store.activate("v1", actor="ops", proof=proofs["v1"])
+    store.set_shadow("v2", actor="ops")
+    before = store_snapshot(store)
+    with pytest.raises(StoreError, match="v1 is the active version: activate another one"):
+        store.revoke("v1", actor="ops", reason="bad")
+    with pytest.raises(StoreError, match=r"v2 is in shadow: stop the shadow first"):
+        store.revoke("v2", actor="ops", reason="bad")
+    with pytest.raises(VersionNotFound):
+        store.revoke("v7", actor="ops", reason="bad")
+    assert store_snapshot(store) == before

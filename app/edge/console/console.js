@@ -107,7 +107,7 @@ async function refreshServing() {
   const r = await api("/readyz");
   const b = r.body || {};
   served = r.ok ? b : null;
-  const follow = b.following || {};
+  const follow = b.store || {};
   const state = r.ok ? badge("ready", "ok") : badge("not ready", "bad");
   const rows = [
     ["state", el("span", { id: "serving-state" }, state, r.ok ? "" : ` ${b.reason || b.message || ""}`)],

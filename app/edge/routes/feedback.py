@@ -48,7 +48,7 @@ async def feedback(request: Request, service: ServiceDep) -> dict[str, Any]:
     if capture is None:
         raise APIError(409, "capture_off", "feedback needs captured requests: set APP_CAPTURE_FRACTION above 0")
     body = await read_json(request, Feedback)
-    record = await asyncio.to_thread(capture.store.record, body.request_id)
+    record = await service.host.store_call(capture.store.record, body.request_id)
     if by_station and record["station"] != station:
         raise not_captured(body.request_id)  # as if absent: another station's ids are not confirmed
     if len(body.labels) != len(record["images"]):
@@ -57,7 +57,7 @@ async def feedback(request: Request, service: ServiceDep) -> dict[str, Any]:
     if loaded is not None and loaded.version == record["version"]:
         decision = loaded.manifest.decision
     else:  # captured under another version: its own labels
-        decision = (await asyncio.to_thread(service.host.store.manifest, record["version"])).decision
+        decision = (await service.host.store_call(service.host.store.manifest, record["version"])).decision
     allowed = {decision.positive_label, decision.negative_label}
     wrong = sorted(set(body.labels) - allowed)
     if wrong:
@@ -70,7 +70,7 @@ async def feedback(request: Request, service: ServiceDep) -> dict[str, Any]:
         "station": station if by_station else None,
         "time": time.time(),
     }
-    await asyncio.to_thread(capture.store.put_label, body.request_id, label)
+    await service.host.store_call(capture.store.put_label, body.request_id, label)
     capture.invalidate()
     log.info(
         {"message": "feedback", "capture": body.request_id, "labels": body.labels, "by": actor, "station": station}

@@ -21,17 +21,29 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", responses={503: {"description": "not ready: the body says why"}})
 async def readyz(service: ServiceDep) -> Response:
     """200 only once a verified model has loaded and passed parity on every worker; 503 with
-    the reason otherwise. No paths or secrets: this route needs no token."""
+    the reason otherwise. No paths or secrets: this route needs no token.
+
+    `store` says whether following the store works (failures in a row, since when, the last
+    error's code). A replica serving a proven model stays ready while the store is down or
+    hung: it keeps answering with what it has, and taking every replica out of rotation
+    because their shared store is unreachable would take the whole fleet down with it.
+    """
     host = service.host
     follow = host.follow_status
-    following = {"healthy": follow.healthy, "consecutive_failures": follow.failures, "error": follow.error}
+    store = {
+        "healthy": follow.healthy,
+        "consecutive_failures": follow.failures,
+        "since": follow.since,
+        "error": follow.error,
+        "last_success": follow.last_success,
+    }
     loaded = host.current
     if loaded is None:
-        return JSONLines({"ready": False, "reason": host.reason, "following": following}, status_code=503)
+        return JSONLines({"ready": False, "reason": host.reason, "store": store}, status_code=503)
     responsive = host.pipeline.pool.responsive()
     if responsive == 0:  # every worker dead, restarting, or stuck past its deadline: nothing can answer
         reason = f"no inference worker is answering ({host.pipeline.workers} restarting or stuck)"
-        return JSONLines({"ready": False, "reason": reason, "following": following}, status_code=503)
+        return JSONLines({"ready": False, "reason": reason, "store": store}, status_code=503)
     return JSONLines(
         {
             "ready": True,
@@ -41,7 +53,7 @@ async def readyz(service: ServiceDep) -> Response:
             "workers": host.pipeline.workers,
             "workers_answering": responsive,
             "refused": host.refused,
-            "following": following,
+            "store": store,
         }
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -52,8 +51,8 @@ async def _reason(request: Request) -> str:
 @router.get("", response_model=VersionsResponse)
 async def list_versions(_: AdminDep, service: ServiceDep) -> VersionsResponse:
     host = service.host
-    infos = await asyncio.to_thread(host.store.versions)
-    active = await asyncio.to_thread(host.store.active_version)
+    infos = await host.store_call(host.store.versions)
+    active = await host.store_call(host.store.active_version)
     served = host.current.version if host.current else None
     return VersionsResponse(
         active=active,
@@ -65,7 +64,7 @@ async def list_versions(_: AdminDep, service: ServiceDep) -> VersionsResponse:
 @router.get("/{version:version}", responses=error_responses(404, 422))
 async def show_version(version: VersionPath, _: AdminDep, service: ServiceDep) -> dict[str, Any]:
     host = service.host
-    manifest = await asyncio.to_thread(host.store.manifest, version)
+    manifest = await host.store_call(host.store.manifest, version)
     return manifest.model_dump(mode="json")
 
 
@@ -106,7 +105,7 @@ async def upload(request: Request, response: Response, actor: AdminDep, service:
             crash_point("upload.imported")
         return UploadResponse(version=result.version, created=result.created)
 
-    result = await asyncio.to_thread(store_it)
+    result = await host.store_call(store_it)
     if not result.created:
         response.status_code = 200  # identical bundle already stored: nothing was created
     return result

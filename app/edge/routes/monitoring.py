@@ -38,5 +38,5 @@ async def monitoring(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
     body["stations"] = await service.monitor.report(loaded)
     if service.capture is not None:
         positive = loaded.manifest.decision.positive_label
-        body["feedback"] = await asyncio.to_thread(service.capture.feedback, loaded.version, positive)
+        body["feedback"] = await service.host.store_call(service.capture.feedback, loaded.version, positive)
     return body
