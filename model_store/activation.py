@@ -7,7 +7,6 @@ store's `activate`/`rollback`, which refuse to move without a matching `ParityPr
 from __future__ import annotations
 
 from model_store.bundle import Bundle
-from model_store.errors import NothingToRollBack
 from model_store.parity import ParityProof
 from model_store.predictor import Predictor
 from model_store.store.base import AuditEntry, Store
@@ -26,8 +25,5 @@ def activate(store: Store, version: str, *, actor: str, reason: str = "") -> Aud
 
 def rollback(store: Store, *, actor: str, reason: str = "") -> AuditEntry:
     """Verify and prove the previously active version, then roll back to it."""
-    target = store.previous_version()
-    if target is None:
-        raise NothingToRollBack("no earlier active version to roll back to")
-    store.refuse_revoked(target, "roll back to it")
+    target = store.rollback_candidate()
     return store.rollback(actor=actor, reason=reason, proof=prove(store.load(target)))

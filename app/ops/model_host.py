@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 from app.serving.pipeline import Overloaded, Pipeline, Scored
-from model_store.errors import BundleError, ModelStoreError, NothingToRollBack, ParityFailed, VersionRevoked
+from model_store.errors import BundleError, ModelStoreError, ParityFailed, VersionRevoked
 from model_store.manifest import Manifest
 from model_store.parity import ParityReport
 from model_store.preprocessing import ImageInfo
@@ -283,10 +283,7 @@ class ModelHost:
 
     async def rollback(self, *, actor: str, reason: str) -> tuple[AuditEntry, Loaded]:
         async with self._swap_lock:
-            target = await self.store_call(self.store.previous_version)
-            if target is None:
-                raise NothingToRollBack("no earlier active version to roll back to")
-            await self.store_call(self.store.refuse_revoked, target, "roll back to it")
+            target = await self.store_call(self.store.rollback_candidate)
             loaded = await self.load(target)
             try:
                 proof = loaded.parity.require_pass()

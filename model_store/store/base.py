@@ -368,6 +368,16 @@ class Store(abc.ABC):
         The active version and the shadow cannot be revoked: move off them first.
         """
 
+    def rollback_candidate(self) -> str:
+        """The version a rollback would go to, checked before it is loaded and proved (the
+        CLI's and the service's rollback both start here): `NothingToRollBack` when there
+        is none, `VersionRevoked` when it is revoked."""
+        target = self.previous_version()
+        if target is None:
+            raise NothingToRollBack("no earlier active version to roll back to")
+        self.refuse_revoked(target, "roll back to it")
+        return target
+
     def refuse_revoked(self, version: str | None, doing: str) -> None:
         """Fail early, before a bundle is loaded and proved, when `version` is revoked.
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Query
 
 from app.edge.deps import AdminDep, ServiceDep

@@ -3,7 +3,6 @@ inspectors' labels when capture is on."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 

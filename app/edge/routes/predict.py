@@ -1,20 +1,13 @@
 """POST /v1/predict: one raw image body, or several multipart `files`.
 
-The predict path, as named steps (each in one place):
+The steps every front door shares (pin, admit, check, score, record, after) are in
+`app.edge.serve`; this module reads this door's body (`app.edge.intake.read_images`) and
+writes its answer (`predict_body`, documented by `PredictResponse`).
 
-1. **pin**: the served version, kept loaded until the answer (`ModelHost.pinned`);
-2. **admit**: shed at once when the queue is full, before a byte of the body is read;
-3. **read**: the body, streamed and bounded, counted in the byte budget (`app.edge.intake`);
-4. **check**: every image's header, bounded work, in the inspect threads (`Pipeline.inspect`);
-5. **score**: queue, batch, decode and forward in a worker, decide (`Pipeline.predict`);
-6. **record**: drift windows, metrics;
-7. **answer**: one JSON body (`PredictResponse` documents it); shadow scoring and capture
-   run after it is sent.
-
-`serve_predict` is all of it. `PredictFastPath` (middleware) is the one way in at run time:
-it calls `serve_predict` without the framework's routing, dependency solving and exception
-layers, which cost the front process about a fifth of its time per request on the hottest
-path (docs/performance.md). The FastAPI route below only declares the operation in the API
+`PredictFastPath` (middleware) is the one way in at run time: it calls `serve_predict`
+without the framework's routing, dependency solving and exception layers, which cost the
+front process about a fifth of its time per request on the hottest path
+(docs/performance.md). The FastAPI route below only declares the operation in the API
 document (the middleware answers every `POST /v1/predict` before routing).
 """
 
@@ -25,16 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
-from starlette.background import BackgroundTasks
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.edge.errors import APIError, JSONLines, response_for
 from app.edge.intake import read_images
 from app.edge.schemas import PredictResponse, error_responses
-from app.edge.stations import STATION_HEADER, station_of
+from app.edge.serve import prediction, refused_body
 from app.ops.model_host import Loaded, NotReady
 from app.service import Service
-from app.serving.pipeline import Overloaded, RequestTooLarge, Scored, WorkerFailed
+from app.serving.pipeline import Scored
 from model_store.errors import ModelStoreError
 
 router = APIRouter(prefix="/v1", tags=["predict"])
@@ -42,49 +34,16 @@ PATH = "/v1/predict"
 
 
 async def serve_predict(request: Request, service: Service) -> Response:
-    """The whole of `POST /v1/predict`: pin, admit, read, check, score, record, answer."""
-    settings, metrics, host = service.settings, service.metrics, service.host
-    pipeline = host.pipeline
-    station = station_of(request.headers.get(STATION_HEADER))
-    retry = {"Retry-After": str(settings.retry_after_s)}
-    with host.pinned() as loaded:
-        request.state.version = loaded.version
+    """The whole of `POST /v1/predict`: the steps of `app.edge.serve` around this door's
+    body format (a raw image, or multipart `files`) and answer."""
+    async with prediction(request, service) as p:
         try:
-            pipeline.refuse_if_full()
-        except Overloaded as exc:
-            metrics.shed.labels("overloaded").inc()
-            raise APIError(503, "overloaded", f"{exc}; retry shortly", retry) from None
-        with service.bodies.hold() as hold:
-            try:
-                images = await read_images(request, service.body_limits, hold)
-            except APIError as exc:
-                if exc.status == 503:
-                    metrics.shed.labels("bodies_in_flight").inc()
-                raise
-            checked = await pipeline.inspect(loaded.version, images)
-            try:
-                scores = await pipeline.predict(loaded.version, checked)
-            except Overloaded as exc:
-                metrics.shed.labels("overloaded").inc()
-                raise APIError(503, "overloaded", f"{exc}; retry shortly", retry) from None
-            except RequestTooLarge as exc:
-                metrics.shed.labels("request_too_large").inc()
-                raise APIError(413, "request_too_large", f"{exc}; send fewer or smaller images per request") from None
-            except WorkerFailed as exc:
-                raise APIError(503, "worker_restarting", f"{exc}; retry shortly", retry) from None
-        service.monitor.record(loaded, station, checked, scores)
-        for s in scores:
-            metrics.images.labels(s.decision).inc()
-        response = JSONLines(predict_body(request.state.request_id, loaded, [name for name, _ in images], scores))
-        # Shadow scoring and capture run once the response is sent, never before it.
-        after = [host.shadow_job(loaded, checked, scores)]
-        if service.capture is not None:
-            after.append(service.capture.job(request.state.request_id, station, loaded, checked, scores))
-        jobs = [job for job in after if job is not None]
-        if jobs:
-            response.background = BackgroundTasks()
-            for job in jobs:
-                response.background.add_task(job)
+            images = await read_images(request, service.body_limits, p.hold)
+        except APIError as exc:
+            raise refused_body(exc, service) from None
+        scores = await p.score(images)
+        response = JSONLines(predict_body(p.request_id, p.loaded, [name for name, _ in images], scores))
+        response.background = p.after()
         return response
 
 

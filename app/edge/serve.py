@@ -1,0 +1,105 @@
+"""The predict path as named steps, shared by every front door (`/v1/predict`, and the Open
+Inference Protocol's `/v2/.../infer`): each door reads its own body format and writes its
+own answer; everything between is here, once.
+
+1. **pin** the served version and **admit** (`prediction`): shed at once when the queue is
+   full, before a byte of the body is read; the body's bytes then count in the byte budget;
+2. **check** every image's header (bounded work, in the inspect threads) and **score** it
+   (queue, batch, decode and forward in a worker, decide), then **record** drift and
+   metrics (`Prediction.score`);
+3. **after** the answer is sent: shadow scoring and capture (`Prediction.after`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from starlette.background import BackgroundTasks
+from starlette.requests import Request
+
+from app.edge.errors import APIError
+from app.edge.intake import BodyHold
+from app.edge.stations import STATION_HEADER, station_of
+from app.ops.model_host import Loaded
+from app.service import Service
+from app.serving.pipeline import Overloaded, RequestTooLarge, Scored, WorkerFailed
+from model_store.preprocessing import ImageInfo
+
+
+@dataclass
+class Prediction:
+    """One request on its way through the steps: its pinned version, station and body budget."""
+
+    service: Service
+    request: Request
+    loaded: Loaded
+    station: str
+    hold: BodyHold
+    checked: list[tuple[str, bytes, ImageInfo]] = field(default_factory=list)
+    scores: list[Scored] = field(default_factory=list)
+
+    @property
+    def request_id(self) -> str:
+        rid: str = self.request.state.request_id
+        return rid
+
+    async def score(self, images: Sequence[tuple[str, bytes]]) -> list[Scored]:
+        """Check, score and record `images` (name, bytes); refusals as JSON errors."""
+        service, loaded = self.service, self.loaded
+        metrics, pipeline = service.metrics, service.host.pipeline
+        retry = {"Retry-After": str(service.settings.retry_after_s)}
+        self.checked = await pipeline.inspect(loaded.version, images)
+        try:
+            self.scores = await pipeline.predict(loaded.version, self.checked)
+        except Overloaded as exc:
+            metrics.shed.labels("overloaded").inc()
+            raise APIError(503, "overloaded", f"{exc}; retry shortly", retry) from None
+        except RequestTooLarge as exc:
+            metrics.shed.labels("request_too_large").inc()
+            raise APIError(413, "request_too_large", f"{exc}; send fewer or smaller images per request") from None
+        except WorkerFailed as exc:
+            raise APIError(503, "worker_restarting", f"{exc}; retry shortly", retry) from None
+        service.monitor.record(loaded, self.station, self.checked, self.scores)
+        for s in self.scores:
+            metrics.images.labels(s.decision).inc()
+        return self.scores
+
+    def after(self) -> BackgroundTasks | None:
+        """Shadow scoring and capture, to run once the answer is sent (never before it)."""
+        service = self.service
+        jobs = [service.host.shadow_job(self.loaded, self.checked, self.scores)]
+        if service.capture is not None:
+            jobs.append(service.capture.job(self.request_id, self.station, self.loaded, self.checked, self.scores))
+        tasks = [job for job in jobs if job is not None]
+        if not tasks:
+            return None
+        background = BackgroundTasks()
+        for job in tasks:
+            background.add_task(job)
+        return background
+
+
+@contextlib.asynccontextmanager
+async def prediction(request: Request, service: Service) -> AsyncIterator[Prediction]:
+    """Pin the served version and admit the request (before its body is read); the body's
+    bytes count against the budget of all requests until the block ends."""
+    station = station_of(request.headers.get(STATION_HEADER))
+    with service.host.pinned() as loaded:
+        request.state.version = loaded.version
+        try:
+            service.host.pipeline.refuse_if_full()
+        except Overloaded as exc:
+            service.metrics.shed.labels("overloaded").inc()
+            retry = {"Retry-After": str(service.settings.retry_after_s)}
+            raise APIError(503, "overloaded", f"{exc}; retry shortly", retry) from None
+        with service.bodies.hold() as hold:
+            yield Prediction(service, request, loaded, station, hold)
+
+
+def refused_body(exc: APIError, service: Service) -> APIError:
+    """Count a body refused by the byte budget (503) as shed; the error itself, unchanged."""
+    if exc.status == 503:
+        service.metrics.shed.labels("bodies_in_flight").inc()
+    return exc
