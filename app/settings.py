@@ -21,6 +21,7 @@ from model_store.signing import trusted_keys
 BODY_TIMEOUT_S = 60.0  # a whole request body, however slowly it trickles in
 HEADER_TIMEOUT_S = 10.0  # connect (or the previous answer) to the end of the headers
 BATCH_TIMEOUT_S = 30.0  # a batch of 16 of the largest accepted images decodes in well under this
+MAX_REQUEST_TIMEOUT_MS = 600_000  # the largest budget a request may ask for
 
 
 def default_workers() -> int:
@@ -57,6 +58,16 @@ class Settings(BaseSettings):
         256 * 1024 * 1024,
         ge=1024,
         description="predict bodies being received or waiting for their answer, all requests together; beyond: 503",
+    )
+    # 5 s: long enough for the largest accepted request on a loaded two-core machine, short
+    # enough that no answer comes after its parcel is gone. Stations that know their own
+    # budget (camera to diverter, a few hundred ms) send it as X-Request-Timeout-Ms.
+    request_timeout_ms: int = Field(
+        5000,
+        ge=0,
+        le=MAX_REQUEST_TIMEOUT_MS,
+        description="a request's budget from its arrival when it names none (X-Request-Timeout-Ms); "
+        "past it, 504 and its work is dropped; 0 = none",
     )
     batch_timeout_s: float = Field(
         BATCH_TIMEOUT_S, gt=0, le=3600, description="a worker not done with a batch by then is replaced (503)"

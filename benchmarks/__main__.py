@@ -2,6 +2,7 @@
 
     python -m benchmarks                          # start the service, measure, write results/
     python -m benchmarks --url http://host:8080/predictions/model   # drive another server too
+    python -m benchmarks --deadline-ms 300        # open loop at 1x, 2x, 4x the limit: goodput
 
 Progress goes to stderr; the table, `results.json` and `throughput.png` go to `--out`.
 """
@@ -40,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-format", choices=["contiguous", "channels_last"], default=trained.memory_format)
     p.add_argument("--workers", type=int, default=None, help="APP_WORKERS (default: the service's own)")
     p.add_argument("--monitoring", choices=["on", "off"], default="on", help="drift monitoring in the service")
+    p.add_argument(
+        "--deadline-ms",
+        type=int,
+        default=None,
+        help="instead of the closed-loop levels: offer 1x, 2x and 4x the in-process limit (open loop), every "
+        "request with X-Request-Timeout-Ms of this; report goodput (answers within it), 504s, 503s",
+    )
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     p.add_argument(
         "--ignore-retry-after",
@@ -83,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             url = f"{base}/v1/predict"
         rows: list[dict[str, Any]] = []
         try:
+            if args.deadline_ms is not None:
+                return _deadline_levels(args, url, images, limit, latency, started)
             modes = [1] + ([args.multipart] if args.multipart and args.url is None else [])
             for per_request in modes:
                 if per_request == 1:
@@ -129,6 +139,45 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "table.md").write_text(table)
     print(table)
     _progress(f"[{time.perf_counter() - started:5.1f}s] wrote {args.out}/results.json, throughput.png, table.md")
+    return 0
+
+
+def _deadline_levels(
+    args: argparse.Namespace, url: str, images: list[bytes], limit: float, latency: float, started: float
+) -> int:
+    """Open loop: 1x, 2x and 4x the limit offered, each request with the same budget."""
+    from benchmarks import load
+
+    requests = [load.raw_request(url, img) for img in images]
+    rows = []
+    for factor in (1, 2, 4):
+        result = load.run_open_level(url, requests, factor * limit, args.warmup, args.seconds, args.deadline_ms)
+        row: dict[str, Any] = {"offered_x_limit": factor, **result.as_dict()}
+        row["goodput_x_limit"] = row["goodput_per_s"] / limit
+        rows.append(row)
+        _progress(
+            f"[{time.perf_counter() - started:5.1f}s] offered {factor}x ({row['offered_per_s']:.0f}/s), "
+            f"deadline {args.deadline_ms} ms: goodput {row['goodput_per_s']:.1f}/s "
+            f"({row['goodput_x_limit']:.2f}x limit) "
+            f"504 {row['expired_504']} 503 {row['shed_503']} late 200 {row['late_200']} errors {row['errors']} "
+            f"p50 {row['p50_ms']:.0f} p99 {row['p99_ms']:.0f} max {row['max_ms']:.0f} ms"
+        )
+    results = {
+        "server": args.name or ("ours" if args.url is None else args.url),
+        "in_process": {"images_per_s": limit, "single_image_p50_ms": latency},
+        "deadline_ms": args.deadline_ms,
+        "levels": rows,
+    }
+    (args.out / "deadline.json").write_text(json.dumps(results, indent=2) + "\n")
+    header = "| offered | goodput (x limit) | 504 | 503 | late 200 | errors | p50 ms | p99 ms | max ms | late sends |"
+    lines = [header, "|" + "---|" * 10]
+    lines += [
+        f"| {r['offered_x_limit']}x | {r['goodput_per_s']:.1f}/s ({r['goodput_x_limit']:.2f}x) | {r['expired_504']} | "
+        f"{r['shed_503']} | {r['late_200']} | {r['errors']} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+        f"{r['max_ms']:.0f} | {r['late_sends']} |"
+        for r in rows
+    ]
+    print(f"in-process limit {limit:.1f} img/s; deadline {args.deadline_ms} ms\n" + "\n".join(lines))
     return 0
 
 

@@ -184,3 +184,118 @@ def run_level(
     honour_retry_after: bool = True,
 ) -> LevelResult:
     return uvloop.run(_level(url, requests, concurrency, images_per_request, warmup_s, seconds, honour_retry_after))
+
+
+# --- open loop, with deadlines (python -m benchmarks --deadline-ms D) ------------------------
+
+
+@dataclass
+class DeadlineResult:
+    """One offered load: requests sent at a fixed rate whatever the answers, each with a budget."""
+
+    offered_per_s: float
+    deadline_ms: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)  # of 200s
+    ok: int = 0
+    timely: int = 0  # 200s within the deadline: the goodput
+    expired: int = 0  # 504
+    shed: int = 0  # 503
+    errors: int = 0
+    late_sends: int = 0  # arrivals the client itself could not send on time (it is overloaded too)
+
+    def as_dict(self) -> dict[str, float | int]:
+        lat = sorted(self.latencies)
+
+        def pct(q: float) -> float:
+            return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else float("nan")
+
+        return {
+            "offered_per_s": self.offered_per_s,
+            "deadline_ms": self.deadline_ms,
+            "goodput_per_s": self.timely / self.seconds,
+            "answered_per_s": self.ok / self.seconds,
+            "timely": self.timely,
+            "late_200": self.ok - self.timely,
+            "expired_504": self.expired,
+            "shed_503": self.shed,
+            "errors": self.errors,
+            "p50_ms": pct(0.50),
+            "p99_ms": pct(0.99),
+            "max_ms": lat[-1] * 1000 if lat else float("nan"),
+            "late_sends": self.late_sends,
+        }
+
+
+def with_header(request: bytes, name: str, value: str) -> bytes:
+    head, sep, body = request.partition(b"\r\n")
+    return head + sep + f"{name}: {value}\r\n".encode() + body
+
+
+async def _open_level(
+    url: str, requests: list[bytes], rate: float, warmup_s: float, seconds: float, deadline_ms: int
+) -> DeadlineResult:
+    u = urllib.parse.urlsplit(url)
+    host, port = u.hostname or "127.0.0.1", u.port or 80
+    result = DeadlineResult(rate, deadline_ms, seconds)
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    start = time.perf_counter()
+    warm_until, stop_at = start + warmup_s, start + warmup_s + seconds
+    budget = deadline_ms / 1000
+
+    async def one(request: bytes, due: float) -> None:
+        conn = idle.pop() if idle else None
+        try:
+            if conn is None:
+                conn = await asyncio.open_connection(host, port)
+            reader, writer = conn
+            writer.write(request)
+            status, keep, _ = await _read_response(reader)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            if warm_until <= due <= stop_at:
+                result.errors += 1
+            if conn is not None:
+                conn[1].close()
+            return
+        finished = time.perf_counter()
+        if warm_until <= due <= stop_at:  # by when it was offered: the offered load is what counts
+            if status == 200:
+                result.ok += 1
+                result.latencies.append(finished - due)  # from its arrival, as the deadline runs
+                result.timely += finished - due <= budget
+            elif status == 504:
+                result.expired += 1
+            elif status == 503:
+                result.shed += 1
+            else:
+                result.errors += 1
+        if keep:
+            idle.append(conn)
+        else:
+            conn[1].close()
+
+    tasks: set[asyncio.Task[None]] = set()
+    i = 0
+    while (due := start + i / rate) < stop_at:
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.01 and warm_until <= due:
+            result.late_sends += 1
+        task = asyncio.ensure_future(
+            one(with_header(requests[i % len(requests)], "X-Request-Timeout-Ms", str(deadline_ms)), due)
+        )
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        i += 1
+    if tasks:
+        await asyncio.wait(tasks, timeout=budget + 30)
+    for _, writer in idle:
+        writer.close()
+    return result
+
+
+def run_open_level(
+    url: str, requests: list[bytes], rate: float, warmup_s: float, seconds: float, deadline_ms: int
+) -> DeadlineResult:
+    return uvloop.run(_open_level(url, requests, rate, warmup_s, seconds, deadline_ms))

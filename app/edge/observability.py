@@ -51,6 +51,9 @@ class Metrics:
         self.swaps = Counter("model_swaps_total", "Model swaps", ["how"], registry=r)
         self.refusals = Counter("model_load_refusals_total", "Bundles refused at load", ["reason"], registry=r)
         self.shed = Counter("admission_refusals_total", "Requests refused by admission control", ["reason"], registry=r)
+        self.expired = Counter(
+            "deadline_exceeded_total", "Requests whose budget ran out (504), by where they were", ["stage"], registry=r
+        )
         self.follow_errors = Counter("store_follow_errors_total", "Failed reads of the store's pointer", registry=r)
 
     def watch(self, collect: Callable[[], Iterator[Metric]]) -> None:
@@ -147,7 +150,9 @@ class RequestObserver:
         given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
         client_request_id = given if _CLIENT_REQUEST_ID.match(given) else None
         request_id = uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["arrived"] = time.monotonic()  # a request's deadline runs from here (app.edge.serve)
         echo = [(b"x-request-id", request_id.encode())]
         if client_request_id is not None:
             echo.append((b"x-client-request-id", given.encode()))

@@ -4,6 +4,8 @@ own answer; everything between is here, once.
 
 1. **pin** the served version and **admit** (`prediction`): shed at once when the queue is
    full, before a byte of the body is read; the body's bytes then count in the byte budget;
+   the request's **deadline** (its own `X-Request-Timeout-Ms` or `APP_REQUEST_TIMEOUT_MS`,
+   from its arrival) is checked after each step, and work past it is dropped with a 504;
 2. **check** every image's header (bounded work, in the inspect threads) and **score** it
    (queue, batch, decode and forward in a worker, decide), then **record** drift and
    metrics (`Prediction.score`);
@@ -13,6 +15,7 @@ own answer; everything between is here, once.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -24,8 +27,11 @@ from app.edge.intake import BodyHold
 from app.edge.stations import STATION_HEADER, station_of
 from app.ops.model_host import Loaded
 from app.service import Service
-from app.serving.pipeline import Overloaded, RequestTooLarge, Scored, WorkerFailed
+from app.serving.pipeline import DeadlineExceeded, Overloaded, RequestTooLarge, Scored, WorkerFailed
+from app.settings import MAX_REQUEST_TIMEOUT_MS
 from model_store.preprocessing import ImageInfo
+
+TIMEOUT_HEADER = "x-request-timeout-ms"
 
 
 @dataclass
@@ -37,6 +43,8 @@ class Prediction:
     loaded: Loaded
     station: str
     hold: BodyHold
+    budget_ms: int  # 0: none
+    deadline: float | None  # time.monotonic() by which the answer is of use
     checked: list[tuple[str, bytes, ImageInfo]] = field(default_factory=list)
     scores: list[Scored] = field(default_factory=list)
 
@@ -45,14 +53,27 @@ class Prediction:
         rid: str = self.request.state.request_id
         return rid
 
+    def check_deadline(self, stage: str) -> None:
+        """A 504 when the budget ran out by the end of `stage` (the work after it is dropped)."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise self._expired(DeadlineExceeded(stage, f"its budget ran out during {stage}"))
+
+    def _expired(self, exc: DeadlineExceeded) -> APIError:
+        self.service.metrics.expired.labels(exc.stage).inc()
+        return APIError(504, "deadline_exceeded", f"{exc} ({self.budget_ms} ms from its arrival); nothing more is done")
+
     async def score(self, images: Sequence[tuple[str, bytes]]) -> list[Scored]:
         """Check, score and record `images` (name, bytes); refusals as JSON errors."""
         service, loaded = self.service, self.loaded
         metrics, pipeline = service.metrics, service.host.pipeline
         retry = {"Retry-After": str(service.settings.retry_after_s)}
+        self.check_deadline("read")
         self.checked = await pipeline.inspect(loaded.version, images)
+        self.check_deadline("check")
         try:
-            self.scores = await pipeline.predict(loaded.version, self.checked)
+            self.scores = await pipeline.predict(loaded.version, self.checked, deadline=self.deadline)
+        except DeadlineExceeded as exc:
+            raise self._expired(exc) from None
         except Overloaded as exc:
             metrics.shed.labels("overloaded").inc()
             raise APIError(503, "overloaded", f"{exc}; retry shortly", retry) from None
@@ -86,6 +107,9 @@ async def prediction(request: Request, service: Service) -> AsyncIterator[Predic
     """Pin the served version and admit the request (before its body is read); the body's
     bytes count against the budget of all requests until the block ends."""
     station = station_of(request.headers.get(STATION_HEADER))
+    budget_ms = request_budget_ms(request, service.settings.request_timeout_ms)
+    arrived: float = request.scope.get("state", {}).get("arrived", time.monotonic())
+    deadline = arrived + budget_ms / 1000 if budget_ms else None
     with service.host.pinned() as loaded:
         request.state.version = loaded.version
         try:
@@ -95,7 +119,23 @@ async def prediction(request: Request, service: Service) -> AsyncIterator[Predic
             retry = {"Retry-After": str(service.settings.retry_after_s)}
             raise APIError(503, "overloaded", f"{exc}; retry shortly", retry) from None
         with service.bodies.hold() as hold:
-            yield Prediction(service, request, loaded, station, hold)
+            p = Prediction(service, request, loaded, station, hold, budget_ms, deadline)
+            p.check_deadline("admission")
+            yield p
+
+
+def request_budget_ms(request: Request, default_ms: int) -> int:
+    """The request's own budget (`X-Request-Timeout-Ms`, 1 to 600000), or the default."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return default_ms
+    if not (raw.isdigit() and 1 <= int(raw) <= MAX_REQUEST_TIMEOUT_MS):
+        raise APIError(
+            422,
+            "invalid_request_timeout",
+            f"X-Request-Timeout-Ms must be a whole number of milliseconds from 1 to {MAX_REQUEST_TIMEOUT_MS}",
+        )
+    return int(raw)
 
 
 def refused_body(exc: APIError, service: Service) -> APIError:

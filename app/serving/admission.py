@@ -20,6 +20,14 @@ class RequestTooLarge(Exception):
     """This request alone is more work than the service ever queues."""
 
 
+class DeadlineExceeded(Exception):
+    """The request's time budget ran out before its answer; `stage` says where it was."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
 @dataclass
 class Admission:
     queue_bound: int  # images

@@ -15,6 +15,9 @@ default), and decides what each idle worker does next.
   workers are busy, images pile up, and the next free worker takes up to `max_batch` of
   them at once. Batches hold one model version only, so every image of a response comes
   from the version the response names.
+- **Deadlines.** A request may carry one (monotonic time): when it passes, the request
+  fails at once with `DeadlineExceeded` and its images leave the queue, so expired work is
+  never decoded or batched, and nobody waits for the queue to drain to hear so.
 - **Priorities.** Control work (loading a version, parity runs) goes to a worker before
   queued images; shadow images (a candidate scored on live traffic) only when no station
   image is waiting, and are dropped first under load.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from app.serving import protocol
-from app.serving.admission import Admission, Overloaded, RequestTooLarge
+from app.serving.admission import Admission, DeadlineExceeded, Overloaded, RequestTooLarge
 from app.serving.workers import Reply, Worker, WorkerFailed, WorkerPool
 from app.settings import BATCH_TIMEOUT_S
 from model_store import parity
@@ -42,7 +46,7 @@ from model_store.monitoring import ImageStats
 from model_store.parity import ParityReport
 from model_store.preprocessing import DecodeLimits, ImageInfo, inspect
 
-__all__ = ["Overloaded", "Pipeline", "RequestTooLarge", "Scored", "WorkerFailed"]
+__all__ = ["DeadlineExceeded", "Overloaded", "Pipeline", "RequestTooLarge", "Scored", "WorkerFailed"]
 
 E = TypeVar("E", bound=ModelStoreError)
 log = logging.getLogger("app.serving.pipeline")
@@ -68,6 +72,7 @@ class _Request:
     future: asyncio.Future[list[tuple[float, ImageStats | None]]]
     remaining: int
     shadow: bool = False
+    dispatched: bool = False  # some of its images went to a worker
 
     @property
     def done(self) -> bool:
@@ -261,26 +266,39 @@ class Pipeline:
         return await asyncio.get_running_loop().run_in_executor(self._inspector, check)
 
     async def predict(
-        self, version: str, images: Sequence[tuple[str, bytes, ImageInfo]], *, shadow: bool = False
+        self,
+        version: str,
+        images: Sequence[tuple[str, bytes, ImageInfo]],
+        *,
+        shadow: bool = False,
+        deadline: float | None = None,
     ) -> list[Scored]:
         """Scores for `images` (name, bytes, header info) from `version`, in order.
 
-        Raises `Overloaded`, `RequestTooLarge`, `WorkerFailed`, or the first `ImageError`
-        (its message names the image) when an image fails to decode in a worker.
+        `deadline`: `time.monotonic()` by which the answer is of use; past it the request
+        fails at once and its images leave the queue (`DeadlineExceeded`).
+
+        Raises `Overloaded`, `RequestTooLarge`, `WorkerFailed`, `DeadlineExceeded`, or the
+        first `ImageError` (its message names the image) when an image fails to decode.
         """
         if not images:
             return []
         work = sum(info.decode_work for _, _, info in images)
         n = len(images)
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise DeadlineExceeded("queue", "its budget ran out before it was queued")
         if shadow and len(self._shadow) + n > SHADOW_QUEUE:
             raise Overloaded(f"{len(self._shadow)} shadow images already waiting")
         if not shadow:
             self.admission.admit(n, work)
         model = self._models[version]
         model.users += 1
-        request = _Request(version, [None] * n, asyncio.get_running_loop().create_future(), n, shadow)
+        loop = asyncio.get_running_loop()
+        request = _Request(version, [None] * n, loop.create_future(), n, shadow)
         queue = self._shadow if shadow else self._pending
         queue.extend(_Item(request, i, data, info.decode_work) for i, (_, data, info) in enumerate(images))
+        timer = None if left is None else loop.call_later(left, self._expire, request, queue)
         self._dispatch()
         try:
             probs = await request.future
@@ -288,11 +306,28 @@ class Pipeline:
             index = int(exc.args[1]) if len(exc.args) > 1 else 0
             raise _named(exc, images[index][0], exc.args[0]) from None
         finally:
+            if timer is not None:
+                timer.cancel()
             if not request.done:  # the client went away: drop what is still queued
                 request.future.cancel()
             self.release(version)
         decide = model.manifest.decision.decide
         return [Scored(p, decide(p), stats) for p, stats in probs]
+
+    def _expire(self, request: _Request, queue: deque[_Item]) -> None:
+        """A request's deadline passed: answer it now, and take its images out of the queue
+        (they are never decoded, and stop counting against admission)."""
+        if request.done:
+            return
+        stage = "batch" if request.dispatched else "queue"
+        where = "while a worker was scoring it" if request.dispatched else "while it was queued (before decode)"
+        request.future.set_exception(DeadlineExceeded(stage, f"its budget ran out {where}"))
+        kept = deque(item for item in queue if item.request is not request)
+        for item in queue:
+            if item.request is request:
+                self._finish_item(item)
+        queue.clear()
+        queue.extend(kept)
 
     def _fail(self, request: _Request, exc: BaseException) -> None:
         if not request.done:
@@ -339,6 +374,7 @@ class Pipeline:
             if item.request.done:
                 self._finish_item(item)
             elif item.request.version == version:
+                item.request.dispatched = True
                 batch.append(item)
             else:
                 keep.append(item)

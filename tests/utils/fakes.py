@@ -8,10 +8,11 @@ parity reproduces the bundle's record, so a route test runs in milliseconds.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from app.serving.pipeline import Pipeline, Scored, _Model
+from app.serving.pipeline import DeadlineExceeded, Pipeline, Scored, _Model
 from model_store import parity
 from model_store.bundle import Bundle
 from model_store.parity import ParityReport
@@ -56,8 +57,15 @@ class FakePipeline(Pipeline):
         return parity.report(model.manifest, model.manifest_sha256, expected)
 
     async def predict(
-        self, version: str, images: Sequence[tuple[str, bytes, ImageInfo]], *, shadow: bool = False
+        self,
+        version: str,
+        images: Sequence[tuple[str, bytes, ImageInfo]],
+        *,
+        shadow: bool = False,
+        deadline: float | None = None,
     ) -> list[Scored]:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded("queue", "its budget ran out before it was queued")
         work = sum(info.decode_work for _, _, info in images)
         if not shadow:
             self.admission.admit(len(images), work)

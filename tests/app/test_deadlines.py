@@ -1,0 +1,103 @@
+"""Deadlines: work whose budget ran out is never decoded or batched, and its client hears so
+at once (504), not after the queue drains."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from app.serving.pipeline import DeadlineExceeded
+from tests.utils.factories import image_bytes
+from tests.utils.pipelines import checked, load, running_pipeline
+from tests.utils.server import LiveServer
+
+pytestmark = pytest.mark.slow  # worker processes
+
+IMAGE = image_bytes(41, (96, 80))
+
+
+@contextlib.contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """The worker holds whatever it was given, as if a long batch were in progress."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_an_expired_request_leaves_the_queue_at_once_and_is_never_batched(bundles, keys) -> None:
+    batches: list[int] = []
+
+    async def scenario() -> tuple[float, str, int, list[int]]:
+        async with running_pipeline(workers=1, on_batch=lambda n, d, f: batches.append(n)) as p:
+            v = await load(p, bundles["v1"], keys[1])
+            (pid,) = p.pool.pids()
+            assert pid is not None
+            with stopped(pid):
+                busy = asyncio.ensure_future(p.predict(v, checked([IMAGE])))  # the worker takes it
+                await asyncio.sleep(0.2)
+                started = time.monotonic()
+                with pytest.raises(DeadlineExceeded) as exc:
+                    await p.predict(v, checked([IMAGE, IMAGE]), deadline=time.monotonic() + 0.3)
+                waited = time.monotonic() - started
+                queued = p.admission.images  # only the busy one is still counted
+            await busy
+            return waited, exc.value.stage, queued, list(batches)
+
+    waited, stage, queued, sizes = asyncio.run(scenario())
+    assert stage == "queue"
+    assert waited < 2.0  # at its deadline, not when the worker came back
+    assert queued == 1
+    assert sizes == [1]  # the expired request's two images never reached a worker
+    print(f"expired request answered after {waited * 1000:.0f} ms (budget 300 ms)")
+
+
+def test_a_request_past_its_budget_gets_a_504_promptly_and_is_counted(store, keys) -> None:
+    with LiveServer(store.root, keys[1], workers=1) as srv:
+        srv.wait_ready()
+        (pid,) = srv.app.state.service.host.pipeline.pool.pids()
+        first: list[httpx.Response] = []
+        with stopped(pid):
+            blocker = threading.Thread(
+                target=lambda: first.append(
+                    httpx.post(
+                        f"{srv.url}/v1/predict", content=IMAGE, headers={"Content-Type": "image/jpeg"}, timeout=30
+                    )
+                )
+            )
+            blocker.start()
+            time.sleep(0.3)
+            started = time.monotonic()
+            r = httpx.post(
+                f"{srv.url}/v1/predict",
+                content=IMAGE,
+                headers={"Content-Type": "image/jpeg", "X-Request-Timeout-Ms": "300"},
+                timeout=30,
+            )
+            waited = time.monotonic() - started
+        blocker.join(timeout=30)
+        assert r.status_code == 504, r.text
+        assert r.json()["error"] == "deadline_exceeded" and "300 ms" in r.json()["message"]
+        assert waited < 2.0
+        assert first[0].status_code == 200  # the request without a budget of its own waited
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        assert 'deadline_exceeded_total{stage="queue"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "abc", "600001", "1.5"])
+def test_a_malformed_budget_is_refused(server, value: str) -> None:
+    r = httpx.post(
+        f"{server.url}/v1/predict",
+        content=IMAGE,
+        headers={"Content-Type": "image/jpeg", "X-Request-Timeout-Ms": value},
+    )
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request_timeout", r.text
