@@ -24,7 +24,7 @@ from tests.utils.server import ADMIN_TOKEN, ServiceProcess, admin
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-ASSETS = ROOT / "app" / "console"
+ASSETS = ROOT / "app" / "edge" / "console"
 SWAP_S = 60  # seconds an activation may take on a busy machine: verify, load, parity
 WAIT_MS = SWAP_S * 1000
 
@@ -252,8 +252,8 @@ def test_every_console_file_is_shipped_in_the_wheel_and_the_image() -> None:
 
     from tests.utils.deploy import dockerignore_excludes
 
-    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["app"]
-    files = sorted(p.relative_to(ROOT / "app").as_posix() for p in ASSETS.iterdir())
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["app.edge"]
+    files = sorted(p.relative_to(ROOT / "app" / "edge").as_posix() for p in ASSETS.iterdir())
     assert files and all(any(fnmatch(f, pat) for pat in patterns) for f in files), (files, patterns)
     ignore = (ROOT / ".dockerignore").read_text()
-    assert not [f for f in files if dockerignore_excludes(ignore, f"app/{f}")]  # the Dockerfile copies app/
+    assert not [f for f in files if dockerignore_excludes(ignore, f"app/edge/{f}")]  # the Dockerfile copies app/
