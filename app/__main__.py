@@ -3,6 +3,7 @@
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
@@ -23,18 +24,41 @@ def build_parser() -> argparse.ArgumentParser:
     variables = "\n".join(
         f"  APP_{name.upper():<26} {_help(field)}".rstrip() for name, field in Settings.model_fields.items()
     )
-    return ArgumentParser(
+    parser = ArgumentParser(
         prog=program("app"),
         description=__doc__.splitlines()[0],
         epilog=f"settings, from environment variables (APP_STORE and APP_PUBLIC_KEY are required):\n{variables}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.set_defaults(command=None)
+    commands = parser.add_subparsers(dest="command", metavar="{stations}")
+    stations = commands.add_parser("stations", help="station tokens (APP_STATION_TOKENS_FILE)")
+    stations_do = stations.add_subparsers(dest="action", required=True)
+    add = stations_do.add_parser("add", help="print a new token for a station once, and append its line to the file")
+    add.add_argument("station", help="the station's ID: 1-64 of A-Z a-z 0-9 . _ -")
+    add.add_argument("--file", type=Path, required=True, help="the station tokens file (created if missing)")
+    return parser
+
+
+def _add_station(station: str, path: Path) -> int:
+    from app.edge.stations import TokensFileInvalid, add_station
+
+    try:
+        token = add_station(path, station)
+    except (OSError, UnicodeDecodeError, TokensFileInvalid) as exc:
+        print(f"error: {path}: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    print(f"{station}: token added to {path} (only its sha256 is kept; it is not shown again)", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from app.settings import get_settings, settings_error
 
-    build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if args.command == "stations":
+        return _add_station(args.station, args.file)
     try:
         settings = get_settings()
     except ValidationError as exc:
@@ -44,10 +68,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from app.edge.server import StartupRefused, config
+    from app.edge.stations import StationTokens, TokensFileInvalid
     from app.main import create_app
 
     try:
+        if settings.station_tokens_file is not None:
+            StationTokens.load(settings.station_tokens_file)  # a file that does not load stops startup
         server_config = config(create_app(settings), settings)
+    except (OSError, UnicodeDecodeError, TokensFileInvalid) as exc:
+        print(f"error: APP_STATION_TOKENS_FILE {settings.station_tokens_file}: {exc}", file=sys.stderr)
+        return 2
     except StartupRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

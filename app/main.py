@@ -29,7 +29,7 @@ def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastA
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging()
-        if not settings.loopback_only:
+        if not settings.loopback_only and settings.station_tokens_file is None:
             log.warning(
                 "listening on %s, not only on this machine: any network that reaches it can send predictions "
                 "(management still needs the token); put it behind a proxy or firewall you control",

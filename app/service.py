@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from app.edge.intake import BodyLimits, ByteBudget
 from app.edge.observability import Metrics
+from app.edge.stations import StationTokens
 from app.edge.telemetry import Telemetry
 from app.ops.capture import Capturer
 from app.ops.drift import Monitor
@@ -26,6 +27,7 @@ class Service:
     monitor: Monitor
     capture: Capturer | None  # None: capture is off
     bodies: ByteBudget  # predict bodies in memory, all requests together
+    station_tokens: StationTokens | None  # None: stations name themselves (APP_STATION_TOKENS_FILE unset)
 
     @property
     def body_limits(self) -> BodyLimits:
@@ -71,4 +73,5 @@ def build_service(settings: Settings, metrics: Metrics, pipeline: Pipeline | Non
             settings.capture_max_age_days * 86400,
         )
     bodies = ByteBudget(settings.max_body_bytes_in_flight, settings.retry_after_s)
-    return Service(settings, host, metrics, monitor, capture, bodies)
+    tokens = StationTokens.load(settings.station_tokens_file) if settings.station_tokens_file else None
+    return Service(settings, host, metrics, monitor, capture, bodies, tokens)

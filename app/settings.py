@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     )
     capture_max_megabytes: int = Field(1024, ge=1, description="capture size bound; oldest requests go first")
     capture_max_age_days: float = Field(30.0, gt=0, description="captured requests older than this are removed")
+    station_tokens_file: Path | None = Field(
+        None,
+        description="one line per station, `station-id sha256-of-token`: predict and station feedback then need "
+        "the station's bearer token, and the station is the token's (reloaded when it changes)",
+    )
     station_token: SecretStr | None = Field(
         None, description="bearer token stations use for POST /v1/feedback (the admin token works too)"
     )

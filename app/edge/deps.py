@@ -18,6 +18,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
 from app.edge.errors import APIError
+from app.edge.stations import STATION_HEADER, bearer, station_of, unauthorized
+from app.ops.drift import UNASSIGNED
 from app.ops.model_host import Loaded
 from app.service import Service
 
@@ -65,6 +67,50 @@ def check_admin(request: Request) -> str:
     client = request.client.host if request.client else "unknown"
     token_id = hashlib.sha256(expected.encode()).hexdigest()[:8]
     return f"{who}@{client} (token {token_id})"
+
+
+def identify_station(request: Request, service: Service) -> str:
+    """The station of a predict request (`app.edge.stations`): the header's when no station
+    tokens file is set, else the bearer token's (checked before a byte of the body is read)."""
+    named = station_of(request.headers.get(STATION_HEADER))
+    tokens = service.station_tokens
+    if tokens is None:
+        return named
+    token = bearer(request)
+    if token is None:
+        raise unauthorized("send Authorization: Bearer <the station's token>; this service knows its stations")
+    failures = token_failures(request)
+    failures.check(request)
+    station = tokens.station_for(token)
+    if station is None:
+        admin = service.settings.admin_token
+        if admin is not None and hmac.compare_digest(token.encode(), admin.get_secret_value().encode()):
+            return named  # the management token (the console's "try an image") names any station
+        failures.record(request)
+        raise unauthorized("unknown station token")
+    _same_station(named, station)
+    return station
+
+
+def feedback_identity(request: Request, service: Service) -> tuple[str, str | None]:
+    """Who labels, and the station whose captures they may label (None: any, the management
+    token): a station's own token (with a tokens file), the shared `APP_STATION_TOKEN`
+    with the station it names, or the management token."""
+    tokens = service.station_tokens
+    if tokens is not None:
+        token = bearer(request)
+        station = tokens.station_for(token) if token else None
+        if station is not None:
+            _same_station(station_of(request.headers.get(STATION_HEADER)), station)
+            return f"station {station}", station
+        return check_admin(request), None  # counts a wrong token
+    actor = check_station(request)
+    return (actor, station_of(request.headers.get(STATION_HEADER))) if actor == "station" else (actor, None)
+
+
+def _same_station(named: str, station: str) -> None:
+    if named not in (UNASSIGNED, station):
+        raise APIError(403, "station_mismatch", f"X-Station-ID names {named}, but this token is {station}'s")
 
 
 def check_station(request: Request) -> str:

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from starlette.background import BackgroundTasks
 from starlette.requests import Request
 
+from app.edge.deps import identify_station
 from app.edge.errors import APIError
 from app.edge.intake import BodyHold
-from app.edge.stations import STATION_HEADER, station_of
 from app.ops.model_host import Loaded
 from app.service import Service
 from app.serving.pipeline import DeadlineExceeded, Overloaded, RequestTooLarge, Scored, WorkerFailed
@@ -106,7 +106,7 @@ class Prediction:
 async def prediction(request: Request, service: Service) -> AsyncIterator[Prediction]:
     """Pin the served version and admit the request (before its body is read); the body's
     bytes count against the budget of all requests until the block ends."""
-    station = station_of(request.headers.get(STATION_HEADER))
+    station = identify_station(request, service)  # the token before a byte of the body
     budget_ms = request_budget_ms(request, service.settings.request_timeout_ms)
     arrived: float = request.scope.get("state", {}).get("arrived", time.monotonic())
     deadline = arrived + budget_ms / 1000 if budget_ms else None

@@ -798,6 +798,21 @@ def structure_cases() -> list[Case]:
     ]  # fmt: skip
 
 
+def budget_cases() -> list[Case]:
+    """`X-Request-Timeout-Ms`: a malformed budget is refused before the body is read."""
+    image = image_bytes(61)
+    return [
+        Case("budget", f"X-Request-Timeout-Ms: {value!r}",
+             [request("POST", "/v1/predict", image, {"Content-Type": "image/jpeg", "X-Request-Timeout-Ms": value})],
+             frozenset({422}), "invalid_request_timeout")
+        for value in ("0", "-1", "1e3", "600001", "99999999999999999999", "")
+    ] + [
+        Case("budget", "X-Request-Timeout-Ms: 60000",
+             [request("POST", "/v1/predict", image, {"Content-Type": "image/jpeg", "X-Request-Timeout-Ms": "60000"})],
+             OK),
+    ]  # fmt: skip
+
+
 def body_before_token_cases() -> list[Case]:
     """Management bodies: never read (no `100 Continue`) before the token is checked."""
     huge = {"Content-Type": "application/json", "Expect": "100-continue"}
@@ -857,6 +872,7 @@ def corpus(bundles: dict[str, Path], tmp: Path) -> list[Case]:
     return [
         *structure_cases(),
         *body_before_token_cases(),
+        *budget_cases(),
         *aspect_cases(),
         *bomb_cases(),
         *mode_cases(),

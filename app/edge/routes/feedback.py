@@ -9,11 +9,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from app.edge.deps import SECURED, ServiceDep, check_station
+from app.edge.deps import SECURED, ServiceDep, feedback_identity
 from app.edge.errors import APIError
 from app.edge.intake import json_body, read_json
 from app.edge.schemas import error_responses
-from app.edge.stations import STATION_HEADER, station_of
 from model_store.capture import not_captured
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
@@ -40,15 +39,13 @@ async def feedback(request: Request, service: ServiceDep) -> dict[str, Any]:
     A later label replaces an earlier one; each records who gave it, and the log has them all."""
     # The token first, the body after: a caller without one costs no read at all (FastAPI
     # would read and parse a declared body before any check in the route).
-    actor = check_station(request)
-    by_station = actor == "station"
-    station = station_of(request.headers.get(STATION_HEADER))
+    actor, station = feedback_identity(request, service)
     capture = service.capture
     if capture is None:
         raise APIError(409, "capture_off", "feedback needs captured requests: set APP_CAPTURE_FRACTION above 0")
     body = await read_json(request, Feedback)
     record = await service.host.store_call(capture.store.record, body.request_id)
-    if by_station and record["station"] != station:
+    if station is not None and record["station"] != station:
         raise not_captured(body.request_id)  # as if absent: another station's ids are not confirmed
     if len(body.labels) != len(record["images"]):
         raise APIError(422, "invalid_labels", f"request {body.request_id} has {len(record['images'])} image(s)")
@@ -66,7 +63,7 @@ async def feedback(request: Request, service: ServiceDep) -> dict[str, Any]:
         "inspector": body.inspector,
         "note": body.note,
         "by": actor,
-        "station": station if by_station else None,
+        "station": station,
         "time": time.time(),
     }
     await service.host.store_call(capture.store.put_label, body.request_id, label)

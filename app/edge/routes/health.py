@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.edge.deps import ServiceDep
 from app.edge.errors import JSONLines
+from app.service import Service
 
 router = APIRouter(tags=["health"])
 
@@ -54,8 +55,15 @@ async def readyz(service: ServiceDep) -> Response:
             "workers_answering": responsive,
             "refused": host.refused,
             "store": store,
+            "station_tokens": _station_tokens(service),
         }
     )
+
+
+def _station_tokens(service: Service) -> dict[str, object] | None:
+    """How many station tokens are in force, and why the file on disk is not, if it is not."""
+    tokens = service.station_tokens
+    return None if tokens is None else {"stations": len(tokens), "file_error": tokens.error}
 
 
 @router.get(
