@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     )
     capture_max_megabytes: int = Field(1024, ge=1, description="capture size bound; oldest requests go first")
     capture_max_age_days: float = Field(30.0, gt=0, description="captured requests older than this are removed")
+    tls_cert_file: Path | None = Field(None, description="serve HTTPS with this certificate (PEM, chain first)")
+    tls_key_file: Path | None = Field(None, description="the certificate's private key (PEM)")
+    tls_client_ca_file: Path | None = Field(
+        None, description="require client certificates signed by this CA (mutual TLS); needs APP_TLS_CERT_FILE"
+    )
     station_tokens_file: Path | None = Field(
         None,
         description="one line per station, `station-id sha256-of-token`: predict and station feedback then need "
@@ -165,6 +170,14 @@ class Settings(BaseSettings):
             raise ValueError("APP_QUEUE_BOUND must be at least APP_MAX_IMAGES_PER_REQUEST, or big requests always fail")
         if self.max_request_bytes < self.max_image_bytes:
             raise ValueError("APP_MAX_REQUEST_BYTES must be at least APP_MAX_IMAGE_BYTES, or no image fits a request")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("APP_TLS_CERT_FILE and APP_TLS_KEY_FILE go together: set both or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("APP_TLS_CLIENT_CA_FILE needs APP_TLS_CERT_FILE: client certificates only exist over TLS")
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "station_tokens_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"APP_{name.upper()} {path} is not a file")
         if self.max_body_bytes_in_flight < self.max_request_bytes:
             raise ValueError(
                 "APP_MAX_BODY_BYTES_IN_FLIGHT must be at least APP_MAX_REQUEST_BYTES, "

@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import resource
+import ssl
 from http import HTTPStatus
 from typing import Any
 
@@ -276,6 +277,17 @@ def connection_cap(settings: Settings) -> tuple[int, str | None]:
     )
 
 
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """HTTPS when a certificate is set; with a client CA, a client must present a
+    certificate that CA signed, or the handshake fails before any HTTP is read."""
+    if settings.tls_cert_file is None:
+        return {}
+    options: dict[str, Any] = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
+    if settings.tls_client_ca_file is not None:
+        options |= {"ssl_ca_certs": str(settings.tls_client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return options
+
+
 def config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
     cap, warning = connection_cap(settings)
     # A subclass per server: the deadline and the cap are settings, the protocol a class uvicorn instantiates.
@@ -298,6 +310,7 @@ def config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
         "log_config": LOG_CONFIG,  # uvicorn's own warnings as JSON lines too
         "access_log": False,  # our own JSON access line per request (app.edge.observability)
         "lifespan": "on",
+        **tls_options(settings),
     }
     options.update(overrides)
     result = uvicorn.Config(app, **options)  # applies the logging configuration
