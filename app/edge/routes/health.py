@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.edge.deps import ServiceDep
 from app.edge.errors import JSONLines
+from app.service import Service
 
 router = APIRouter(tags=["health"])
 
@@ -16,6 +17,16 @@ router = APIRouter(tags=["health"])
 async def healthz() -> dict[str, str]:
     """The process answers. Restart it if this fails."""
     return {"status": "ok"}
+
+
+def not_ready_reason(service: Service) -> str | None:
+    """Why this replica cannot answer predictions now, or None when it can (/readyz, /v2)."""
+    host = service.host
+    if host.current is None:
+        return host.reason
+    if host.pipeline.pool.responsive() == 0:  # every worker dead, restarting, or stuck past its deadline
+        return f"no inference worker is answering ({host.pipeline.workers} restarting or stuck)"
+    return None
 
 
 @router.get("/readyz", responses={503: {"description": "not ready: the body says why"}})
@@ -38,12 +49,10 @@ async def readyz(service: ServiceDep) -> Response:
         "last_success": follow.last_success,
     }
     loaded = host.current
-    if loaded is None:
-        return JSONLines({"ready": False, "reason": host.reason, "store": store}, status_code=503)
-    responsive = host.pipeline.pool.responsive()
-    if responsive == 0:  # every worker dead, restarting, or stuck past its deadline: nothing can answer
-        reason = f"no inference worker is answering ({host.pipeline.workers} restarting or stuck)"
+    reason = not_ready_reason(service)
+    if loaded is None or reason is not None:
         return JSONLines({"ready": False, "reason": reason, "store": store}, status_code=503)
+    responsive = host.pipeline.pool.responsive()
     return JSONLines(
         {
             "ready": True,
