@@ -19,6 +19,7 @@ from model_store import activation
 from model_store.store import FilesystemStore
 from tests.utils.factories import image_bytes
 from tests.utils.server import ADMIN_TOKEN, LiveServer, admin
+from tests.utils.waiting import eventually
 
 pytestmark = pytest.mark.slow  # a real server with real workers
 
@@ -27,10 +28,12 @@ IMAGES = [image_bytes(1, (120, 90)), image_bytes(2, (90, 120), fmt="PNG"), image
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, keys, bundles) -> Iterator[LiveServer]:
-    store = FilesystemStore(tmp_path_factory.mktemp("oip") / "store", keys[1])
+    root = tmp_path_factory.mktemp("oip")
+    store = FilesystemStore(root / "store", keys[1])
     store.import_bundle(bundles["v1"], actor="fixture")
     activation.activate(store, "v1", actor="fixture")
-    with LiveServer(store.root, keys[1], admin_token=ADMIN_TOKEN, workers=1) as srv:
+    capture = {"capture_fraction": 1.0, "capture_location": str(root / "capture")}
+    with LiveServer(store.root, keys[1], admin_token=ADMIN_TOKEN, workers=1, **capture) as srv:
         srv.wait_ready()
         yield srv
 
@@ -128,3 +131,17 @@ def test_the_same_metrics_and_drift_windows_as_v1(server: LiveServer, model: str
     assert 'http_requests_total{method="POST",route="/v2/models/{model}/infer",status="200"}' in metrics
     monitoring = httpx.get(f"{server.url}/v1/monitoring", headers=admin()).json()
     assert "dock-metrics" in str(monitoring), monitoring
+
+
+def test_a_v2_request_is_captured_and_labelled_by_its_request_id(server: LiveServer, model: str) -> None:
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    try:
+        result = client.infer(model, _inputs(IMAGES[:2]), headers={"X-Station-ID": "dock-capture"})
+    finally:
+        client.close()
+    request_id = result.get_response()["parameters"]["request_id"]
+    capture = server.app.state.service.capture
+    eventually(lambda: capture.written >= 1, what="the capture written")
+    labels = {"request_id": request_id, "labels": ["damaged", "intact"]}
+    r = httpx.post(f"{server.url}/v1/feedback", json=labels, headers={**admin(), "X-Station-ID": "dock-capture"})
+    assert r.status_code == 201, r.text

@@ -145,7 +145,10 @@ _INFER = {
         200: {
             "description": "outputs `probability` (FP32 [N]) and `decision` (BYTES [N]), as JSON or binary data; "
             "`parameters`: version, manifest_sha256, threshold, request_id",
-            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
         },
         **_errors(400, 404, 408, 413, 415, 422, 503),
     },
