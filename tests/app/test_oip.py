@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -145,3 +148,19 @@ def test_a_v2_request_is_captured_and_labelled_by_its_request_id(server: LiveSer
     labels = {"request_id": request_id, "labels": ["damaged", "intact"]}
     r = httpx.post(f"{server.url}/v1/feedback", json=labels, headers={**admin(), "X-Station-ID": "dock-capture"})
     assert r.status_code == 201, r.text
+
+
+def test_the_readmes_tritonclient_snippet_runs_as_pasted(server: LiveServer, model: str, tmp_path: Path) -> None:
+    """The README's /v2 example, against this server instead of `make demo`'s (the test
+    bundles are named as the demo's, parcel-damage) and with the demo's image paths."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("**The Open Inference Protocol v2**") :]
+    [snippet] = re.findall(r"```python\n(.*?)```", section, re.S)[:1]
+    assert model in snippet and "127.0.0.1:8000" in snippet
+    for i, path in enumerate(re.findall(r'"(demo/data/[^"]+)"', snippet)):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(IMAGES[i])
+    code = snippet.replace("127.0.0.1:8000", server.url.removeprefix("http://"))
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "manifest_sha256" in result.stdout and "b'" in result.stdout, result.stdout
