@@ -21,6 +21,7 @@ from model_store.store import FilesystemStore
 from tests.utils.archives import tar_of
 from tests.utils.factories import image_bytes
 from tests.utils.fakes import FakePipeline, fake_probability
+from tests.utils.hostile import oip_body, zip_bomb
 from tests.utils.server import ADMIN_TOKEN, admin
 from tests.utils.waiting import eventually
 
@@ -229,7 +230,24 @@ def test_v2_decompresses_within_the_body_bound(client: TestClient, encoding: str
     r = client.post(f"/v2/models/{name}/infer", content=packed, headers={**headers, "Content-Encoding": encoding})
     assert r.status_code == 200, r.text
     assert r.json()["outputs"][0]["data"] == [fake_probability(JPEG)] * 2
-    # A bomb: a few KiB that would inflate to far more than the request limit.
-    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024))
-    r = client.post(f"/v2/models/{name}/infer", content=bomb, headers={"Content-Encoding": "gzip"})
+    # A bomb: a few hundred KiB that would inflate to far more than the request limit.
+    bomb = zip_bomb(encoding)
+    r = client.post(f"/v2/models/{name}/infer", content=bomb, headers={"Content-Encoding": encoding})
     assert r.status_code == 413 and r.json()["error"].startswith("payload_too_large:"), r.text
+
+
+@pytest.mark.parametrize(
+    ("lie", "status", "code"),
+    [
+        ({"binary_size": 10_000}, 400, "invalid_inference_request"),
+        ({"sizes": [len(JPEG) + 1]}, 400, "invalid_inference_request"),
+        ({"sizes": [0xFFFFFFFF]}, 413, "image_too_large"),
+        ({"shape": 2}, 400, "invalid_inference_request"),
+        ({"shape": 10**9}, 413, "too_many_images"),
+    ],
+)
+def test_v2_refuses_lying_lengths(client: TestClient, lie: dict[str, Any], status: int, code: str) -> None:
+    body, header_length = oip_body([JPEG], **lie)
+    headers = {"Inference-Header-Content-Length": str(header_length)}
+    r = client.post(f"/v2/models/{_model_name(client)}/infer", content=body, headers=headers)
+    assert r.status_code == status and r.json()["error"].startswith(f"{code}: "), r.text
