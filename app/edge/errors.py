@@ -79,32 +79,43 @@ def body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": code, "message": redact(message), **extra}
 
 
-def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    return JSONLines(body(code, message), status_code=status, headers=headers)
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None, *, oip: bool = False
+) -> Response:
+    # The Open Inference Protocol's clients (tritonclient, KServe) read one string, `error`.
+    content = {"error": f"{code}: {redact(message)}"} if oip else body(code, message)
+    return JSONLines(content, status_code=status, headers=headers)
 
 
-def response_for(exc: APIError | E.ModelStoreError | NotReady) -> Response:
+def is_oip(request: Request) -> bool:
+    """A request to the Open Inference Protocol's routes (/v2), whose errors have its shape."""
+    path: str = request.scope["path"]
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def response_for(exc: APIError | E.ModelStoreError | NotReady, *, oip: bool = False) -> Response:
     """The JSON error for a refusal; FastAPI's handlers and the predict fast path both use it."""
     if isinstance(exc, APIError):
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+        return error_response(exc.status, exc.code, exc.message, exc.headers, oip=oip)
     if isinstance(exc, NotReady):  # the one "not ready": every route that pins a version raises it
-        return error_response(503, "not_ready", f"no model is being served yet: {exc}", {"Retry-After": "5"})
+        message = f"no model is being served yet: {exc}"
+        return error_response(503, "not_ready", message, {"Retry-After": "5"}, oip=oip)
     status = status_for(exc)
-    return error_response(status, exc.code, str(exc), {"Retry-After": "5"} if status == 503 else None)
+    return error_response(status, exc.code, str(exc), {"Retry-After": "5"} if status == 503 else None, oip=oip)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api(request: Request, exc: APIError) -> Response:
-        return response_for(exc)
+        return response_for(exc, oip=is_oip(request))
 
     @app.exception_handler(E.ModelStoreError)
     async def _store(request: Request, exc: E.ModelStoreError) -> Response:
-        return response_for(exc)
+        return response_for(exc, oip=is_oip(request))
 
     @app.exception_handler(NotReady)
     async def _not_ready(request: Request, exc: NotReady) -> Response:
-        return response_for(exc)
+        return response_for(exc, oip=is_oip(request))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
@@ -115,7 +126,7 @@ def install(app: FastAPI) -> None:
             e.get("loc", ())[-1:] == ("version",) and e.get("type") == "string_pattern_mismatch" for e in problems
         )
         code = "invalid_version_name" if problems and names else "invalid_request"
-        return error_response(422, code, describe_validation_errors(problems))
+        return error_response(422, code, describe_validation_errors(problems), oip=is_oip(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -129,7 +140,7 @@ def install(app: FastAPI) -> None:
             # Starlette names the methods of the first route with this path only; a path
             # may have several (GET and POST /v1/models).
             headers["Allow"] = allowed_methods(app, request.scope)
-        return error_response(exc.status_code, code, str(exc.detail), headers)
+        return error_response(exc.status_code, code, str(exc.detail), headers, oip=is_oip(request))
 
 
 def allowed_methods(app: FastAPI, scope: Mapping[str, Any]) -> str:

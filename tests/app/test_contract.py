@@ -117,6 +117,18 @@ def test_every_status_a_route_answers_is_declared_with_the_error_schema(
     assert set(error["required"]) == {"error", "message"}
 
 
+def test_the_v2_routes_declare_the_protocols_error_shape(document: dict[str, Any]) -> None:
+    infer = document["paths"]["/v2/models/{model}/infer"]["post"]
+    assert {int(s) for s in infer["responses"]} == {200, 400, 404, 408, 413, 415, 422, 503}
+    assert set(infer["responses"]["200"]["content"]) == {"application/json", "application/octet-stream"}
+    assert "application/octet-stream" in infer["requestBody"]["content"]
+    oip_error = {"$ref": "#/components/schemas/OIPError"}
+    for status, response in infer["responses"].items():
+        if int(status) >= 400:
+            assert response["content"]["application/json"]["schema"] == oip_error, status
+    assert document["components"]["schemas"]["OIPError"]["required"] == ["error"]
+
+
 def test_405_names_the_allowed_methods_in_json(service: ServiceProcess) -> None:
     for method, path, allowed in (
         ("GET", "/v1/predict", "POST"),
@@ -190,6 +202,13 @@ checks.enabled = true
 # and refusing the rest with a 4xx is the contract.
 [[operations]]
 include-path = ["/v1/predict", "/v1/models"]
+include-method = "POST"
+checks.positive_data_acceptance.enabled = false
+
+# The same for an Open Inference Protocol request: its JSON header and binary data are
+# bytes that JSON Schema cannot describe either.
+[[operations]]
+include-path = ["/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer"]
 include-method = "POST"
 checks.positive_data_acceptance.enabled = false
 """

@@ -36,6 +36,10 @@ def _problem(case: Case, reply: Reply) -> str | None:
             body = reply.json()
         except ValueError:
             return f"{reply.status} without a JSON body: {reply.body[:200]!r}"
+        if "oip" in case.tags:  # the Open Inference Protocol's shape: one string, "<code>: <message>"
+            if set(body) != {"error"} or not isinstance(body["error"], str) or ": " not in body["error"]:
+                return f"{reply.status} body is not the protocol's error shape: {body}"
+            body = dict(zip(("error", "message"), body["error"].split(": ", 1), strict=True))
         if not (isinstance(body.get("error"), str) and isinstance(body.get("message"), str) and body["message"]):
             return f"{reply.status} body does not name the problem: {body}"
         if case.code is not None and body["error"] != case.code:

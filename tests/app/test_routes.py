@@ -4,12 +4,16 @@ Starlette's TestClient. The end-to-end suites run the same routes against real p
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from tritonclient.http import InferenceServerClient, InferInput, InferRequestedOutput
 
 from app.main import create_app
 from app.settings import Settings
@@ -17,6 +21,7 @@ from model_store.store import FilesystemStore
 from tests.utils.archives import tar_of
 from tests.utils.factories import image_bytes
 from tests.utils.fakes import FakePipeline, fake_probability
+from tests.utils.hostile import oip_body, zip_bomb
 from tests.utils.server import ADMIN_TOKEN, admin
 from tests.utils.waiting import eventually
 
@@ -136,3 +141,113 @@ def test_management_is_off_without_a_token(store: FilesystemStore, keys) -> None
         eventually(lambda: c.get("/readyz").status_code == 200, timeout=30, what="the store's v1 to load")
         r = c.get("/v1/models", headers=admin())
         assert r.status_code == 403 and r.json()["error"] == "management_disabled"
+
+
+# --- the Open Inference Protocol v2 (tests/app/test_oip.py drives it with tritonclient) -------
+
+
+def _v2_request(images: list[bytes], *, binary: bool = False, **parameters: Any) -> tuple[bytes, dict[str, str]]:
+    """A request body exactly as tritonclient encodes it (its own encoder, no server needed)."""
+    image = InferInput("image", [len(images)], "BYTES")
+    image.set_data_from_numpy(np.array(images, dtype=np.object_), binary_data=True)
+    outputs = [InferRequestedOutput(name, binary_data=binary) for name in ("probability", "decision")]
+    body, header_length = InferenceServerClient.generate_request_body([image], outputs, **parameters)
+    return body, {} if header_length is None else {"Inference-Header-Content-Length": str(header_length)}
+
+
+def _model_name(client: TestClient) -> str:
+    name: str = client.get("/v1/models/v1", headers=admin()).json()["name"]
+    return name
+
+
+def test_v2_infer_scores_a_batch_as_v1_does(client: TestClient) -> None:
+    name = _model_name(client)
+    images = [JPEG, image_bytes(2, fmt="PNG"), image_bytes(3, (64, 200))]
+    body, headers = _v2_request(images, request_id="abc")
+    r = client.post(f"/v2/models/{name}/infer", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert (answer["model_name"], answer["model_version"], answer["id"]) == (name, "v1", "abc")
+    assert answer["parameters"]["version"] == "v1" and answer["parameters"]["request_id"] == r.headers["x-request-id"]
+    out = {o["name"]: o for o in answer["outputs"]}
+    assert out["probability"]["datatype"] == "FP32" and out["probability"]["shape"] == [3]
+    assert out["probability"]["data"] == [fake_probability(i) for i in images]
+    form = [("files", (f"{i}", image)) for i, image in enumerate(images)]
+    v1 = client.post("/v1/predict", files=form).json()["results"]
+    assert out["decision"]["data"] == [x["decision"] for x in v1]
+    # Binary outputs, under the served version's path, parsed by tritonclient's own decoder.
+    body, headers = _v2_request(images, binary=True)
+    r = client.post(f"/v2/models/{name}/versions/v1/infer", content=body, headers=headers)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream", r.text
+    result = InferenceServerClient.parse_response_body(
+        r.content, header_length=int(r.headers["inference-header-content-length"])
+    )
+    assert result.as_numpy("probability").tolist() == pytest.approx([fake_probability(i) for i in images])
+    assert [d.decode() for d in result.as_numpy("decision")] == [x["decision"] for x in v1]
+
+
+def test_v2_health_and_metadata(client: TestClient) -> None:
+    name = _model_name(client)
+    assert client.get("/v2/health/live").status_code == 200
+    assert client.get("/v2/health/ready").status_code == 200
+    assert "binary_tensor_data" in client.get("/v2").json()["extensions"]
+    meta = client.get(f"/v2/models/{name}").json()
+    assert meta["name"] == name and meta["versions"] == ["v1"]
+    assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+    assert client.get(f"/v2/models/{name}/versions/v1").status_code == 200
+    assert client.get(f"/v2/models/{name}/ready").status_code == 200
+    assert client.get(f"/v2/models/{name}/versions/v1/ready").status_code == 200
+
+
+def test_v2_errors_have_the_protocols_shape_and_name_the_served_version(client: TestClient) -> None:
+    name = _model_name(client)
+    r = client.get(f"/v2/models/{name}/versions/v2")
+    assert r.status_code == 404 and r.json() == {"error": r.json()["error"]}, r.text
+    assert r.json()["error"].startswith("version_not_found:") and "'v1'" in r.json()["error"]
+    body, headers = _v2_request([JPEG])
+    r = client.post(f"/v2/models/{name}/versions/v2/infer", content=body, headers=headers)
+    assert r.status_code == 404 and "'v1'" in r.json()["error"], r.text
+    r = client.post("/v2/models/nope/infer", content=body, headers=headers)
+    assert r.status_code == 404 and r.json()["error"].startswith("model_not_found:"), r.text
+    # BYTES as JSON data: a clear 400 saying to send binary data.
+    header = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGVsbG8="]}]}
+    r = client.post(f"/v2/models/{name}/infer", json=header)
+    assert r.status_code == 400 and "binary data" in r.json()["error"], r.text
+    # Not an image: the same status as /v1, in this protocol's shape.
+    body, headers = _v2_request([b"not an image"])
+    r = client.post(f"/v2/models/{name}/infer", content=body, headers=headers)
+    assert r.status_code == 422 and r.json()["error"].startswith("not_an_image:"), r.text
+    # /v1 keeps its own shape.
+    assert set(client.get("/v1/nowhere").json()) == {"error", "message"}
+    assert set(client.get("/v2/nowhere").json()) == {"error"}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_v2_decompresses_within_the_body_bound(client: TestClient, encoding: str) -> None:
+    name = _model_name(client)
+    body, headers = _v2_request([JPEG, JPEG])
+    packed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+    r = client.post(f"/v2/models/{name}/infer", content=packed, headers={**headers, "Content-Encoding": encoding})
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0]["data"] == [fake_probability(JPEG)] * 2
+    # A bomb: a few hundred KiB that would inflate to far more than the request limit.
+    bomb = zip_bomb(encoding)
+    r = client.post(f"/v2/models/{name}/infer", content=bomb, headers={"Content-Encoding": encoding})
+    assert r.status_code == 413 and r.json()["error"].startswith("payload_too_large:"), r.text
+
+
+@pytest.mark.parametrize(
+    ("lie", "status", "code"),
+    [
+        ({"binary_size": 10_000}, 400, "invalid_inference_request"),
+        ({"sizes": [len(JPEG) + 1]}, 400, "invalid_inference_request"),
+        ({"sizes": [0xFFFFFFFF]}, 413, "image_too_large"),
+        ({"shape": 2}, 400, "invalid_inference_request"),
+        ({"shape": 10**9}, 413, "too_many_images"),
+    ],
+)
+def test_v2_refuses_lying_lengths(client: TestClient, lie: dict[str, Any], status: int, code: str) -> None:
+    body, header_length = oip_body([JPEG], **lie)
+    headers = {"Inference-Header-Content-Length": str(header_length)}
+    r = client.post(f"/v2/models/{_model_name(client)}/infer", content=body, headers=headers)
+    assert r.status_code == status and r.json()["error"].startswith(f"{code}: "), r.text

@@ -14,7 +14,9 @@ predict body, 8 images per request, 16 MiB per upload, 24 MiB per extracted bund
 from __future__ import annotations
 
 import bz2
+import gzip
 import io
+import json
 import lzma
 import shutil
 import struct
@@ -868,8 +870,95 @@ def edge_cases() -> list[Case]:
     return cases
 
 
-def corpus(bundles: dict[str, Path], tmp: Path) -> list[Case]:
+# --- the Open Inference Protocol v2 (issue 24) --------------------------------------------
+
+OIP = ("oip",)  # errors in the protocol's shape: {"error": "<code>: <message>"}
+
+
+def oip_body(
+    images: list[bytes], *, sizes: list[int] | None = None, binary_size: int | None = None, shape: int | None = None
+) -> tuple[bytes, int]:
+    """An inference request as tritonclient encodes it (header JSON, then each element as a
+    4-byte little-endian length and its bytes), with any of the counts made to lie."""
+    lengths = sizes if sizes is not None else [len(i) for i in images]
+    section = b"".join(struct.pack("<I", n) + i for n, i in zip(lengths, images, strict=True))
+    size = len(section) if binary_size is None else binary_size
+    tensor = {"name": "image", "datatype": "BYTES", "shape": [len(images) if shape is None else shape]}
+    header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": size}}]}).encode()
+    return header + section, len(header)
+
+
+def infer(path: str, body: bytes, header_length: int | None, **headers: str) -> list[bytes]:
+    head = {"Content-Type": "application/octet-stream", **headers}
+    if header_length is not None:
+        head["Inference-Header-Content-Length"] = str(header_length)
+    return [request("POST", path, body, head)]
+
+
+def zip_bomb(encoding: str, size: int = 256 * 1024 * 1024) -> bytes:
+    """About size/1000 bytes that inflate to `size` zero bytes (compressed a MiB at a time)."""
+    pack = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    zeros = bytes(1024 * 1024)
+    return b"".join(pack.compress(zeros) for _ in range(size // len(zeros))) + pack.flush()
+
+
+def oip_cases(model: str) -> list[Case]:
+    """Inference requests whose counts, lengths, encodings or names lie: each a 4xx naming it."""
+    path = f"/v2/models/{model}/infer"
+    good = image_bytes(1)
+    body, n = oip_body([good, good])
+    bad = frozenset({400})
+    as_json = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}]}).encode()
     return [
+        Case("oip", "a batch of two", infer(path, body, n), OK),
+        Case("oip", "binary_data_size says 10 more", infer(path, *oip_body([good], binary_size=len(good) + 14)),
+             bad, "invalid_inference_request", tags=OIP),
+        Case("oip", "binary_data_size of 4 GiB", infer(path, *oip_body([good], binary_size=2**32)),
+             bad, "invalid_inference_request", tags=OIP),
+        Case("oip", "element length past the end", infer(path, *oip_body([good], sizes=[len(good) + 100])),
+             bad, "invalid_inference_request", tags=OIP),
+        Case("oip", "element length 0xFFFFFFFF", infer(path, *oip_body([good], sizes=[0xFFFFFFFF])),
+             frozenset({413}), "image_too_large", tags=OIP),
+        Case("oip", "shape [2], three elements", infer(path, *oip_body([good] * 3, shape=2)),
+             bad, "invalid_inference_request", tags=OIP),
+        Case("oip", "shape [3], two elements", infer(path, *oip_body([good] * 2, shape=3)),
+             bad, "invalid_inference_request", tags=OIP),
+        Case("oip", "nine elements (the limit is 8)", infer(path, *oip_body([good] * 9)),
+             frozenset({413}), "too_many_images", tags=OIP),
+        Case("oip", "shape [1000000000]", infer(path, *oip_body([good], shape=10**9)),
+             frozenset({413}), "too_many_images", tags=OIP),
+        Case("oip", "gzip bomb", infer(path, zip_bomb("gzip"), None, **{"Content-Encoding": "gzip"}),
+             frozenset({413}), "payload_too_large", tags=OIP),
+        Case("oip", "deflate bomb", infer(path, zip_bomb("deflate"), None,
+             **{"Content-Encoding": "deflate"}), frozenset({413}), "payload_too_large", tags=OIP),
+        Case("oip", "truncated gzip", infer(path, gzip.compress(body)[:-20], n, **{"Content-Encoding": "gzip"}),
+             bad, "invalid_inference_request", tags=OIP),
+        Case("oip", "brotli", infer(path, body, n, **{"Content-Encoding": "br"}),
+             frozenset({415}), "unsupported_media_type", tags=OIP),
+        Case("oip", "BYTES as JSON data", infer(path, as_json, None), bad, "invalid_inference_request", tags=OIP),
+        Case("oip", "header length past the body", infer(path, body, len(body) + 1),
+             bad, "invalid_inference_request", tags=OIP),
+        Case("oip", "header length negative", [request("POST", path, body, {"Inference-Header-Content-Length": "-5"})],
+             bad, "invalid_inference_request", tags=OIP),
+        Case("oip", "header JSON of 100 KiB", infer(path, b" " * 100_000 + body, n + 100_000),
+             frozenset({413}), "payload_too_large", tags=OIP),
+        Case("oip", "header not JSON", infer(path, b"\xff" * 10 + body[n:], 10),
+             bad, "invalid_inference_request", tags=OIP),
+        Case("oip", "10 GB declared", [request("POST", path, headers={"Content-Encoding": "gzip"}, length=10**10)],
+             frozenset({413}), "payload_too_large", tags=OIP),
+        Case("oip", "a wrong model name", infer("/v2/models/not-this-one/infer", body, n),
+             frozenset({404}), "model_not_found", tags=OIP),
+        Case("oip", "another version", infer(f"/v2/models/{model}/versions/v9/infer", body, n),
+             frozenset({404}), "version_not_found", tags=OIP),
+        Case("oip", "not an image", infer(path, *oip_body([b"GIF89a" + b"\0" * 30])),
+             IMAGE_REFUSED, "unsupported_image_format", tags=OIP),
+    ]  # fmt: skip
+
+
+def corpus(bundles: dict[str, Path], tmp: Path) -> list[Case]:
+    model = json.loads((bundles["v1"] / "manifest.json").read_text())["name"]
+    return [
+        *oip_cases(model),
         *structure_cases(),
         *body_before_token_cases(),
         *budget_cases(),

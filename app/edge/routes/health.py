@@ -19,6 +19,16 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def not_ready_reason(service: Service) -> str | None:
+    """Why this replica cannot answer predictions now, or None when it can (/readyz, /v2)."""
+    host = service.host
+    if host.current is None:
+        return host.reason
+    if host.pipeline.pool.responsive() == 0:  # every worker dead, restarting, or stuck past its deadline
+        return f"no inference worker is answering ({host.pipeline.workers} restarting or stuck)"
+    return None
+
+
 @router.get("/readyz", responses={503: {"description": "not ready: the body says why"}})
 async def readyz(service: ServiceDep) -> Response:
     """200 only once a verified model has loaded and passed parity on every worker; 503 with
@@ -39,12 +49,10 @@ async def readyz(service: ServiceDep) -> Response:
         "last_success": follow.last_success,
     }
     loaded = host.current
-    if loaded is None:
-        return JSONLines({"ready": False, "reason": host.reason, "store": store}, status_code=503)
-    responsive = host.pipeline.pool.responsive()
-    if responsive == 0:  # every worker dead, restarting, or stuck past its deadline: nothing can answer
-        reason = f"no inference worker is answering ({host.pipeline.workers} restarting or stuck)"
+    reason = not_ready_reason(service)
+    if loaded is None or reason is not None:
         return JSONLines({"ready": False, "reason": reason, "store": store}, status_code=503)
+    responsive = host.pipeline.pool.responsive()
     return JSONLines(
         {
             "ready": True,
