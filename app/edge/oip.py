@@ -24,13 +24,14 @@ import numpy as np
 
 from app.edge.errors import APIError
 from app.edge.intake import BodyLimits
+from app.settings import MAX_REQUEST_TIMEOUT_MS
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 HEADER_BYTES = 64 * 1024  # the JSON header: names, shapes, a few parameters
 INPUT = "image"
 OUTPUTS = {"probability": "FP32", "decision": "BYTES"}
 # What `GET /v2` advertises: only what this module implements.
-EXTENSIONS = ["binary_tensor_data", "parameters"]
+EXTENSIONS = ["binary_tensor_data", "parameters", "schedule_policy"]  # schedule_policy: the `timeout` parameter
 _LENGTH = struct.Struct("<I")
 # zlib's window bits: a gzip wrapper, or a zlib one (what clients, tritonclient among them, send as deflate).
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -45,6 +46,7 @@ class InferRequest:
     id: str | None  # the client's own id, echoed in the answer
     images: list[bytes]
     outputs: dict[str, bool]  # each output asked for: as binary data (True) or JSON
+    timeout_ms: int | None = None  # the request parameter `timeout` (Triton: microseconds), as a budget
 
 
 def decompress(raw: bytes, encoding: str | None, limit: int) -> bytes:
@@ -90,7 +92,19 @@ def parse_request(body: bytes, header_length: str | None, limits: BodyLimits) ->
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise invalid("'id' must be a string")
-    return InferRequest(request_id, images, _outputs(header))
+    return InferRequest(request_id, images, _outputs(header), _timeout_ms(header))
+
+
+def _timeout_ms(header: dict[str, Any]) -> int | None:
+    """The request's budget from the `timeout` parameter (microseconds, Triton's schedule
+    policy), rounded up to whole milliseconds; None when it sets none."""
+    params = header.get("parameters")
+    raw = params.get("timeout") if isinstance(params, dict) else None
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_REQUEST_TIMEOUT_MS * 1000:
+        raise invalid(f"the 'timeout' parameter is microseconds, from 1 to {MAX_REQUEST_TIMEOUT_MS * 1000}")
+    return -(-raw // 1000)
 
 
 def _images(tensor: dict[str, Any], section: bytes, limits: BodyLimits) -> list[bytes]:

@@ -53,6 +53,11 @@ class Prediction:
         rid: str = self.request.state.request_id
         return rid
 
+    def set_budget_ms(self, budget_ms: int) -> None:
+        """A budget the body names (the protocol's `timeout`), counted from the arrival too."""
+        self.budget_ms = budget_ms
+        self.deadline = _arrival(self.request) + budget_ms / 1000
+
     def check_deadline(self, stage: str) -> None:
         """A 504 when the budget ran out by the end of `stage` (the work after it is dropped)."""
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -108,8 +113,7 @@ async def prediction(request: Request, service: Service) -> AsyncIterator[Predic
     bytes count against the budget of all requests until the block ends."""
     station = identify_station(request, service)  # the token before a byte of the body
     budget_ms = request_budget_ms(request, service.settings.request_timeout_ms)
-    arrived: float = request.scope.get("state", {}).get("arrived", time.monotonic())
-    deadline = arrived + budget_ms / 1000 if budget_ms else None
+    deadline = _arrival(request) + budget_ms / 1000 if budget_ms else None
     with service.host.pinned() as loaded:
         request.state.version = loaded.version
         try:
@@ -122,6 +126,11 @@ async def prediction(request: Request, service: Service) -> AsyncIterator[Predic
             p = Prediction(service, request, loaded, station, hold, budget_ms, deadline)
             p.check_deadline("admission")
             yield p
+
+
+def _arrival(request: Request) -> float:
+    arrived: float = request.scope.get("state", {}).get("arrived", time.monotonic())
+    return arrived
 
 
 def request_budget_ms(request: Request, default_ms: int) -> int:

@@ -5,6 +5,7 @@ Starlette's TestClient. The end-to-end suites run the same routes against real p
 from __future__ import annotations
 
 import gzip
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,3 +252,24 @@ def test_v2_refuses_lying_lengths(client: TestClient, lie: dict[str, Any], statu
     headers = {"Inference-Header-Content-Length": str(header_length)}
     r = client.post(f"/v2/models/{_model_name(client)}/infer", content=body, headers=headers)
     assert r.status_code == status and r.json()["error"].startswith(f"{code}: "), r.text
+
+
+def test_v2_timeout_parameter_is_the_requests_budget(client: TestClient, monkeypatch) -> None:
+    """Triton's `timeout` (microseconds): the same deadline as /v1's X-Request-Timeout-Ms."""
+    import types
+
+    from app.edge import serve
+
+    name = _model_name(client)
+    body, headers = _v2_request([JPEG], timeout=10_000_000)  # 10 s
+    assert client.post(f"/v2/models/{name}/infer", content=body, headers=headers).status_code == 200
+    body, headers = _v2_request([JPEG], timeout=0)
+    r = client.post(f"/v2/models/{name}/infer", content=body, headers=headers)
+    assert r.status_code == 400 and "timeout" in r.json()["error"], r.text
+    # Two seconds pass between arrival and the checks: within the default budget (5 s), past 5 ms.
+    later = types.SimpleNamespace(monotonic=lambda: time.monotonic() + 2)
+    monkeypatch.setattr(serve, "time", later)
+    body, headers = _v2_request([JPEG], timeout=5_000)
+    r = client.post(f"/v2/models/{name}/infer", content=body, headers=headers)
+    assert r.status_code == 504 and r.json()["error"].startswith("deadline_exceeded: "), r.text
+    assert "5 ms" in r.json()["error"]

@@ -170,6 +170,8 @@ async def _infer(request: Request, service: Service, model: str, version: str | 
         except APIError as exc:
             raise refused_body(exc, service) from None
         infer = oip.parse_request(body, request.headers.get(oip.HEADER_LENGTH), limits)
+        if infer.timeout_ms is not None:
+            p.set_budget_ms(infer.timeout_ms)  # the protocol's own budget, still from the arrival
         del raw, body
         scores = await p.score([(f"image[{i}]", image) for i, image in enumerate(infer.images)])
         loaded = p.loaded
