@@ -28,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     t.add_argument("--stop-after-epoch", type=int, help="stop cleanly after this epoch (resume later)")
+    t.add_argument(
+        "--allow-small-data",
+        action="store_true",
+        help="train although val or test holds fewer than 20 images of a class (figures marked); data.allow_small",
+    )
 
     e = sub.add_parser("export", help="best checkpoint -> signed bundle (directory or store)")
     e.add_argument("--run", type=Path, required=True)
@@ -80,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         from training.config import load_config
         from training.train import run as train_run
 
-        config = load_config(args.config, args.set)
+        config = load_config(args.config, args.set + (["data.allow_small=true"] if args.allow_small_data else []))
         train_run(config, args.data, args.run_dir, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
     elif args.command == "export":
         import tempfile
