@@ -8,8 +8,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 from model_store.argparsing import ArgumentParser, program
+from model_store.manifest import Architecture
+
+ARCHITECTURES = get_args(Architecture)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--public-key", type=Path, required=True)
     c.add_argument("--out", type=Path, default=Path("compare"), help="where compare.html and scatter.png go")
 
+    w = sub.add_parser("weights", help="pretrained weights: a torchvision .pth -> the .safetensors a config takes")
+    wsub = w.add_subparsers(dest="weights_command", required=True)
+    wc = wsub.add_parser("convert", help="IN.pth -> OUT.safetensors (read with weights_only: tensors only)")
+    wc.add_argument("src", type=Path, metavar="IN.pth")
+    wc.add_argument("out", type=Path, metavar="OUT.safetensors")
+    wc.add_argument("--architecture", required=True, choices=ARCHITECTURES)
+
     d = sub.add_parser("dataset", help="labelled production feedback -> an ImageFolder data set train accepts")
     d.add_argument("--from-feedback", required=True, metavar="CAPTURE", help="capture store: a directory or s3:// URL")
     d.add_argument("--out", type=Path, required=True)
@@ -117,6 +128,15 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(evaluate_bundle(args.bundle, args.public_key, args.data, args.split), indent=2))
     elif args.command == "redecide":
         _redecide(args)
+    elif args.command == "weights":
+        from training.weights import convert
+
+        c = convert(args.src, args.out, args.architecture)
+        print(
+            f"wrote {args.out}: {c.kept} of {args.architecture}'s {c.expected} tensors from {args.src.name}; "
+            f"dropped {len(c.dropped)} that do not fit ({', '.join(c.dropped) or 'none'}); "
+            f'new: {", ".join(c.missing) or "none"}. Fine-tune with --set model.pretrained="{args.out}"'
+        )
     elif args.command == "dataset":
         from training.feedback import dataset_from_feedback
 
@@ -176,10 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.export import ExportError
     from training.redecide import RedecideError
     from training.train import RunError
+    from training.weights import WeightsError
 
+    refused = (ConfigError, DataError, RunError, ExportError, RedecideError, WeightsError, ModelStoreError, OSError)
     try:
         return run(args)
-    except (ConfigError, DataError, RunError, ExportError, RedecideError, ModelStoreError, OSError) as exc:
+    except refused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except ValidationError as exc:  # a value given on the command line that a manifest or policy refuses
