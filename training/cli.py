@@ -90,7 +90,13 @@ def run(args: argparse.Namespace) -> int:
         from training.synth import generate
 
         start = time.perf_counter()
-        counts = generate(args.out, args.count, args.seed)
+        step = max(1, args.count // 10)
+
+        def written(done: int, count: int) -> None:  # 2,000 photos take a minute or two on 2 cores
+            if done % step == 0 or done == count:
+                print(f"synth: {done}/{count} images, {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
+
+        counts = generate(args.out, args.count, args.seed, on_written=written)
         print(f"wrote {sum(counts.values())} images to {args.out} {counts} in {time.perf_counter() - start:.1f}s")
     elif args.command == "train":
         from training.config import load_config
