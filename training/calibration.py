@@ -81,7 +81,9 @@ def fit(logits: object, labels: object, method: Method) -> CalibrationSpec:
 def fit_checked(logits: object, labels: object, method: Method) -> CalibrationSpec:
     """`fit`, or the identity map with a one-line `note` saying why, when the fit is degenerate:
     one class only, a perfectly separated split (the log loss falls as the slope grows
-    without bound: any slope is an artefact of the bound), or a slope outside `SANE_SLOPE`."""
+    without bound, so the slope is an artefact of when the search stopped and every served
+    probability is 0 or 1), or a slope above `SANE_SLOPE`. A slope below it is kept, with a
+    note: the scores carry almost no information, and flat probabilities say so honestly."""
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     if method == "none":
@@ -97,9 +99,16 @@ def fit_checked(logits: object, labels: object, method: Method) -> CalibrationSp
         )
     spec = fit(z, y, method)
     lo, hi = SANE_SLOPE
-    if not lo <= spec.slope <= hi:
+    if spec.slope > hi:
         return CalibrationSpec(
-            note=f"{prefix}: the fitted slope {spec.slope:.3g} is outside [{lo:g}, {hi:g}] ({len(z)} validation images)"
+            note=f"{prefix}: the fitted slope {spec.slope:.3g} is above {hi:g} ({len(z)} validation images)"
+        )
+    if spec.slope < lo:
+        return spec.model_copy(
+            update={
+                "note": f"calibration {method} fitted slope {spec.slope:.3g}, below {lo:g}: on validation the "
+                "model's scores carry almost no information, so every probability is near the damage rate"
+            }
         )
     return spec
 
@@ -107,7 +116,7 @@ def fit_checked(logits: object, labels: object, method: Method) -> CalibrationSp
 def log_loss(probs: object, labels: object) -> float:
     p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
     y = np.asarray(labels, dtype=np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) + 0.0  # + 0.0: never print -0.0
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 def reliability(probs: object, labels: object, bins: int = 15) -> list[tuple[float, float, int]]:
