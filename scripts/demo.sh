@@ -78,7 +78,8 @@ ACTIVE=$($PY -m model_store list | sed -n 's/^\* \([^ ]*\) .*/\1/p')
 if [ "$ACTIVE" = "$VERSION" ]; then echo "$VERSION is already active"
 elif [ -n "$ACTIVE" ]; then
   # Someone activated another version since: that choice stands (a second `make demo` used to undo it).
-  echo "$DEMO/store serves $ACTIVE; leaving that activation alone (to serve $VERSION: MODEL_STORE=$DEMO/store $PY -m model_store activate $VERSION)"
+  hint=""; [ -f "$OURS" ] && hint=" (to serve $VERSION: MODEL_STORE=$DEMO/store $PY -m model_store activate $VERSION)"
+  echo "$DEMO/store serves $ACTIVE; leaving that activation alone$hint"
 elif [ -f "$OURS" ]; then $PY -m model_store activate "$VERSION" --reason "make demo"
 else echo "error: $DEMO/store has no active version and make demo did not create it; activate one, or use another DEMO_DIR" >&2; exit 1; fi
 
