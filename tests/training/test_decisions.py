@@ -209,6 +209,7 @@ def test_compare_two_bundles_offline(bundles, keys, data_dir: Path, tmp_path: Pa
     assert {f["path"] for f in summary["flipped"]} == {p.relative_to(images).as_posix() for p in flipped}
     assert summary["agreement"] == pytest.approx(1 - len(flipped) / 24)
     assert set(summary["a"]["metrics"]) >= {"recall", "precision", "roc_auc"}  # labelled: both bundles' metrics
+    assert set(summary["b"]["metrics"]["intervals"]) >= {"recall", "false_positive_rate", "expected_cost"}
     page = (tmp_path / "out" / "compare.html").read_text()
     assert page.count("<figure>") == len(flipped) and (tmp_path / "out" / "scatter.png").stat().st_size > 1000
     assert len(list((tmp_path / "out" / "thumbs").iterdir())) == len(flipped)
