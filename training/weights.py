@@ -67,10 +67,11 @@ def convert(src: Path, out: Path, architecture: str) -> Converted:
     except pickle.UnpicklingError as exc:
         # torch's message is a page with terminal escapes; keep the line naming the object.
         named = re.search(r"Unsupported global: GLOBAL [\w.]+", str(exc))
-        raise WeightsError(
-            f"{src} holds objects other than tensors and is not unpickled (weights_only)"
-            + (f": {named.group(0)}" if named else "")
-        ) from None
+        if named:
+            raise WeightsError(
+                f"{src} holds objects other than tensors and is not unpickled (weights_only): {named.group(0)}"
+            ) from None
+        raise WeightsError(f"{src} is not a torch checkpoint of tensors (weights_only cannot read it)") from None
     except (RuntimeError, EOFError, ValueError) as exc:
         raise WeightsError(f"{src} is not a torch checkpoint: {exc}") from None
     given = _state_dict(raw, src)
