@@ -43,6 +43,8 @@ def _read_json(path: Path) -> Any:
 def render(run_dir: Path) -> list[str]:
     """The block's lines (markers excluded) for a finished run."""
     evaluation = _read_json(run_dir / "eval.json")
+    if "intervals" not in evaluation.get("test", {}):
+        raise Refused(f"{run_dir / 'eval.json'} predates intervals: train a new run (the block shows them)")
     try:
         epochs = config_from_run(run_dir).optim.epochs
     except ConfigError as exc:
