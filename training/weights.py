@@ -66,10 +66,10 @@ def convert(src: Path, out: Path, architecture: str) -> Converted:
         raw = torch.load(src, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's message is a page with terminal escapes; keep the line naming the object.
-        named = re.search(r"Unsupported global: GLOBAL [\w.]+", str(exc))
+        named = re.search(r"GLOBAL ([\w.]+)", str(exc))  # torch names the refused callable or class
         if named:
             raise WeightsError(
-                f"{src} holds objects other than tensors and is not unpickled (weights_only): {named.group(0)}"
+                f"{src} holds objects other than tensors and is not unpickled (weights_only): {named.group(1)}"
             ) from None
         raise WeightsError(f"{src} is not a torch checkpoint of tensors (weights_only cannot read it)") from None
     except (RuntimeError, EOFError, ValueError) as exc:
