@@ -16,7 +16,7 @@ import json
 import math
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -97,8 +97,18 @@ class ValidationMetrics(_Strict):
     recall: float
     false_positive_rate: float
     accuracy: float
-    expected_cost: float
+    expected_cost: float  # per parcel; at `damage_rate` when stated (schema 1: the split's own rate)
     n: int
+    # Schema 2, optional: the damaged images among n, the damage rate `expected_cost` is at,
+    # ranking and calibration quality, and 95% intervals (bootstrap over the validation
+    # split, widened to Wilson intervals for rates: docs/decisions.md) keyed by figure.
+    positives: int | None = Field(None, ge=0)
+    damage_rate: Annotated[float, Field(ge=0, le=1)] | None = None
+    roc_auc: float | None = None
+    ece: float | None = None
+    intervals: dict[str, tuple[float, float]] | None = None
+
+    NEWER: ClassVar[tuple[str, ...]] = ("positives", "damage_rate", "roc_auc", "ece", "intervals")
 
 
 ThresholdMethod = Literal["min_expected_cost", "target_recall", "fixed"]
@@ -136,6 +146,9 @@ class CalibrationSpec(_Strict):
     method: Literal["none", "temperature", "platt"] = "none"
     slope: float = Field(1.0, gt=0)
     intercept: float = 0.0
+    # Optional: why the configured method was not used (a degenerate fit, e.g. a perfectly
+    # separated validation split, falls back to `none`), in one line.
+    note: str | None = None
 
 
 class ValidationScores(_Strict):
@@ -169,6 +182,9 @@ class DecisionSpec(DecisionPolicy):
     validation_prevalence: Annotated[float, Field(gt=0, lt=1)] | None = None
     expected_cost: float | None = Field(None, ge=0, description="per parcel at the deployment damage rate")
     validation_scores: ValidationScores | None = None
+    # Optional: one line per reason not to trust the figures above (too few validation
+    # images, a degenerate calibration or threshold). Training prints and reports them too.
+    warnings: list[str] = Field(default_factory=list)
 
     def logit_map(self) -> tuple[float, float]:
         """(slope, offset) with served probability = sigmoid(slope * logit + offset).
@@ -225,6 +241,8 @@ class Lineage(_Strict):
     code_revision: str
     # Schema 2: set when this bundle re-decides another one (same weights, new decision).
     parent_manifest_sha256: Sha256 | None = None
+    # Optional: images per label per split ({"train": {"intact": 726, ...}, "val": ..., "test": ...}).
+    split_counts: dict[str, dict[str, int]] | None = None
 
 
 class Environment(_Strict):
@@ -291,6 +309,13 @@ class Manifest(_Strict):
                     ("decision.validation_prevalence", self.decision.validation_prevalence, None),
                     ("decision.expected_cost", self.decision.expected_cost, None),
                     ("decision.validation_scores", self.decision.validation_scores, None),
+                    ("decision.warnings", self.decision.warnings, []),
+                    *(
+                        (f"decision.validation.{k}", getattr(self.decision.validation, k), None)
+                        for k in ValidationMetrics.NEWER
+                        if self.decision.validation is not None
+                    ),
+                    ("lineage.split_counts", self.lineage.split_counts, None),
                     ("lineage.parent_manifest_sha256", self.lineage.parent_manifest_sha256, None),
                     ("monitoring", self.monitoring, None),
                 )

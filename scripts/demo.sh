@@ -7,7 +7,12 @@ PY=.venv/bin/python
 DEMO=${DEMO_DIR:-demo}
 PORT=${DEMO_PORT:-8000}
 COUNT=${DEMO_COUNT:-2000}
-VERSION=${DEMO_VERSION:-demo-1}
+PRETRAINED=${DEMO_PRETRAINED:-}   # a torchvision mobilenet_v3_small .pth or .safetensors you downloaded
+if [ -n "$PRETRAINED" ]; then
+  VERSION=${DEMO_VERSION:-demo-1-pretrained} RUN="$DEMO/run-pretrained" CONFIG=configs/finetune.toml
+else
+  VERSION=${DEMO_VERSION:-demo-1} RUN="$DEMO/run" CONFIG=configs/default.toml
+fi
 START=$(date +%s)
 step() { printf '\n\033[1m== %s\033[0m (%ss)\n' "$1" "$(( $(date +%s) - START ))"; }
 
@@ -34,23 +39,52 @@ step "2/6 signing keys"
 if [ -f "$DEMO/keys/private.pem" ]; then echo "reusing $DEMO/keys"; else
   $PY -m model_store keygen --out "$DEMO/keys"; fi
 
-step "3/6 training configs/default.toml (progress below; report at $DEMO/run/report.html)"
-if [ -f "$DEMO/run/eval.json" ]; then echo "reusing finished run $DEMO/run"
-elif [ -f "$DEMO/run/checkpoints/last.pt" ]; then
-  $PY -m training train --config configs/default.toml --data "$DEMO/data" --run-dir "$DEMO/run" --resume
+step "3/6 training $CONFIG (progress below; report at $RUN/report.html)"
+TRAIN=(--config "$CONFIG" --data "$DEMO/data" --run-dir "$RUN")
+# Fewer than ~270 photos leave under 20 a class for val or test: train anyway, with every
+# figure marked (the warnings print below), rather than stop a quick look.
+(( 10#$COUNT < 270 )) && TRAIN+=(--allow-small-data)
+if [ -n "$PRETRAINED" ]; then
+  WEIGHTS="$DEMO/pretrained.safetensors"
+  case "$PRETRAINED" in
+    *.safetensors) cp "$PRETRAINED" "$WEIGHTS" ;;
+    *) $PY -m training weights convert "$PRETRAINED" "$WEIGHTS" --architecture mobilenet_v3_small ;;
+  esac
+  TRAIN+=(--set "model.pretrained=\"$WEIGHTS\"")
+fi
+if [ -f "$RUN/eval.json" ]; then echo "reusing finished run $RUN"
+elif [ -f "$RUN/checkpoints/last.pt" ]; then
+  $PY -m training train "${TRAIN[@]}" --resume
 else
-  $PY -m training train --config configs/default.toml --data "$DEMO/data" --run-dir "$DEMO/run"; fi
+  $PY -m training train "${TRAIN[@]}"; fi
+if [ -n "$PRETRAINED" ] && [ -f "$DEMO/run/eval.json" ]; then
+  # What the pretrained start changed, on the same test split: both runs' figures with intervals.
+  $PY -c 'import json, sys
+from training.progress import figures_line
+for run in sys.argv[1:]:
+    print(f"{run}: " + figures_line("test", json.load(open(f"{run}/eval.json"))["test"]))' "$DEMO/run" "$RUN"
+fi
 
 export MODEL_STORE="$DEMO/store" MODEL_STORE_PUBLIC_KEY="$DEMO/keys/public.pem"
+# A store this script did not create (its marker is missing) is someone's own: nothing is
+# imported into it or activated in it; the service serves what it has active.
+OURS="$DEMO/.store-made-by-make-demo"
+if [ ! -e "$DEMO/store" ]; then $PY -m model_store init && touch "$OURS"; fi
 step "4/6 export, sign and import bundle $VERSION"
-$PY -m model_store init  # reads below refuse a path that is not a store yet
-if $PY -m model_store list --json | grep -q "\"version\": \"$VERSION\""; then echo "$VERSION already in $DEMO/store"; else
-  $PY -m training export --run "$DEMO/run" --key "$DEMO/keys/private.pem" --version "$VERSION" \
+if [ ! -f "$OURS" ]; then echo "leaving $DEMO/store alone: make demo did not create it (no $OURS)"
+elif $PY -m model_store list --json | grep -q "\"version\": \"$VERSION\""; then echo "$VERSION already in $DEMO/store"; else
+  $PY -m training export --run "$RUN" --key "$DEMO/keys/private.pem" --version "$VERSION" \
     --store "$DEMO/store" --public-key "$DEMO/keys/public.pem"; fi
 
 step "5/6 activate $VERSION (verify + parity first)"
-if $PY -m model_store list | grep -q "^\* $VERSION "; then echo "$VERSION is already active"; else
-  $PY -m model_store activate "$VERSION" --reason "make demo"; fi
+ACTIVE=$($PY -m model_store list | sed -n 's/^\* \([^ ]*\) .*/\1/p')
+if [ "$ACTIVE" = "$VERSION" ]; then echo "$VERSION is already active"
+elif [ -n "$ACTIVE" ]; then
+  # Someone activated another version since: that choice stands (a second `make demo` used to undo it).
+  hint=""; [ -f "$OURS" ] && hint=" (to serve $VERSION: MODEL_STORE=$DEMO/store $PY -m model_store activate $VERSION)"
+  echo "$DEMO/store serves $ACTIVE; leaving that activation alone$hint"
+elif [ -f "$OURS" ]; then $PY -m model_store activate "$VERSION" --reason "make demo"
+else echo "error: $DEMO/store has no active version and make demo did not create it; activate one, or use another DEMO_DIR" >&2; exit 1; fi
 
 step "6/6 service on http://127.0.0.1:$PORT"
 TOKEN_FILE="$DEMO/admin-token"
@@ -87,6 +121,6 @@ Ready in $(( $(date +%s) - START ))s. Paste into another terminal:
   # health and metrics
   curl -s http://127.0.0.1:$PORT/readyz; curl -s http://127.0.0.1:$PORT/metrics | head
 
-Training report: $DEMO/run/report.html. Stop the service with Ctrl-C.
+Training report: $RUN/report.html. Stop the service with Ctrl-C.
 MSG
 wait $SERVER

@@ -43,6 +43,8 @@ def _read_json(path: Path) -> Any:
 def render(run_dir: Path) -> list[str]:
     """The block's lines (markers excluded) for a finished run."""
     evaluation = _read_json(run_dir / "eval.json")
+    if "intervals" not in evaluation.get("test", {}):
+        raise Refused(f"{run_dir / 'eval.json'} predates intervals: train a new run (the block shows them)")
     try:
         epochs = config_from_run(run_dir).optim.epochs
     except ConfigError as exc:
@@ -68,14 +70,18 @@ def render(run_dir: Path) -> list[str]:
         log.append(epoch_line(rows[epoch], epochs, improved=epoch in (1, best)))
     log += summary_lines(evaluation)
 
-    d, op = evaluation["decision"], evaluation["test"]["at_threshold"]
+    d, test = evaluation["decision"], evaluation["test"]
+    op, ci = test["at_threshold"], test["intervals"]
     rate = d["deployment_prevalence"] or d["validation_prevalence"]
     flag_all = expected_cost(1.0, 0.0, rate, d["cost_false_alarm"], d["cost_miss"])
+    damaged = test["counts"][d["positive_label"]]
     sentence = (
         f"With a miss costing {d['cost_miss'] / d['cost_false_alarm']:g} times a false alarm, this run's model "
-        f"catches {op['recall']:.1%} of the damaged test parcels at a {op['false_positive_rate']:.1%} false-alarm "
-        f"rate, for {op['expected_cost']:.3f} cost units per parcel; flagging every parcel would cost "
-        f"{flag_all:.3f}."
+        f"catches {op['recall']:.1%} of the {damaged} damaged test parcels (95% interval "
+        f"{ci['recall'][0]:.1%} to {ci['recall'][1]:.1%}) at a {op['false_positive_rate']:.1%} false-alarm rate "
+        f"({ci['false_positive_rate'][0]:.1%} to {ci['false_positive_rate'][1]:.1%}), for {op['expected_cost']:.3f} "
+        f"cost units per parcel ({ci['expected_cost'][0]:.3f} to {ci['expected_cost'][1]:.3f}) at {rate:.1%} "
+        f"damaged; flagging every parcel would cost {flag_all:.3f}."
     )
     return [
         f"{BEGIN} (written by scripts/update_readme_demo.py from a demo run; do not edit by hand) -->",

@@ -14,6 +14,10 @@ from model_store.manifest import CalibrationSpec
 
 Method = Literal["none", "temperature", "platt"]
 _SLOPE_BOUNDS = (1e-3, 1e3)  # keeps a separable validation set from pushing the slope to infinity
+# A fitted slope outside this range is degenerate, not a calibration: a slope of 50 turns a
+# logit of 0.1 into 5 (probability 0.007 -> 0.99), one of 0.02 flattens every score to ~0.5.
+# The demo's Platt slope is 0.24, its temperature slope 0.06 (T = 17).
+SANE_SLOPE = (0.02, 50.0)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -72,6 +76,41 @@ def fit(logits: object, labels: object, method: Method) -> CalibrationSpec:
         if converged:
             break
     return CalibrationSpec(method=method, slope=a, intercept=float(b))
+
+
+def fit_checked(logits: object, labels: object, method: Method) -> CalibrationSpec:
+    """`fit`, or the identity map with a one-line `note` saying why, when the fit is degenerate:
+    one class only, a perfectly separated split (the log loss falls as the slope grows
+    without bound, so the slope is an artefact of when the search stopped and every served
+    probability is 0 or 1), or a slope above `SANE_SLOPE`. A slope below it is kept, with a
+    note: the scores carry almost no information, and flat probabilities say so honestly."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if method == "none":
+        return CalibrationSpec()
+    prefix = f"calibration {method} not used, probabilities served uncalibrated"
+    if len(z) == 0 or y.min() == y.max():
+        return CalibrationSpec(note=f"{prefix}: validation holds {len(z)} images of one class only")
+    neg_max, pos_min = float(z[y == 0].max()), float(z[y == 1].min())
+    if neg_max < pos_min:
+        return CalibrationSpec(
+            note=f"{prefix}: the {len(z)} validation images are perfectly separated (every intact logit "
+            f"{neg_max:.3g} or lower, every damaged {pos_min:.3g} or higher), so the fitted slope only grows"
+        )
+    spec = fit(z, y, method)
+    lo, hi = SANE_SLOPE
+    if spec.slope > hi:
+        return CalibrationSpec(
+            note=f"{prefix}: the fitted slope {spec.slope:.3g} is above {hi:g} ({len(z)} validation images)"
+        )
+    if spec.slope < lo:
+        return spec.model_copy(
+            update={
+                "note": f"calibration {method} fitted slope {spec.slope:.3g}, below {lo:g}: on validation the "
+                "model's scores carry almost no information, so every probability is near the damage rate"
+            }
+        )
+    return spec
 
 
 def log_loss(probs: object, labels: object) -> float:

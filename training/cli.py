@@ -8,8 +8,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 from model_store.argparsing import ArgumentParser, program
+from model_store.manifest import Architecture
+
+ARCHITECTURES = get_args(Architecture)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     t.add_argument("--stop-after-epoch", type=int, help="stop cleanly after this epoch (resume later)")
+    t.add_argument(
+        "--allow-small-data",
+        action="store_true",
+        help="train although val or test holds fewer than 20 images of a class (figures marked); data.allow_small",
+    )
 
     e = sub.add_parser("export", help="best checkpoint -> signed bundle (directory or store)")
     e.add_argument("--run", type=Path, required=True)
@@ -63,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--public-key", type=Path, required=True)
     c.add_argument("--out", type=Path, default=Path("compare"), help="where compare.html and scatter.png go")
 
+    w = sub.add_parser("weights", help="pretrained weights: a torchvision .pth -> the .safetensors a config takes")
+    wsub = w.add_subparsers(dest="weights_command", required=True)
+    wc = wsub.add_parser("convert", help="IN.pth -> OUT.safetensors (read with weights_only: tensors only)")
+    wc.add_argument("src", type=Path, metavar="IN.pth")
+    wc.add_argument("out", type=Path, metavar="OUT.safetensors")
+    wc.add_argument("--architecture", required=True, choices=ARCHITECTURES)
+
     d = sub.add_parser("dataset", help="labelled production feedback -> an ImageFolder data set train accepts")
     d.add_argument("--from-feedback", required=True, metavar="CAPTURE", help="capture store: a directory or s3:// URL")
     d.add_argument("--out", type=Path, required=True)
@@ -74,13 +90,19 @@ def run(args: argparse.Namespace) -> int:
         from training.synth import generate
 
         start = time.perf_counter()
-        counts = generate(args.out, args.count, args.seed)
+        step = max(1, args.count // 10)
+
+        def written(done: int, count: int) -> None:  # 2,000 photos take a minute or two on 2 cores
+            if done % step == 0 or done == count:
+                print(f"synth: {done}/{count} images, {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
+
+        counts = generate(args.out, args.count, args.seed, on_written=written)
         print(f"wrote {sum(counts.values())} images to {args.out} {counts} in {time.perf_counter() - start:.1f}s")
     elif args.command == "train":
         from training.config import load_config
         from training.train import run as train_run
 
-        config = load_config(args.config, args.set)
+        config = load_config(args.config, args.set + (["data.allow_small=true"] if args.allow_small_data else []))
         train_run(config, args.data, args.run_dir, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
     elif args.command == "export":
         import tempfile
@@ -112,6 +134,15 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(evaluate_bundle(args.bundle, args.public_key, args.data, args.split), indent=2))
     elif args.command == "redecide":
         _redecide(args)
+    elif args.command == "weights":
+        from training.weights import convert
+
+        c = convert(args.src, args.out, args.architecture)
+        print(
+            f"wrote {args.out}: {c.kept} of {args.architecture}'s {c.expected} tensors from {args.src.name}; "
+            f"dropped {len(c.dropped)} that do not fit ({', '.join(c.dropped) or 'none'}); "
+            f'new: {", ".join(c.missing) or "none"}. Fine-tune with --set model.pretrained="{args.out}"'
+        )
     elif args.command == "dataset":
         from training.feedback import dataset_from_feedback
 
@@ -159,6 +190,8 @@ def _redecide(args: argparse.Namespace) -> None:
         f"{b.deployment_prevalence or b.validation_prevalence or 0:.3g} damaged; same weights "
         f"({child.manifest.weights_sha256[:12]}), parent {parent.manifest_sha256[:12]}"
     )
+    for warning in b.warnings:  # the same checks training makes (training.decide)
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -171,10 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.export import ExportError
     from training.redecide import RedecideError
     from training.train import RunError
+    from training.weights import WeightsError
 
+    refused = (ConfigError, DataError, RunError, ExportError, RedecideError, WeightsError, ModelStoreError, OSError)
     try:
         return run(args)
-    except (ConfigError, DataError, RunError, ExportError, RedecideError, ModelStoreError, OSError) as exc:
+    except refused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except ValidationError as exc:  # a value given on the command line that a manifest or policy refuses

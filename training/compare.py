@@ -23,8 +23,8 @@ from PIL import Image, ImageOps
 
 from model_store.bundle import Bundle, load_bundle
 from model_store.predictor import Predictor
-from training import metrics as M
 from training.data import IMAGE_SUFFIXES
+from training.decide import split_figures
 
 BATCH = 32
 
@@ -84,9 +84,14 @@ def compare(a_dir: Path, b_dir: Path, public_key: Path, images: Path, out: Path)
     if labelled and {r.label for r in labelled} == set(labels):
         y = np.array([int(r.label == da.positive_label) for r in labelled])
         for key, bundle, scores in (("a", a, [r.a for r in labelled]), ("b", b, [r.b for r in labelled])):
-            d = bundle.manifest.decision
-            op = M.at_threshold(scores, y, d.threshold, d.cost_false_alarm, d.cost_miss, d.deployment_prevalence)
-            summary[key]["metrics"] = {**op.as_dict(), "roc_auc": M.roc_auc(scores, y)}
+            # The figures `evaluate` prints (training.decide.split_figures), with their intervals.
+            figures = split_figures("images", scores, y, bundle.manifest.decision)
+            summary[key]["metrics"] = {
+                **figures["at_threshold"],
+                "roc_auc": figures["images_roc_auc"],
+                "ece": figures["images_ece"],
+                "intervals": figures["intervals"],
+            }
     _scatter(rows, summary, out / "scatter.png")
     _page(rows, flips, summary, images, out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -135,16 +140,26 @@ def _page(rows: list[Scored], flips: list[Scored], summary: dict[str, Any], imag
         head = "".join(
             f"<th>{k}</th>" for k in ("recall", "precision", "false_positive_rate", "roc_auc", "expected_cost")
         )
+
+        def cell(m: dict[str, Any], name: str) -> str:
+            lo, hi = m["intervals"][name]
+            return f"<td>{m[name]:.3f}<br><small>{lo:.3f}&ndash;{hi:.3f}</small></td>"
+
         body = "".join(
             f"<tr><td>{summary[k]['version']}</td>"
             + "".join(
-                f"<td>{summary[k]['metrics'][m]:.3f}</td>"
+                cell(summary[k]["metrics"], m)
                 for m in ("recall", "precision", "false_positive_rate", "roc_auc", "expected_cost")
             )
             + "</tr>"
             for k in ("a", "b")
         )
-        metrics = f"<h2>Metrics at each bundle's own threshold</h2><table><tr><th></th>{head}</tr>{body}</table>"
+        rate = summary["a"]["metrics"]["damage_rate"]
+        metrics = (
+            f"<h2>Metrics at each bundle's own threshold</h2><p>95% intervals below each figure; cost per parcel "
+            f"at {rate:.1%} damaged, precision at these images' own rate.</p>"
+            f"<table><tr><th></th>{head}</tr>{body}</table>"
+        )
     va, vb = html.escape(summary["a"]["version"]), html.escape(summary["b"]["version"])
     counts = ", ".join(f"{html.escape(k)}: {v}" for k, v in summary["flips"].items())
     style = (

@@ -29,6 +29,9 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    # Train on a split too small for the figures it prints (training.sufficiency), with
+    # every figure marked, instead of refusing. `--allow-small-data` sets it.
+    allow_small: bool = False
 
 
 class ModelConfig(ModelSpec):

@@ -9,8 +9,8 @@ import numpy as np
 
 from model_store.bundle import load_bundle
 from model_store.predictor import Predictor
-from training import metrics as M
 from training.data import DataError, Item, Split, make_split, scan
+from training.decide import split_figures
 
 
 def evaluate_bundle(
@@ -44,16 +44,6 @@ def evaluate_bundle(
         probs += [o.probability for o in predictor.predict([(Path(data_dir) / i.path).read_bytes() for i in chunk])]
     p = np.array(probs)
     t = np.array([int(i.label == m.decision.positive_label) for i in items])
-    d = m.decision
-    # Counts at this data set's own damage rate; expected cost at the rate the bundle was
-    # decided for (its deployment rate, when it states one).
-    op = M.at_threshold(p, t, d.threshold, d.cost_false_alarm, d.cost_miss, d.deployment_prevalence)
-    # Loss from probabilities, clipped like BCEWithLogits saturates, so it is comparable.
-    eps = 1e-12
-    loss = float(-np.mean(t * np.log(np.clip(p, eps, 1)) + (1 - t) * np.log(np.clip(1 - p, eps, 1))))
-    return {
-        "version": m.version,
-        "split": split,
-        **M.ranking_metrics(split, p, t, loss),
-        "at_threshold": op.as_dict(),
-    }
+    # The one definition training's eval.json uses: counts at this data set's own damage
+    # rate, every cost at the bundle's deployment rate, intervals seeded alike.
+    return {"version": m.version, "split": split, **split_figures(split, p, t, m.decision)}

@@ -33,7 +33,7 @@ from model_store.preprocessing import Preprocessor
 from model_store.writer import ReferenceInput, current_environment, write_bundle
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig, config_from_run
-from training.data import SplitManifest, check_matches
+from training.data import SplitManifest, check_matches, summary
 
 EXPORT_PREFIX = ".export-"
 
@@ -83,6 +83,7 @@ def _manifest(
             epoch=evaluation["best_epoch"],
             checkpoint_sha256=evaluation["checkpoint_sha256"],
             code_revision=meta["code_revision"],
+            split_counts=summary(split),
         ),
         environment=current_environment(meta.get("device", "unknown")),  # runs before 0.2 did not record it
         weights_sha256="0" * 64,

@@ -2,7 +2,7 @@
 
 Calibration and the threshold come from the validation split only; the test split is
 touched once, here, and its metrics are reported at that threshold (counts at the test
-split's own damage rate, expected cost at the deployment rate).
+split's own damage rate, expected cost at the deployment rate), each with its 95% interval.
 """
 
 from __future__ import annotations
@@ -20,11 +20,18 @@ from training import calibration
 from training import metrics as M
 from training.checkpoint import file_sha256, load_checkpoint
 from training.config import TrainConfig
-from training.data import ImageDataset, Split, SplitManifest
-from training.decide import decide, served
+from training.data import ImageDataset, Split, SplitManifest, summary
+from training.decide import decide, served, split_figures
 from training.loops import eval_loader, evaluate, sigmoid
 from training.progress import Log, summary_lines
 from training.report import write_report
+
+INTERVALS = {
+    "level": M.INTERVAL_LEVEL,
+    "method": "stratified percentile bootstrap over the split, at least the Wilson interval for rates",
+    "resamples": M.BOOTSTRAP_RESAMPLES,
+    "seed": M.BOOTSTRAP_SEED,
+}
 
 
 def finalize(
@@ -49,32 +56,30 @@ def finalize(
     # for the deployment damage rate. The test split is touched once, below.
     dc = config.decision
     vz, vt, _, _ = scored["val"]
-    calibration_map = calibration.fit(vz, vt, dc.calibration)
-    spec, val_op = decide(vz, vt, dc, calibration_map)
-    at_own_rate = spec.model_copy(update={"deployment_prevalence": None})  # calibrated, no prior shift
+    calibration_map = calibration.fit_checked(vz, vt, dc.calibration)
+    spec, val_figures = decide(vz, vt, dc, calibration_map)
 
-    results: dict[str, Any] = {}
+    results: dict[str, dict[str, Any]] = {}
     predictions: dict[str, list[dict[str, Any]]] = {}
     quality: dict[str, dict[str, float]] = {}
     for name in names:
-        z, t, loss, items = scored[name]
-        raw, calibrated, served_p = sigmoid(z), served(z, at_own_rate), served(z, spec)
-        results[name] = M.ranking_metrics(name, raw, t, loss)
+        z, t, _, items = scored[name]
+        raw, served_p = sigmoid(z), served(z, spec)
+        # One definition of every figure (training.decide.split_figures), on the served
+        # probabilities, so `evaluate` on the bundle prints these very numbers.
+        results[name] = val_figures if name == "val" else split_figures(name, served_p, t, spec)
         quality[name] = {
             "ece_before": calibration.expected_calibration_error(raw, t),
-            "ece_after": calibration.expected_calibration_error(calibrated, t),
+            "ece_after": results[name][f"{name}_ece"],
             "log_loss_before": calibration.log_loss(raw, t),
-            "log_loss_after": calibration.log_loss(calibrated, t),
-            "roc_auc_after": M.roc_auc(calibrated, t),
+            "log_loss_after": results[name][f"{name}_log_loss"],
         }
         predictions[name] = [
             {"path": item.path, "label": item.label, "logit": float(logit), "probability": float(p)}
             for item, logit, p in zip(items, z, served_p, strict=True)
         ]
-    tz, tt, _, _ = scored["test"]
-    test_op = M.at_threshold(
-        served(tz, spec), tt, spec.threshold, dc.cost_false_alarm, dc.cost_miss, spec.deployment_prevalence
-    )
+    counts = summary(split)
+    warnings = list(dict.fromkeys(spec.warnings + results["test"]["warnings"]))
     evaluation = {
         "best_epoch": ckpt["epoch"],
         "checkpoint_sha256": file_sha256(best_path),
@@ -82,12 +87,15 @@ def finalize(
         "method": dc.method,
         "decision": spec.model_dump(mode="json", exclude={"validation_scores"}),
         "prevalence": {"validation": spec.validation_prevalence, "deployment": spec.deployment_prevalence},
+        "data": {"counts": counts, "allow_small": config.data.allow_small},
+        "warnings": warnings,
+        "intervals": INTERVALS,
         "calibration": {
             **spec.calibration.model_dump(),
             **{f"{n}_{k}": v for n, q in quality.items() for k, v in q.items()},
         },
-        "validation": {**results["val"], "at_threshold": val_op.as_dict()},
-        "test": {**results["test"], "at_threshold": test_op.as_dict()},
+        "validation": results["val"],
+        "test": results["test"],
         "predictions": predictions,
     }
     (run_dir / "eval.json").write_text(json.dumps(evaluation, indent=1) + "\n")

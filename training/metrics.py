@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -21,16 +23,10 @@ def roc_auc(probs: object, targets: object) -> float:
     n_pos, n_neg = int(y.sum()), int((1 - y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(p, kind="mergesort")
-    ranks = np.empty(len(p), dtype=np.float64)
-    sorted_p = p[order]
-    i = 0
-    while i < len(p):  # average ranks over ties
-        j = i
-        while j + 1 < len(p) and sorted_p[j + 1] == sorted_p[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
+    # Average ranks over ties, vectorised: the bootstrap calls this a thousand times per split.
+    _, inverse, counts = np.unique(p, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = ((ends - counts + 1 + ends) / 2)[inverse]
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -83,6 +79,7 @@ class OperatingPoint:
     false_positive_rate: float
     accuracy: float
     expected_cost: float  # per parcel, in the units of the configured costs
+    damage_rate: float  # the share of damaged parcels `expected_cost` is for
     n: int
     tp: int
     fp: int
@@ -131,6 +128,7 @@ def at_threshold(
         false_positive_rate=fpr,
         accuracy=(tp + tn) / n if n else 0.0,
         expected_cost=expected_cost(fpr, 1 - recall, rate, cost_false_alarm, cost_miss) if n else 0.0,
+        damage_rate=float(rate),
         n=n,
         tp=tp,
         fp=fp,
@@ -189,3 +187,112 @@ def choose_threshold(
     else:
         raise ValueError(f"unknown threshold method {method!r}")
     return at_threshold(p, y, t, cost_false_alarm, cost_miss, prevalence)
+
+
+# Intervals. One rule for every headline figure (docs/decisions.md): a seeded, stratified
+# percentile bootstrap over the split, widened where it cannot see what the sample lacks.
+INTERVAL_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0  # fixed: training, `evaluate` and the report print the same interval
+_Z95 = 1.959963984540054
+
+
+def wilson(successes: float, n: float, z: float = _Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95% by default); (0, 1) when n is 0.
+
+    Unlike a bootstrap it is not a point at 0 or n successes: 4 of 4 reads 0.51 to 1.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap(
+    statistic: Callable[[np.ndarray], dict[str, float]],
+    targets: object,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = INTERVAL_LEVEL,
+) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of `statistic(indices)` over resamples of the split.
+
+    Stratified: each resample draws the same number of each class with replacement, so the
+    damage rate (and every per-class rate) stays defined. NaN draws are left out.
+    """
+    y = np.asarray(targets, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(y == c) for c in (0, 1)]
+    draws: dict[str, list[float]] = {}
+    for _ in range(resamples):
+        idx = np.concatenate([rng.choice(g, len(g)) for g in groups if len(g)])
+        for k, v in statistic(idx).items():
+            draws.setdefault(k, []).append(v)
+    tail = 100 * (1 - level) / 2
+    out = {}
+    for k, vs in draws.items():
+        a = np.asarray(vs, dtype=np.float64)
+        a = a[~np.isnan(a)]
+        out[k] = (float(np.percentile(a, tail)), float(np.percentile(a, 100 - tail))) if len(a) else (math.nan,) * 2
+    return out
+
+
+def _union(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+    lo = b[0] if math.isnan(a[0]) else min(a[0], b[0])
+    hi = b[1] if math.isnan(a[1]) else max(a[1], b[1])
+    return lo, hi
+
+
+def figure_intervals(
+    probs: object,
+    targets: object,
+    threshold: float,
+    cost_false_alarm: float,
+    cost_miss: float,
+    damage_rate: float | None,
+    calibrated: object,
+) -> dict[str, tuple[float, float]]:
+    """95% intervals of the headline figures at `threshold`: recall, false_positive_rate,
+    precision, expected_cost (per parcel at `damage_rate`), roc_auc, and ece (of
+    `calibrated`, the probabilities at the split's own damage rate).
+
+    The bootstrap alone reads a perfect score on 8 images as [1, 1]: it cannot draw an
+    error the sample does not hold. So each rate's interval is at least its Wilson
+    interval, the cost's at least the cost at the Wilson bounds of both error rates, and
+    ROC-AUC's at least a Wilson interval on min(positives, negatives) images (its variance
+    is at most AUC (1 - AUC) / min(m, n): Birnbaum and Klose, 1957).
+    """
+    from training.calibration import expected_calibration_error
+
+    p, y = _arrays(probs, targets)
+    c = np.asarray(calibrated, dtype=np.float64)
+
+    def statistic(idx: np.ndarray) -> dict[str, float]:
+        op = at_threshold(p[idx], y[idx], threshold, cost_false_alarm, cost_miss, damage_rate)
+        return {
+            "recall": op.recall,
+            "false_positive_rate": op.false_positive_rate,
+            "precision": op.precision if op.tp + op.fp else math.nan,
+            "expected_cost": op.expected_cost,
+            "roc_auc": roc_auc(p[idx], y[idx]),
+            "ece": expected_calibration_error(c[idx], y[idx]),
+        }
+
+    out = bootstrap(statistic, y)
+    op = at_threshold(p, y, threshold, cost_false_alarm, cost_miss, damage_rate)
+    recall = wilson(op.tp, op.tp + op.fn)
+    fpr = wilson(op.fp, op.fp + op.tn)
+    out["recall"] = _union(out["recall"], recall)
+    out["false_positive_rate"] = _union(out["false_positive_rate"], fpr)
+    out["precision"] = _union(out["precision"], wilson(op.tp, op.tp + op.fp))
+    rate = op.damage_rate
+    cost_lo = expected_cost(fpr[0], 1 - recall[1], rate, cost_false_alarm, cost_miss)
+    cost_hi = expected_cost(fpr[1], 1 - recall[0], rate, cost_false_alarm, cost_miss)
+    out["expected_cost"] = _union(out["expected_cost"], (cost_lo, cost_hi))
+    auc, m = roc_auc(p, y), min(int(y.sum()), int((1 - y).sum()))
+    if m and not math.isnan(auc):
+        out["roc_auc"] = _union(out["roc_auc"], wilson(auc * m, m))
+    return out

@@ -47,17 +47,42 @@ def epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
     )
 
 
+def _figure(name: str, value: float, interval: list[float] | None) -> str:
+    return f"{name} {value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def figures_line(prefix: str, figures: dict[str, Any]) -> str:
+    """A split's headline figures at the threshold, each with its 95% interval, and the
+    damage rate the cost is at (`training.decide.split_figures`)."""
+    op, ci, counts = figures["at_threshold"], figures.get("intervals", {}), figures.get("counts", {})
+    held = ", ".join(f"{n} {label}" for label, n in counts.items())
+    return (
+        f"{prefix} (n={op['n']}{': ' + held if held else ''}; 95% intervals): "
+        + " ".join(
+            _figure(name, value, ci.get(key))
+            for name, key, value in (
+                ("recall", "recall", op["recall"]),
+                ("fpr", "false_positive_rate", op["false_positive_rate"]),
+                ("precision", "precision", op["precision"]),
+                ("roc_auc", "roc_auc", figures[f"{prefix}_roc_auc"]),
+                ("ece", "ece", figures[f"{prefix}_ece"]),
+                ("cost/parcel", "expected_cost", op["expected_cost"]),
+            )
+        )
+        + f" at {op['damage_rate']:.3g} damaged"
+    )
+
+
 def summary_lines(evaluation: dict[str, Any]) -> list[str]:
-    """The chosen checkpoint, calibration and operating point, from `eval.json`."""
+    """The chosen checkpoint, calibration, operating point, test figures and warnings, from `eval.json`."""
     c, d = evaluation["calibration"], evaluation["decision"]
-    test, op = evaluation["test"], evaluation["test"]["at_threshold"]
     rate = d["deployment_prevalence"] or d["validation_prevalence"]
     return [
         f"best epoch {evaluation['best_epoch']}; calibration {c['method']} (slope {c['slope']:.3f}): "
         f"validation ECE {c['val_ece_before']:.3f} -> {c['val_ece_after']:.3f}, "
         f"log loss {c['val_log_loss_before']:.3f} -> {c['val_log_loss_after']:.3f}",
         f"threshold {evaluation['threshold']:.4f} ({evaluation['method']}, false alarm {d['cost_false_alarm']:g} "
-        f"vs miss {d['cost_miss']:g}, damage rate {rate:.3g}); test: recall {op['recall']:.3f} "
-        f"precision {op['precision']:.3f} fpr {op['false_positive_rate']:.3f} acc {op['accuracy']:.3f} "
-        f"roc_auc {test['test_roc_auc']:.3f} cost/parcel {op['expected_cost']:.3f} at that rate",
+        f"vs miss {d['cost_miss']:g}, damage rate {rate:.3g})",
+        figures_line("test", evaluation["test"]),
+        *(f"warning: {w}" for w in evaluation.get("warnings", [])),
     ]

@@ -152,12 +152,34 @@ def write_report(run_dir: Path, data_dir: Path, config: TrainConfig) -> Path:
             ax.set_title(f"{r['label']}  p={r['probability']:.3f}", fontsize=9)
         images.append((f"Worst test errors ({len(errors)} in all)", _save(fig, plots / "worst_errors.png")))
 
-    val_op = ev["validation"]["at_threshold"]
-    table = "".join(
-        f"<tr><td>{name}</td><td>{m['recall']:.3f}</td><td>{m['precision']:.3f}</td>"
-        f"<td>{m['false_positive_rate']:.3f}</td><td>{m['accuracy']:.3f}</td><td>{m['expected_cost']:.3f}</td>"
-        f"<td>{ev[key][f'{pre}_roc_auc']:.3f}</td><td>{ev[key][f'{pre}_pr_auc']:.3f}</td><td>{m['n']}</td></tr>"
-        for name, m, key, pre in (("validation", val_op, "validation", "val"), ("test", op, "test", "test"))
+    def cell(value: float, interval: list[float] | None) -> str:
+        if not interval:
+            return f"<td>{value:.3f}</td>"
+        return f"<td>{value:.3f}<br><small>{interval[0]:.3f}&ndash;{interval[1]:.3f}</small></td>"
+
+    rows_html = []
+    for name, key, pre in (("validation", "validation", "val"), ("test", "test", "test")):
+        m, ci = ev[key]["at_threshold"], ev[key].get("intervals", {})
+        held = " / ".join(str(v) for v in ev[key].get("counts", {}).values())
+        rows_html.append(
+            f"<tr><td>{name}</td>{cell(m['recall'], ci.get('recall'))}"
+            f"{cell(m['false_positive_rate'], ci.get('false_positive_rate'))}"
+            f"{cell(m['precision'], ci.get('precision'))}"
+            f"{cell(m['expected_cost'], ci.get('expected_cost'))}{cell(ev[key][f'{pre}_roc_auc'], ci.get('roc_auc'))}"
+            f"{cell(ev[key][f'{pre}_ece'], ci.get('ece'))}<td>{ev[key][f'{pre}_pr_auc']:.3f}</td>"
+            f"<td>{m['n']}<br><small>{held}</small></td></tr>"
+        )
+    table = "".join(rows_html)
+    counts = ev.get("data", {}).get("counts", {})
+    count_rows = "".join(
+        f"<tr><td>{k}</td>" + "".join(f"<td>{n}</td>" for n in per.values()) + "</tr>" for k, per in counts.items()
+    )
+    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in ev.get("warnings", []))
+    warning_box = (
+        f"<div style='border:2px solid #c00;padding:0 1em;margin:1em 0'><h2>Read these figures with care</h2>"
+        f"<ul>{warnings}</ul></div>"
+        if warnings
+        else ""
     )
     calibration_rows = "".join(
         f"<tr><td>{name}</td><td>{cal[f'{key}_ece_before']:.3f}</td><td>{cal[f'{key}_ece_after']:.3f}</td>"
@@ -175,9 +197,18 @@ img{{max-width:100%}}</style></head><body>
 Threshold <b>{t:.4f}</b> chosen on validation by {html.escape(ev["method"])}
 (false alarm cost {dc.cost_false_alarm:g}, miss cost {dc.cost_miss:g}) for a damage rate of
 {deployment_rate:.1%} in production (validation split: {validation_rate:.1%}); expected cost there
-{chosen:.3f} per parcel. Counts below are at each split's own rate.</p>
-<table><tr><th></th><th>recall</th><th>precision</th><th>false positive rate</th><th>accuracy</th>
-<th>cost/parcel</th><th>ROC-AUC</th><th>PR-AUC</th><th>n</th></tr>{table}</table>
+{chosen:.3f} per parcel.</p>
+{warning_box}
+<h2>Images per class</h2>
+<table><tr><th></th>{"".join(f"<th>{html.escape(lbl)}</th>" for lbl in labels)}</tr>{count_rows}</table>
+<h2>At the threshold</h2>
+<p>Every cost is per parcel at the deployment rate, {deployment_rate:.1%} damaged; precision is at each
+split's own rate. Below each figure, its 95% interval (a seeded bootstrap over the split, at least the
+Wilson interval for rates: see docs/decisions.md). The validation row is where the threshold was
+chosen, so it flatters; the test row is not.</p>
+<table><tr><th></th><th>recall</th><th>false positive rate</th><th>precision</th>
+<th>cost/parcel at {deployment_rate:.1%}</th><th>ROC-AUC</th><th>ECE</th><th>PR-AUC</th>
+<th>n<br><small>{" / ".join(html.escape(lbl) for lbl in labels)}</small></th></tr>{table}</table>
 <h2>Calibration ({html.escape(cal["method"])}, slope {cal["slope"]:.3f}, intercept {cal["intercept"]:.3f})</h2>
 <table><tr><th></th><th>ECE before</th><th>ECE after</th><th>log loss before</th><th>log loss after</th></tr>
 {calibration_rows}</table>

@@ -225,9 +225,16 @@ PHOTO_SIZE = (640, 480)  # a VGA station camera: large enough that reduced-size 
 
 
 def generate(
-    out: Path, count: int, seed: int, damaged_fraction: float = 0.5, size: tuple[int, int] = PHOTO_SIZE
+    out: Path,
+    count: int,
+    seed: int,
+    damaged_fraction: float = 0.5,
+    size: tuple[int, int] = PHOTO_SIZE,
+    on_written: Callable[[int, int], None] | None = None,
 ) -> dict[str, int]:
-    """Write `count` JPEGs in ImageFolder layout (intact/, damaged/). Returns per-class counts."""
+    """Write `count` JPEGs in ImageFolder layout (intact/, damaged/). Returns per-class counts.
+
+    `on_written(done, count)` is called after each image (progress for the command line)."""
     rng = random.Random(seed)
     counts = {"intact": 0, "damaged": 0}
     for label in counts:
@@ -240,4 +247,6 @@ def generate(
         img.save(buf, format="JPEG", quality=rng.randint(70, 95))
         (out / label / f"parcel-{i:06d}.jpg").write_bytes(buf.getvalue())
         counts[label] += 1
+        if on_written is not None:
+            on_written(i + 1, count)
     return counts

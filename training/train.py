@@ -29,12 +29,13 @@ from training.finalize import finalize
 from training.loops import eval_loader, evaluate, recalibrate_batchnorm, sigmoid, train_one_epoch
 from training.metrics import ranking_metrics
 from training.progress import Log, data_line, epoch_line, log_stderr
+from training.sufficiency import check_split, describe
 
 # Keys a resumed run may change: they do not alter a single number the run computes
 # (augmentation randomness is a function of (seed, epoch, index), not of the workers).
 # Anything else, `optim.epochs` included (it reshapes the learning-rate schedule), would
 # make the result match neither run, so resume refuses it and names the key.
-RESUMABLE_CHANGES = {"loader.workers"}
+RESUMABLE_CHANGES = {"loader.workers", "data.allow_small"}
 
 
 class RunError(Exception):
@@ -146,6 +147,10 @@ def prepare_run(
             config.data.val_fraction,
             config.data.test_fraction,
         )
+    counts = summary(split)
+    refusal, warnings = check_split(counts, config.data.val_fraction, config.data.test_fraction)
+    if refusal and not config.data.allow_small:
+        raise RunError(refusal)
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_bytes(config.to_json_bytes())
@@ -159,7 +164,10 @@ def prepare_run(
             "split": summary(split),
         }
         (run_dir / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
-        log(data_line(summary(split), split.sha256))
+        log(data_line(counts, split.sha256))
+        log(f"images per class: {describe(counts)}")
+        for line in warnings:  # a split below the refusal line says so here, when data.allow_small went on
+            log(f"warning: {line}")
     return config, split
 
 

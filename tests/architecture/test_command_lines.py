@@ -49,6 +49,9 @@ BAD_VALUES: list[tuple[str, str, str]] = [
     ("training", "redecide", "redecide --bundle {bundle} --key {key} --version v3 --cost-miss lots"),
     ("training", "compare", "compare --bundle {bundle} --bundle {bundle} --images {tmp}/no-images --public-key {pub}"),
     ("training", "dataset", "dataset --from-feedback {tmp}/no-capture --out {tmp}/ds"),
+    ("training", "weights", "weights convert {file} {tmp}/w.safetensors --architecture resnet18"),
+    ("training", "weights", "weights convert {tmp}/no-such.pth {tmp}/w.safetensors --architecture resnet18"),
+    ("training", "weights", "weights convert {file} {tmp}/w.safetensors --architecture vgg16"),
     ("app", "", "--port 8000"),  # configured by APP_* variables only
 ]
 

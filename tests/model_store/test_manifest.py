@@ -27,7 +27,13 @@ def test_a_schema_1_bundle_loads_and_passes_parity_without_the_newer_features(tm
 
 
 @pytest.mark.parametrize(
-    ("path", "value"), [(("preprocessing", "jpeg_dct_scaling"), True), (("runtime", "graph"), "fused")]
+    ("path", "value"),
+    [
+        (("preprocessing", "jpeg_dct_scaling"), True),
+        (("runtime", "graph"), "fused"),
+        (("decision", "warnings"), ["the test split holds 4 intact and 4 damaged images"]),
+        (("lineage", "split_counts"), {"test": {"intact": 4, "damaged": 4}}),
+    ],
 )
 def test_a_schema_1_manifest_cannot_claim_schema_2_features(path: tuple[str, str], value: object) -> None:
     data = json.loads(draft_manifest().to_json_bytes())
@@ -42,3 +48,17 @@ def test_unknown_schema_versions_are_refused_by_name() -> None:
     data["schema_version"] = 3
     with pytest.raises(ManifestInvalid, match="schema_version is 3, this code reads 1 and 2"):
         parse_manifest(json.dumps(data).encode())
+
+
+def test_a_manifest_from_before_the_optional_honesty_fields_still_loads() -> None:
+    """Intervals, warnings, split counts and the calibration note are optional: a schema 2
+    manifest written before them (no such keys at all) parses, with empty defaults."""
+    data = json.loads(draft_manifest().to_json_bytes())
+    data["decision"].pop("warnings")
+    data["decision"]["calibration"].pop("note")
+    data["lineage"].pop("split_counts")
+    if data["decision"].get("validation"):
+        for key in ("positives", "damage_rate", "roc_auc", "ece", "intervals"):
+            data["decision"]["validation"].pop(key)
+    m = parse_manifest(json.dumps(data).encode())
+    assert m.decision.warnings == [] and m.lineage.split_counts is None and m.decision.calibration.note is None

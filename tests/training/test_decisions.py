@@ -125,7 +125,11 @@ def test_training_reports_calibration_before_and_after_and_keeps_roc_auc(finishe
             f"{split}_log_loss_before",
             f"{split}_log_loss_after",
         } <= cal.keys()
-    assert cal["test_roc_auc_after"] == evaluation["test"]["test_roc_auc"]  # calibration never reorders
+    # One definition: ROC-AUC of the probabilities the service serves, as `evaluate` measures it.
+    test = evaluation["predictions"]["test"]
+    served_auc = M.roc_auc([r["probability"] for r in test], [int(r["label"] == "damaged") for r in test])
+    assert evaluation["test"]["test_roc_auc"] == served_auc
+    assert cal["test_ece_after"] == evaluation["test"]["test_ece"]
     assert cal["val_log_loss_after"] <= cal["val_log_loss_before"] + 1e-9  # fitted to minimise it there
     assert (run_dir / "plots" / "reliability.png").stat().st_size > 1000
     assert "Calibration (" in (run_dir / "report.html").read_text()
@@ -205,6 +209,7 @@ def test_compare_two_bundles_offline(bundles, keys, data_dir: Path, tmp_path: Pa
     assert {f["path"] for f in summary["flipped"]} == {p.relative_to(images).as_posix() for p in flipped}
     assert summary["agreement"] == pytest.approx(1 - len(flipped) / 24)
     assert set(summary["a"]["metrics"]) >= {"recall", "precision", "roc_auc"}  # labelled: both bundles' metrics
+    assert set(summary["b"]["metrics"]["intervals"]) >= {"recall", "false_positive_rate", "expected_cost"}
     page = (tmp_path / "out" / "compare.html").read_text()
     assert page.count("<figure>") == len(flipped) and (tmp_path / "out" / "scatter.png").stat().st_size > 1000
     assert len(list((tmp_path / "out" / "thumbs").iterdir())) == len(flipped)

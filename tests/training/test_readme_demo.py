@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,11 +39,15 @@ def _fabricated_run(run: Path, *, best_epoch: int = 3, epochs: int = 5) -> Split
         "threshold": 0.8371,
         "method": "min_expected_cost",
         "decision": {"cost_false_alarm": 1.0, "cost_miss": 5.0, "deployment_prevalence": None,
-                     "validation_prevalence": 0.48},
+                     "validation_prevalence": 0.48, "positive_label": "damaged"},
         "calibration": {"method": "temperature", "slope": 0.5, "intercept": 0.0, "val_ece_before": 0.2,
                         "val_ece_after": 0.05, "val_log_loss_before": 0.9, "val_log_loss_after": 0.6},
-        "test": {"test_roc_auc": 0.91, "at_threshold": {"recall": 0.903, "precision": 0.7,
-                 "false_positive_rate": 0.314, "accuracy": 0.79, "expected_cost": 0.395}},
+        "test": {"test_roc_auc": 0.91, "test_ece": 0.04, "counts": {"intact": 32, "damaged": 31},
+                 "at_threshold": {"recall": 0.903, "precision": 0.7, "false_positive_rate": 0.314, "accuracy": 0.79,
+                                  "expected_cost": 0.395, "damage_rate": 0.48, "n": 63},
+                 "intervals": {"recall": [0.75, 0.967], "false_positive_rate": [0.18, 0.49], "precision": [0.55, 0.82],
+                               "roc_auc": [0.83, 0.97], "ece": [0.03, 0.11], "expected_cost": [0.25, 0.61]}},
+        "warnings": ["the test split holds 32 intact and 31 damaged images: a rate on 31 images is ..."],
     }  # fmt: skip
     (run / "eval.json").write_text(json.dumps(evaluation))
     return split
@@ -63,8 +68,15 @@ epoch 12/16 ... stale numbers: split e3e0b23bb751, threshold 0.3778, recall 0.95
 
 
 def _run(*args: Path | str) -> subprocess.CompletedProcess[str]:
+    # This checkout's packages, whichever one the environment has installed.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
     )
 
 
@@ -80,9 +92,15 @@ def test_the_block_is_rewritten_from_the_run_and_nothing_else_changes(tmp_path: 
     block = text[text.index("```\n") + 4 : text.index("\n```\n", text.index("```\n"))].splitlines()
     assert [line.split()[1] for line in block if line.startswith("epoch ")] == ["1/5", "3/5", "5/5"]
     assert block[1].endswith("*best") and block[3].endswith("*best") and not block[5].endswith("*best")
-    assert block[-2].startswith("best epoch 3; calibration temperature (slope 0.500)")
-    assert "threshold 0.8371" in block[-1] and "recall 0.903" in block[-1] and "fpr 0.314" in block[-1]
-    assert "catches 90.3% of the damaged test parcels at a 31.4% false-alarm rate" in text
+    assert block[-4].startswith("best epoch 3; calibration temperature (slope 0.500)")
+    assert block[-3].startswith("threshold 0.8371")
+    # Every headline figure with its interval, and the damage rate the cost is at.
+    assert block[-2].startswith("test (n=63: 32 intact, 31 damaged; 95% intervals): recall 0.903 [0.750, 0.967]")
+    assert "fpr 0.314 [0.180, 0.490]" in block[-2] and "cost/parcel 0.395 [0.250, 0.610] at 0.48 damaged" in block[-2]
+    assert "roc_auc 0.910 [0.830, 0.970]" in block[-2] and "ece 0.040 [0.030, 0.110]" in block[-2]
+    assert block[-1].startswith("warning: the test split holds 32 intact")
+    assert "catches 90.3% of the 31 damaged test parcels (95% interval 75.0% to 96.7%) at a 31.4% false-alarm" in text
+    assert "for 0.395 cost units per parcel (0.250 to 0.610) at 48.0% damaged" in text
     assert text.startswith("# Project\n\nSome prose that refers to the block below.\n\n<!-- demo-run:begin")
     assert text.endswith("<!-- demo-run:end -->\n\n## The next section stays as it is\n")
 

@@ -131,6 +131,9 @@ def test_shipped_configs_are_valid() -> None:
     root = Path(__file__).resolve().parents[2] / "configs"
     assert load_config(root / "default.toml").model.architecture == "mobilenet_v3_small"
     assert load_config(root / "smoke.toml").optim.epochs <= 3
+    finetune = load_config(root / "finetune.toml")
+    assert finetune.model.pretrained.endswith(".safetensors")
+    assert finetune.optim.lr < load_config(root / "default.toml").optim.lr
 
 
 def test_ranking_metrics_on_known_cases() -> None:
