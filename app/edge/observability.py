@@ -189,7 +189,9 @@ class RequestObserver:
                 await response(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
-            route = getattr(scope.get("route"), "path", "unmatched")
+            # The path as documented (`/v1/models/{version}/activate`), not with its converter.
+            matched = scope.get("route")
+            route = getattr(matched, "path_format", None) or getattr(matched, "path", "unmatched")
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()
             self.metrics.latency.labels(route).observe(elapsed)
             access_log.info(
