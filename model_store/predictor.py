@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.fx.experimental import optimization as fx_optimization
@@ -114,6 +115,12 @@ class Predictor:
             return []
         batch = torch.stack([self.preprocessor(data) for data in images])
         return [Prediction(p, self.decide(p)) for p in self.probabilities(batch)]
+
+    def predict_files(self, paths: Sequence[Path], batch_size: int) -> Iterator[Prediction]:
+        """Predictions for image files, in order, `batch_size` at a time (the offline tools'
+        loop: evaluate, compare, export's check against training, in the same batches)."""
+        for start in range(0, len(paths), batch_size):
+            yield from self.predict([p.read_bytes() for p in paths[start : start + batch_size]])
 
     def warm_up(self, max_batch: int = 1) -> None:
         """Forward passes at every batch size up to `max_batch`, so no station request pays

@@ -20,8 +20,11 @@ _SLOPE_BOUNDS = (1e-3, 1e3)  # keeps a separable validation set from pushing the
 SANE_SLOPE = (0.02, 50.0)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free
+def logistic(z: np.ndarray) -> np.ndarray:
+    """The logistic function in float64, for fitting and shifting maps (overflow-free). Not
+    what a station is served: that is `model_store.predictor.served_probabilities`, and
+    `training.loops.uncalibrated_probabilities` mirrors it for an uncalibrated model."""
+    out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * z))
     return out
 
 
@@ -47,7 +50,7 @@ def fit(logits: object, labels: object, method: Method) -> CalibrationSpec:
     a, b = 1.0, 0.0
     current = loss(a, b)
     for _ in range(200):
-        p = _sigmoid(a * z + b)
+        p = logistic(a * z + b)
         w = np.maximum(p * (1 - p), 1e-12)
         ga, gb = float(np.sum((p - y) * z)), float(np.sum(p - y))
         haa, hab, hbb = float(np.sum(w * z * z)), float(np.sum(w * z)), float(np.sum(w))

@@ -190,7 +190,7 @@ def _redecide(args: argparse.Namespace) -> None:
         f"{b.deployment_prevalence or b.validation_prevalence or 0:.3g} damaged; same weights "
         f"({child.manifest.weights_sha256[:12]}), parent {parent.manifest_sha256[:12]}"
     )
-    for warning in b.warnings:  # the same checks training makes (training.decide)
+    for warning in b.warnings:  # the same checks training makes (training.operating_point)
         print(f"warning: {warning}", file=sys.stderr)
 
 

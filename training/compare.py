@@ -24,13 +24,13 @@ from PIL import Image, ImageOps
 from model_store.bundle import Bundle, load_bundle
 from model_store.predictor import Predictor
 from training.data import IMAGE_SUFFIXES
-from training.decide import split_figures
+from training.operating_point import split_figures
 
 BATCH = 32
 
 
 @dataclass(frozen=True)
-class Scored:
+class ComparedImage:
     path: str  # relative to the image folder
     label: str | None
     a: float
@@ -50,12 +50,7 @@ def _images(root: Path, labels: tuple[str, str]) -> list[tuple[str, str | None]]
 
 
 def _probabilities(bundle: Bundle, root: Path, paths: list[str]) -> list[float]:
-    predictor = Predictor(bundle)
-    probs: list[float] = []
-    for start in range(0, len(paths), BATCH):
-        chunk = [(root / p).read_bytes() for p in paths[start : start + BATCH]]
-        probs += [o.probability for o in predictor.predict(chunk)]
-    return probs
+    return [o.probability for o in Predictor(bundle).predict_files([root / p for p in paths], BATCH)]
 
 
 def compare(a_dir: Path, b_dir: Path, public_key: Path, images: Path, out: Path) -> dict[str, Any]:
@@ -65,7 +60,7 @@ def compare(a_dir: Path, b_dir: Path, public_key: Path, images: Path, out: Path)
     found = _images(images, labels)
     paths = [p for p, _ in found]
     pa, pb = _probabilities(a, images, paths), _probabilities(b, images, paths)
-    rows = [Scored(p, lbl, x, y) for (p, lbl), x, y in zip(found, pa, pb, strict=True)]
+    rows = [ComparedImage(p, lbl, x, y) for (p, lbl), x, y in zip(found, pa, pb, strict=True)]
     flips = [r for r in rows if da.decide(r.a) != db.decide(r.b)]
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {
@@ -84,7 +79,7 @@ def compare(a_dir: Path, b_dir: Path, public_key: Path, images: Path, out: Path)
     if labelled and {r.label for r in labelled} == set(labels):
         y = np.array([int(r.label == da.positive_label) for r in labelled])
         for key, bundle, scores in (("a", a, [r.a for r in labelled]), ("b", b, [r.b for r in labelled])):
-            # The figures `evaluate` prints (training.decide.split_figures), with their intervals.
+            # The figures `evaluate` prints (training.operating_point.split_figures), with their intervals.
             figures = split_figures("images", scores, y, bundle.manifest.decision)
             summary[key]["metrics"] = {
                 **figures["at_threshold"],
@@ -98,7 +93,7 @@ def compare(a_dir: Path, b_dir: Path, public_key: Path, images: Path, out: Path)
     return summary
 
 
-def _scatter(rows: list[Scored], summary: dict[str, Any], path: Path) -> None:
+def _scatter(rows: list[ComparedImage], summary: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for label in sorted({r.label or "unlabelled" for r in rows}):
         pts = [r for r in rows if (r.label or "unlabelled") == label]
@@ -119,7 +114,9 @@ def _scatter(rows: list[Scored], summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _page(rows: list[Scored], flips: list[Scored], summary: dict[str, Any], images: Path, out: Path) -> None:
+def _page(
+    rows: list[ComparedImage], flips: list[ComparedImage], summary: dict[str, Any], images: Path, out: Path
+) -> None:
     thumbs = out / "thumbs"
     thumbs.mkdir(exist_ok=True)
     cells = []

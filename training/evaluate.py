@@ -10,7 +10,7 @@ import numpy as np
 from model_store.bundle import load_bundle
 from model_store.predictor import Predictor
 from training.data import DataError, Item, Split, make_split, scan
-from training.decide import split_figures
+from training.operating_point import split_figures
 
 
 def evaluate_bundle(
@@ -38,11 +38,7 @@ def evaluate_bundle(
         items = manifest.select(split)
     batch_size = batch_size or int(m.lineage.config.get("optim", {}).get("batch_size", 32))
     predictor = Predictor(bundle)
-    probs: list[float] = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        probs += [o.probability for o in predictor.predict([(Path(data_dir) / i.path).read_bytes() for i in chunk])]
-    p = np.array(probs)
+    p = np.array([o.probability for o in predictor.predict_files([Path(data_dir) / i.path for i in items], batch_size)])
     t = np.array([int(i.label == m.decision.positive_label) for i in items])
     # The one definition training's eval.json uses: counts at this data set's own damage
     # rate, every cost at the bundle's deployment rate, intervals seeded alike.

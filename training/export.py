@@ -71,7 +71,7 @@ def _manifest(
         model=config.model.spec(),
         preprocessing=config.preprocessing,
         runtime=config.runtime,
-        # As training decided it (training.decide), with the validation scores that let
+        # As training decided it (training.operating_point), with the validation scores that let
         # `redecide` choose another operating point later without retraining.
         decision=DecisionSpec.model_validate({**evaluation["decision"], "validation_scores": scores}),
         lineage=Lineage(
@@ -113,18 +113,16 @@ def check_against_training(bundle: Bundle, data_dir: Path, evaluation: dict[str,
     rows = evaluation["predictions"]["test"]
     tol = bundle.manifest.parity.tolerance
     worst = 0.0
-    for start in range(0, len(rows), batch_size):  # same batches as training's evaluation
-        chunk = rows[start : start + batch_size]
-        outputs = predictor.predict([(data_dir / r["path"]).read_bytes() for r in chunk])
-        for r, o in zip(chunk, outputs, strict=True):
-            worst = max(worst, abs(o.probability - r["probability"]))
-            if not parity_ok(
-                r["probability"], o.probability, tolerance=tol, threshold=predictor.threshold, decide=predictor.decide
-            ):
-                raise ExportError(
-                    f"the exported bundle disagrees with training on {r['path']}: "
-                    f"{o.probability:.6f} vs {r['probability']:.6f} (tolerance {tol:g})"
-                )
+    outputs = predictor.predict_files([data_dir / r["path"] for r in rows], batch_size)  # training's batches
+    for r, o in zip(rows, outputs, strict=True):
+        worst = max(worst, abs(o.probability - r["probability"]))
+        if not parity_ok(
+            r["probability"], o.probability, tolerance=tol, threshold=predictor.threshold, decide=predictor.decide
+        ):
+            raise ExportError(
+                f"the exported bundle disagrees with training on {r['path']}: "
+                f"{o.probability:.6f} vs {r['probability']:.6f} (tolerance {tol:g})"
+            )
     return worst
 
 

@@ -21,8 +21,8 @@ from training import metrics as M
 from training.checkpoint import file_sha256, load_checkpoint
 from training.config import TrainConfig
 from training.data import ImageDataset, Split, SplitManifest, summary
-from training.decide import decide, served, split_figures
-from training.loops import eval_loader, evaluate, sigmoid
+from training.loops import eval_loader, evaluate, uncalibrated_probabilities
+from training.operating_point import choose_operating_point, served, split_figures
 from training.progress import Log, summary_lines
 from training.report import write_report
 
@@ -57,15 +57,15 @@ def finalize(
     dc = config.decision
     vz, vt, _, _ = scored["val"]
     calibration_map = calibration.fit_checked(vz, vt, dc.calibration)
-    spec, val_figures = decide(vz, vt, dc, calibration_map)
+    spec, val_figures = choose_operating_point(vz, vt, dc, calibration_map)
 
     results: dict[str, dict[str, Any]] = {}
     predictions: dict[str, list[dict[str, Any]]] = {}
     quality: dict[str, dict[str, float]] = {}
     for name in names:
         z, t, _, items = scored[name]
-        raw, served_p = sigmoid(z), served(z, spec)
-        # One definition of every figure (training.decide.split_figures), on the served
+        raw, served_p = uncalibrated_probabilities(z), served(z, spec)
+        # One definition of every figure (training.operating_point.split_figures), on the served
         # probabilities, so `evaluate` on the bundle prints these very numbers.
         results[name] = val_figures if name == "val" else split_figures(name, served_p, t, spec)
         quality[name] = {

@@ -105,7 +105,7 @@ def evaluate(model: nn.Module, loader: DataLoader[Any], device: torch.device) ->
     return z, t, total / max(1, len(t))
 
 
-def sigmoid(logits: np.ndarray) -> np.ndarray:
+def uncalibrated_probabilities(logits: np.ndarray) -> np.ndarray:
     """Uncalibrated probabilities, computed as the Predictor does for an uncalibrated bundle."""
     out: np.ndarray = torch.sigmoid(torch.as_tensor(logits, dtype=torch.float32)).numpy().astype(np.float64)
     return out

@@ -53,7 +53,7 @@ def _figure(name: str, value: float, interval: list[float] | None) -> str:
 
 def figures_line(prefix: str, figures: dict[str, Any]) -> str:
     """A split's headline figures at the threshold, each with its 95% interval, and the
-    damage rate the cost is at (`training.decide.split_figures`)."""
+    damage rate the cost is at (`training.operating_point.split_figures`)."""
     op, ci, counts = figures["at_threshold"], figures.get("intervals", {}), figures.get("counts", {})
     held = ", ".join(f"{n} {label}" for label, n in counts.items())
     return (

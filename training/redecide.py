@@ -1,7 +1,7 @@
 """A new operating point for a signed bundle, without retraining.
 
 The bundle carries its validation logits and labels; `redecide` runs the same choice as
-training (`training.decide`) with new costs, damage rate or method, and writes a new signed
+training (`training.operating_point`) with new costs, damage rate or method, and writes a new signed
 bundle: the parent's weights byte for byte, the parent's calibration and reference images,
 a new decision section, parity expectations recomputed through the serving `Predictor`,
 and lineage naming the parent's manifest digest.
@@ -20,7 +20,7 @@ from model_store.bundle import Bundle, load_bundle
 from model_store.errors import describe_validation_errors
 from model_store.manifest import SCHEMA_VERSION, DecisionPolicy
 from model_store.writer import ReferenceInput, write_bundle
-from training.decide import decide, served
+from training.operating_point import choose_operating_point, served
 
 
 class RedecideError(Exception):
@@ -46,7 +46,7 @@ def redecide(
         raise RedecideError(describe_validation_errors(exc.errors(), "decision")) from None
     if policy.method == "fixed":
         raise RedecideError("method 'fixed' keeps a hand-chosen threshold; choose min_expected_cost or target_recall")
-    spec, _ = decide(d.validation_scores.logits, d.validation_scores.labels, policy, d.calibration)
+    spec, _ = choose_operating_point(d.validation_scores.logits, d.validation_scores.labels, policy, d.calibration)
     m = parent.manifest
     monitoring = m.monitoring
     if monitoring is not None:  # the scores (and how often they decide positive) follow the new decision

@@ -18,8 +18,8 @@ from model_store.manifest import DecisionSpec
 from training import calibration
 from training import metrics as M
 from training.config import TrainConfig
-from training.decide import served
-from training.loops import sigmoid
+from training.loops import uncalibrated_probabilities
+from training.operating_point import served
 
 
 def _save(fig: Any, path: Path) -> str:
@@ -104,7 +104,7 @@ def write_report(run_dir: Path, data_dir: Path, config: TrainConfig) -> Path:
         rows_ = ev["predictions"][split]
         z = np.array([r["logit"] for r in rows_])
         y = np.array([int(r["label"] == dc.positive_label) for r in rows_])
-        for probs, name in ((sigmoid(z), "before"), (served(z, spec), f"after ({cal['method']})")):
+        for probs, name in ((uncalibrated_probabilities(z), "before"), (served(z, spec), f"after ({cal['method']})")):
             bins = calibration.reliability(probs, y)
             ece = calibration.expected_calibration_error(probs, y)
             ax.plot([c for c, _, _ in bins], [r for _, r, _ in bins], "o-", label=f"{name}: ECE {ece:.3f}")

@@ -26,7 +26,7 @@ from training.config import TrainConfig
 from training.data import Augment, ImageDataset, SplitManifest, check_matches, make_split, summary
 from training.distributed import Dist, gather_rng, setup_distributed
 from training.finalize import finalize
-from training.loops import eval_loader, evaluate, recalibrate_batchnorm, sigmoid, train_one_epoch
+from training.loops import eval_loader, evaluate, recalibrate_batchnorm, train_one_epoch, uncalibrated_probabilities
 from training.metrics import ranking_metrics
 from training.progress import Log, data_line, epoch_line, log_stderr
 from training.sufficiency import check_split, describe
@@ -253,7 +253,7 @@ def run(
                 core, eval_loader(calib_ds, batch, workers), device, config.optim.bn_recalibration_images
             )
             z, t, loss = evaluate(core, eval_loader(val_ds, batch, workers), device)
-            p = sigmoid(z)
+            p = uncalibrated_probabilities(z)
             row = {
                 "epoch": epoch,
                 "lr": scheduler.get_last_lr()[0],

@@ -21,9 +21,9 @@ from training import calibration
 from training import metrics as M
 from training.config import config_from_run
 from training.data import SplitManifest
-from training.decide import decide
 from training.export import export_run
 from training.finalize import finalize
+from training.operating_point import choose_operating_point
 from training.redecide import RedecideError, redecide
 
 
@@ -100,8 +100,8 @@ def test_expected_cost_carries_over_to_another_damage_rate() -> None:
 def test_a_rare_damage_rate_moves_the_threshold_up_and_the_cost_down() -> None:
     z, y = _overconfident(seed=1)
     cal = calibration.fit(z, y, "temperature")
-    balanced, _ = decide(z, y, DecisionPolicy(), cal)
-    rare, _ = decide(z, y, DecisionPolicy(deployment_prevalence=0.03), cal)
+    balanced, _ = choose_operating_point(z, y, DecisionPolicy(), cal)
+    rare, _ = choose_operating_point(z, y, DecisionPolicy(deployment_prevalence=0.03), cal)
     assert balanced.validation_prevalence == rare.validation_prevalence == pytest.approx(y.mean())
     # Probabilities are for 3 % damage now; fewer parcels are worth pulling at cost 1 vs 5.
     assert rare.expected_cost is not None and balanced.expected_cost is not None

@@ -26,7 +26,7 @@ from tests.utils.training import ROOT, same_figures
 from training import calibration
 from training import metrics as M
 from training.config import load_config
-from training.decide import decide
+from training.operating_point import choose_operating_point
 from training.synth import generate, render
 
 DEFAULT = ROOT / "configs" / "default.toml"
@@ -78,12 +78,14 @@ def test_a_threshold_at_the_edge_and_a_perfect_handful_are_flagged_in_the_decisi
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 200)
     backwards = -y + rng.normal(0, 0.3, 200)  # damaged parcels score lower: flagging all is cheapest
-    spec, _ = decide(backwards, y, DecisionPolicy(), CalibrationSpec())
+    spec, _ = choose_operating_point(backwards, y, DecisionPolicy(), CalibrationSpec())
     assert spec.threshold == 0.0
     assert any(w.startswith("threshold 0.000000 is at the edge of [0, 1]") for w in spec.warnings)
 
     z, y = _separated_handful()
-    spec, figures = decide(z, y, DecisionPolicy(deployment_prevalence=0.03), calibration.fit_checked(z, y, "platt"))
+    spec, figures = choose_operating_point(
+        z, y, DecisionPolicy(deployment_prevalence=0.03), calibration.fit_checked(z, y, "platt")
+    )
     text = "\n".join(spec.warnings)
     assert "calibration platt not used" in text  # the calibration's reason travels with the decision
     assert "validation is perfectly separated on 9 images" in text
@@ -115,7 +117,9 @@ def test_a_perfect_score_on_a_handful_has_wide_intervals_and_many_images_narrow_
 
 def test_every_cost_is_at_the_deployment_rate_and_the_manifest_carries_intervals() -> None:
     z, y = _overconfident(seed=2)
-    spec, figures = decide(z, y, DecisionPolicy(deployment_prevalence=0.03), calibration.fit(z, y, "platt"))
+    spec, figures = choose_operating_point(
+        z, y, DecisionPolicy(deployment_prevalence=0.03), calibration.fit(z, y, "platt")
+    )
     v = spec.validation
     assert v is not None and v.damage_rate == 0.03 == figures["at_threshold"]["damage_rate"]
     assert v.expected_cost == spec.expected_cost  # one rate: it used to be the split's own ~50%

@@ -54,7 +54,7 @@ def at_rate(served_probs: object, spec: DecisionSpec, rate: float) -> np.ndarray
         return p  # served at the validation split's own rate, or nothing to shift to
     with np.errstate(divide="ignore"):
         z = np.log(p) - np.log1p(-p)
-    out: np.ndarray = C._sigmoid(z - log_odds(served_for) + log_odds(rate))
+    out: np.ndarray = C.logistic(z - log_odds(served_for) + log_odds(rate))
     return out
 
 
@@ -110,7 +110,7 @@ def threshold_warnings(probs: np.ndarray, labels: np.ndarray, threshold: float) 
     return out
 
 
-def decide(
+def choose_operating_point(
     logits: object, labels: object, policy: DecisionPolicy, calibration: CalibrationSpec
 ) -> tuple[DecisionSpec, dict[str, Any]]:
     """The decision section for validation (logits, 0/1 labels) under `policy`, and the
