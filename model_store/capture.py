@@ -313,12 +313,12 @@ class S3Capture(CaptureStore):
         collision could get there (docs/security.md)."""
         from botocore.exceptions import ClientError
 
-        from model_store.store.s3 import _lost_race
+        from model_store.s3client import lost_race
 
         try:
             self._client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
         except ClientError as exc:
-            if _lost_race(exc):
+            if lost_race(exc):
                 raise AlreadyCaptured(request_id) from None
             raise
 

@@ -57,6 +57,13 @@ def is_not_found(exc: ClientError) -> bool:
     return status == 404 or code in _NOT_FOUND
 
 
+def lost_race(exc: ClientError) -> bool:
+    """A conditional write's condition failed: 412; 409 a concurrent conditional write; 404
+    If-Match on a deleted key. An answer to the caller, not a fault of the store."""
+    code, status = status_of(exc)
+    return status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey")
+
+
 def describe(exc: Exception) -> str:
     """One line for a botocore fault: the S3 error code, or the transport failure."""
     if isinstance(exc, ClientError):
@@ -87,6 +94,8 @@ class Guarded:
             except ClientError as exc:
                 if name in _READS and is_not_found(exc):
                     raise
+                if ("IfNoneMatch" in kwargs or "IfMatch" in kwargs) and lost_race(exc):
+                    raise  # the caller asked for a conditional write: a lost race is its answer
                 raise self._fault(name, exc) from None
             except BotoCoreError as exc:
                 raise self._fault(name, exc) from None

@@ -70,7 +70,7 @@ from model_store.bundle import MANIFEST_FILE, Bundle, expected_files, load_bundl
 from model_store.errors import BundleError, InvalidVersionName, StoreError, VersionConflict, VersionNotFound
 from model_store.manifest import Manifest, sha256_bytes
 from model_store.parity import ParityProof
-from model_store.s3client import describe, is_not_found, s3_client, status_of
+from model_store.s3client import describe, is_not_found, lost_race, s3_client, status_of
 from model_store.store import base
 from model_store.store.base import (
     EMPTY_STATE,
@@ -120,12 +120,6 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 def default_cache_dir() -> Path:
     cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache_home) / "damage-detect" / "bundles"
-
-
-def _lost_race(exc: ClientError) -> bool:
-    """412: the condition failed; 409: a concurrent conditional write; 404: If-Match on a deleted key."""
-    code, status = status_of(exc)
-    return status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey")
 
 
 class _Unknown(StoreError):
@@ -207,7 +201,7 @@ class S3Store(Store):
             else:
                 self._client.put_object(Bucket=self.bucket, Key=key, Body=body)
         except ClientError as exc:
-            if (if_match is not None or if_none_match) and _lost_race(exc):
+            if (if_match is not None or if_none_match) and lost_race(exc):
                 return False
             if status_of(exc)[1] >= 500:
                 raise _Unknown(str(self._fail(f"writing {key}", exc))) from None
