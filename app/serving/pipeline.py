@@ -73,6 +73,7 @@ class _Request:
     remaining: int
     shadow: bool = False
     dispatched: bool = False  # some of its images went to a worker
+    deadline: float | None = None  # time.monotonic() by which its answer is of use
 
     @property
     def done(self) -> bool:
@@ -133,6 +134,7 @@ class Pipeline:
         self._models: dict[str, _Model] = {}
         self._pending: deque[_Item] = deque()
         self._shadow: deque[_Item] = deque()
+        self._image_s = 0.01  # seconds a worker spends per image (updated from every batch)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -295,7 +297,7 @@ class Pipeline:
         model = self._models[version]
         model.users += 1
         loop = asyncio.get_running_loop()
-        request = _Request(version, [None] * n, loop.create_future(), n, shadow)
+        request = _Request(version, [None] * n, loop.create_future(), n, shadow, deadline=deadline)
         queue = self._shadow if shadow else self._pending
         queue.extend(_Item(request, i, data, info.decode_work) for i, (_, data, info) in enumerate(images))
         timer = None if left is None else loop.call_later(left, self._expire, request, queue)
@@ -369,12 +371,23 @@ class Pipeline:
             return []  # this worker is still loading that version
         batch: list[_Item] = []
         keep: deque[_Item] = deque()
+        now = time.monotonic()
         while queue and len(batch) < limit:
             item = queue.popleft()
-            if item.request.done:
+            request = item.request
+            if request.done:
                 self._finish_item(item)
-            elif item.request.version == version:
-                item.request.dispatched = True
+            elif request.version == version:
+                # Never start what cannot finish in time: under overload the oldest images
+                # are the closest to their deadline, and starting them would spend the
+                # workers on answers nobody can use (goodput would collapse).
+                if request.deadline is not None and now + self._batch_s(len(batch) + 1) > request.deadline:
+                    self._fail(
+                        request, DeadlineExceeded("queue", "its budget would run out before a worker could finish it")
+                    )
+                    self._finish_item(item)
+                    continue
+                request.dispatched = True
                 batch.append(item)
             else:
                 keep.append(item)
@@ -383,9 +396,21 @@ class Pipeline:
         queue.extend(keep)
         return batch
 
+    def _batch_s(self, images: int) -> float:
+        """How long a batch of `images` takes from dispatch to answer, with a margin (the
+        front's own lag under load, a slower image): what a deadline must leave room for."""
+        return 1.5 * self._image_s * images + 0.01
+
     def _start_batch(self, w: Worker, batch: list[_Item]) -> None:
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(lambda f: self._batch_done(batch, f))
+        sent = time.monotonic()
+
+        def done(f: asyncio.Future[Reply]) -> None:
+            if not f.cancelled() and f.exception() is None:  # dispatch to answer, per image, smoothed
+                self._image_s += 0.2 * ((time.monotonic() - sent) / len(batch) - self._image_s)
+            self._batch_done(batch, f)
+
+        future.add_done_callback(done)
         header = {"op": "predict", "version": batch[0].request.version, "stats": self.image_stats}
         self.pool.send(w, header, tuple(item.data for item in batch), future)
 
@@ -406,6 +431,7 @@ class Pipeline:
                 self._fail(item.request, failure)
             return
         self._on_batch(header["batch"], header["decode_s"], header["forward_s"])
+
         failed = {row[0]: (row[1], row[2]) for row in header["errors"]}
         for i, (item, p, s) in enumerate(zip(batch, header["probs"], header["stats"], strict=True)):
             request = item.request
