@@ -13,6 +13,7 @@ import asyncio
 import os
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import uvloop  # the service's own event loop (a dependency): the client costs less CPU
@@ -30,11 +31,7 @@ class LevelResult:
     client_cpu_s: float = 0.0
 
     def as_dict(self) -> dict[str, float | int]:
-        lat = sorted(self.latencies)
-
-        def pct(q: float) -> float:
-            return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else float("nan")
-
+        pct = _percentiles(self.latencies)
         return {
             "concurrency": self.concurrency,
             "images_per_request": self.images_per_request,
@@ -49,6 +46,12 @@ class LevelResult:
             "shed_503": self.shed,
             "client_cores": self.client_cpu_s / self.seconds,
         }
+
+
+def _percentiles(latencies: list[float]) -> Callable[[float], float]:
+    """q -> the q-quantile of `latencies` in milliseconds (NaN when there are none)."""
+    lat = sorted(latencies)
+    return lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else float("nan")
 
 
 def raw_request(url: str, body: bytes, content_type: str = "image/jpeg") -> bytes:
@@ -205,11 +208,7 @@ class DeadlineResult:
     late_sends: int = 0  # arrivals the client itself could not send on time (it is overloaded too)
 
     def as_dict(self) -> dict[str, float | int]:
-        lat = sorted(self.latencies)
-
-        def pct(q: float) -> float:
-            return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else float("nan")
-
+        pct = _percentiles(self.latencies)
         return {
             "offered_per_s": self.offered_per_s,
             "deadline_ms": self.deadline_ms,
@@ -222,7 +221,7 @@ class DeadlineResult:
             "errors": self.errors,
             "p50_ms": pct(0.50),
             "p99_ms": pct(0.99),
-            "max_ms": lat[-1] * 1000 if lat else float("nan"),
+            "max_ms": pct(1.0),
             "late_sends": self.late_sends,
         }
 

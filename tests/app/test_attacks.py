@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,6 +20,7 @@ from app.edge.errors import status_for
 from app.ops.model_host import Loaded
 from app.serving.pipeline import WorkerFailed
 from tests.utils.factories import image_bytes, make_monitored_bundle, parcel_photo
+from tests.utils.pipelines import stopped
 from tests.utils.server import ADMIN_TOKEN, LiveServer, admin
 from tests.utils.waiting import eventually
 
@@ -39,22 +37,12 @@ def test_a_worker_failure_is_a_503_to_retry_not_a_500() -> None:
     assert status_for(WorkerFailed("inference worker 0 exited")) == 503
 
 
-@contextlib.contextmanager
-def _stopped(pid: int) -> Iterator[None]:
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # killed by the watchdog, as it should be
-            os.kill(pid, signal.SIGCONT)
-
-
 def test_a_stopped_worker_fails_its_batch_with_503_and_is_replaced(store, keys) -> None:
     with LiveServer(store.root, keys[1], workers=1, batch_timeout_s=2.0) as srv:
         srv.wait_ready()
         pipeline = srv.app.state.service.host.pipeline
         (pid,) = pipeline.pool.pids()
-        with _stopped(pid):
+        with stopped(pid):
             started = time.monotonic()
             r = _predict(srv.url)  # before: waited for as long as the worker stayed stopped
             waited = time.monotonic() - started
@@ -74,7 +62,7 @@ def test_a_stopped_idle_worker_is_found_by_its_ping_and_readiness_says_so(store,
         srv.wait_ready()
         pipeline = srv.app.state.service.host.pipeline
         (pid,) = pipeline.pool.pids()
-        with _stopped(pid):
+        with stopped(pid):
             # No request at all: the ping (every 5 s) finds it, /readyz turns 503 meanwhile.
             body = eventually(
                 lambda: (r := httpx.get(f"{srv.url}/readyz")).status_code == 503 and r.json(),

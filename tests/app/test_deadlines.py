@@ -4,34 +4,20 @@ at once (504), not after the queue drains."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from app.serving.pipeline import DeadlineExceeded
 from tests.utils.factories import image_bytes
-from tests.utils.pipelines import checked, load, running_pipeline
+from tests.utils.pipelines import checked, load, running_pipeline, stopped
 from tests.utils.server import LiveServer
 
 pytestmark = pytest.mark.slow  # worker processes
 
 IMAGE = image_bytes(41, (96, 80))
-
-
-@contextlib.contextmanager
-def stopped(pid: int) -> Iterator[None]:
-    """The worker holds whatever it was given, as if a long batch were in progress."""
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
 
 def test_an_expired_request_leaves_the_queue_at_once_and_is_never_batched(bundles, keys) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,3 +33,15 @@ async def load(pipeline: Pipeline, bundle_dir: Path, public_key: Path) -> str:
 
 def checked(images: list[bytes]) -> list[tuple[str, bytes, ImageInfo]]:
     return [(f"img{i}", data, inspect(data)) for i, data in enumerate(images)]
+
+
+@contextlib.contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """A worker process stopped (SIGSTOP) for the block: it holds what it was given, as if a
+    long batch were in progress, and answers nothing; continued after (unless it was killed)."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the watchdog replaced it, as it should
+            os.kill(pid, signal.SIGCONT)
