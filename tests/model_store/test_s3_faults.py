@@ -71,6 +71,7 @@ def test_every_store_call_to_an_unreachable_s3_is_a_store_error(call: str, keys,
         _STORE_CALLS[call](S3Store(BUCKET, "somewhere", keys[1], cache_dir=tmp_path))
 
 
+@pytest.mark.slow  # waits out real S3 timeouts (about 10 s per call)
 def test_a_hung_s3_fails_store_and_capture_calls_in_bounded_time(
     s3_server: str, keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
