@@ -16,6 +16,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
+from pydantic import SecretStr
 
 from app.edge.errors import APIError
 from app.edge.stations import STATION_HEADER, bearer, station_of, unauthorized
@@ -54,13 +55,13 @@ def check_admin(request: Request) -> str:
     settings = request.app.state.service.settings
     if settings.admin_token is None:
         raise APIError(403, "management_disabled", "management API is off: set APP_ADMIN_TOKEN to enable it")
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    token = bearer(request)
+    if token is None:
         raise APIError(401, "unauthorized", "send Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
     failures = token_failures(request)
     failures.check(request)
     expected = settings.admin_token.get_secret_value()
-    if not hmac.compare_digest(token.encode(), expected.encode()):
+    if not _matches(token, settings.admin_token):
         failures.record(request)
         raise APIError(401, "unauthorized", "invalid bearer token", {"WWW-Authenticate": "Bearer"})
     who = request.headers.get("x-actor", "api")[:64]
@@ -83,8 +84,7 @@ def identify_station(request: Request, service: Service) -> str:
     failures.check(request)
     station = tokens.station_for(token)
     if station is None:
-        admin = service.settings.admin_token
-        if admin is not None and hmac.compare_digest(token.encode(), admin.get_secret_value().encode()):
+        if _matches(token, service.settings.admin_token):
             return named  # the management token (the console's "try an image") names any station
         failures.record(request)
         raise unauthorized("unknown station token")
@@ -118,11 +118,15 @@ def check_station(request: Request) -> str:
     settings = request.app.state.service.settings
     if settings.station_token is not None:
         token_failures(request).check(request)  # before the comparison: a locked-out guess learns nothing
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        expected = settings.station_token.get_secret_value()
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), expected.encode()):
+        token = bearer(request)
+        if token is not None and _matches(token, settings.station_token):
             return "station"
     return check_admin(request)  # counts a wrong token
+
+
+def _matches(token: str, secret: SecretStr | None) -> bool:
+    """`token` is the configured secret (constant-time comparison); never when none is set."""
+    return secret is not None and hmac.compare_digest(token.encode(), secret.get_secret_value().encode())
 
 
 # --- wrong tokens slow their client down ----------------------------------------------

@@ -80,8 +80,7 @@ class Prediction:
         except DeadlineExceeded as exc:
             raise self._expired(exc) from None
         except Overloaded as exc:
-            metrics.shed.labels("overloaded").inc()
-            raise APIError(503, "overloaded", f"{exc}; retry shortly", retry) from None
+            raise _overloaded(exc, service) from None
         except RequestTooLarge as exc:
             metrics.shed.labels("request_too_large").inc()
             raise APIError(413, "request_too_large", f"{exc}; send fewer or smaller images per request") from None
@@ -119,13 +118,17 @@ async def prediction(request: Request, service: Service) -> AsyncIterator[Predic
         try:
             service.host.pipeline.refuse_if_full()
         except Overloaded as exc:
-            service.metrics.shed.labels("overloaded").inc()
-            retry = {"Retry-After": str(service.settings.retry_after_s)}
-            raise APIError(503, "overloaded", f"{exc}; retry shortly", retry) from None
+            raise _overloaded(exc, service) from None
         with service.bodies.hold() as hold:
             p = Prediction(service, request, loaded, station, hold, budget_ms, deadline)
             p.check_deadline("admission")
             yield p
+
+
+def _overloaded(exc: Overloaded, service: Service) -> APIError:
+    """Shed, counted: 503 with Retry-After (before the body is read, or when admitting it)."""
+    service.metrics.shed.labels("overloaded").inc()
+    return APIError(503, "overloaded", f"{exc}; retry shortly", {"Retry-After": str(service.settings.retry_after_s)})
 
 
 def _arrival(request: Request) -> float:
