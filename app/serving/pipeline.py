@@ -74,6 +74,10 @@ class _Request:
     shadow: bool = False
     dispatched: bool = False  # some of its images went to a worker
     deadline: float | None = None  # time.monotonic() by which its answer is of use
+    # After this it is judged by the batch-time estimate: one that has waited half its budget
+    # in the queue (overload). Before, an unusual image (a huge one among small ones) is
+    # never refused on an estimate learned from others.
+    judge_after: float = 0.0
 
     @property
     def done(self) -> bool:
@@ -298,6 +302,8 @@ class Pipeline:
         model.users += 1
         loop = asyncio.get_running_loop()
         request = _Request(version, [None] * n, loop.create_future(), n, shadow, deadline=deadline)
+        if left is not None:
+            request.judge_after = time.monotonic() + left / 2
         queue = self._shadow if shadow else self._pending
         queue.extend(_Item(request, i, data, info.decode_work) for i, (_, data, info) in enumerate(images))
         timer = None if left is None else loop.call_later(left, self._expire, request, queue)
@@ -381,7 +387,11 @@ class Pipeline:
                 # Never start what cannot finish in time: under overload the oldest images
                 # are the closest to their deadline, and starting them would spend the
                 # workers on answers nobody can use (goodput would collapse).
-                if request.deadline is not None and now + self._batch_s(len(batch) + 1) > request.deadline:
+                if (
+                    request.deadline is not None
+                    and now >= request.judge_after
+                    and now + self._batch_s(len(batch) + 1) > request.deadline
+                ):
                     self._fail(
                         request, DeadlineExceeded("queue", "its budget would run out before a worker could finish it")
                     )
