@@ -74,9 +74,9 @@ class _Request:
     shadow: bool = False
     dispatched: bool = False  # some of its images went to a worker
     deadline: float | None = None  # time.monotonic() by which its answer is of use
-    # After this it is judged by the batch-time estimate: one that has waited half its budget
-    # in the queue (overload). Before, an unusual image (a huge one among small ones) is
-    # never refused on an estimate learned from others.
+    # After this it is judged by the batch-time estimate: only one that had to wait behind
+    # others (overload). A request a free worker takes at once, an unusual one (huge images
+    # among small ones) included, is never refused on an estimate learned from others.
     judge_after: float = 0.0
 
     @property
@@ -302,8 +302,7 @@ class Pipeline:
         model.users += 1
         loop = asyncio.get_running_loop()
         request = _Request(version, [None] * n, loop.create_future(), n, shadow, deadline=deadline)
-        if left is not None:
-            request.judge_after = time.monotonic() + left / 2
+        request.judge_after = time.monotonic() + 0.001
         queue = self._shadow if shadow else self._pending
         queue.extend(_Item(request, i, data, info.decode_work) for i, (_, data, info) in enumerate(images))
         timer = None if left is None else loop.call_later(left, self._expire, request, queue)
