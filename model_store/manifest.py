@@ -219,6 +219,26 @@ class FeatureHistogram(_Strict):
         return self
 
 
+class FeatureRange(_Strict):
+    """A validated range: an image below `low` or above `high` is not judged (None: no edge)."""
+
+    low: float | None = None
+    high: float | None = None
+
+
+class DomainBounds(_Strict):
+    """Per-image check against the validated ranges (`model_store.domain`): an image outside
+    any of them is answered `retake` with the reason, not damaged or intact."""
+
+    images: int = Field(ge=1)  # validation images the ranges come from
+    margin: float = Field(ge=0)
+    ranges: dict[str, FeatureRange]
+    # Measured at export: test images the bundle sends back for a retake, of all of them
+    # (the expected share on photos like the validated ones).
+    test_images: int | None = Field(None, ge=0)
+    test_retakes: int | None = Field(None, ge=0)
+
+
 class MonitoringSpec(_Strict):
     """Schema 2. What live traffic is compared with: the validation split through the one
     preprocessing path, scores as served, reweighted to the deployment damage rate."""
@@ -228,6 +248,8 @@ class MonitoringSpec(_Strict):
     features: dict[str, FeatureHistogram]
     # The pixel step of the image features; bundles exported before it existed used every pixel.
     stats_stride: int = Field(1, ge=1, le=8)
+    # Bundles exported before it existed never answer retake.
+    domain: DomainBounds | None = None
 
 
 class Lineage(_Strict):

@@ -128,6 +128,12 @@ def run(args: argparse.Namespace) -> int:
             f"exported {m.name} {m.version} to {where}: threshold {m.decision.threshold:.4f}, "
             f"{len(m.parity.references)} reference images, max |bundle - training| on test {diff:.2g}"
         )
+        dom = m.monitoring.domain if m.monitoring else None
+        if dom is not None and dom.test_images:
+            print(
+                f"retake check: {dom.test_retakes} of {dom.test_images} test images are outside the validated "
+                f"ranges ({(dom.test_retakes or 0) / dom.test_images:.1%}); the service answers such images 'retake'"
+            )
     elif args.command == "evaluate":
         from training.evaluate import evaluate_bundle
 

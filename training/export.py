@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from model_store import domain
 from model_store import monitoring as mon
 from model_store.bundle import Bundle
 from model_store.errors import ModelStoreError
@@ -97,14 +98,31 @@ def monitoring_reference(
     """What live traffic is compared with: the validation split through the service's own
     path (header check, decode, crop, features) and its scores as the bundle serves them."""
     pre = Preprocessor(manifest.preprocessing)
-    rows, labels = [], []
+    rows, labels, measured = [], [], []
     for r in evaluation["predictions"]["val"]:
         data = (data_dir / r["path"]).read_bytes()
         info = pre.inspect(data)
         _, stats = pre.prepare(data, mon.STATS_STRIDE)
         rows.append(mon.features(stats, info.width, info.height, r["probability"]))
+        measured.append(domain.measures(stats, info.width, info.height))
         labels.append(int(r["label"] == config.decision.positive_label))
-    return mon.reference(rows, labels, manifest.decision)
+    spec = mon.reference(rows, labels, manifest.decision)
+    return spec.model_copy(update={"domain": domain.fit(measured)})
+
+
+def retake_reasons(spec: MonitoringSpec, pre: Preprocessor, paths: list[Path]) -> dict[Path, str]:
+    """The images of `paths` the bundle would answer `retake`, with the reason."""
+    out: dict[Path, str] = {}
+    if spec.domain is None:
+        return out
+    for path in paths:
+        data = path.read_bytes()
+        info = pre.inspect(data)
+        _, stats = pre.prepare(data, spec.stats_stride)
+        why = domain.reason(spec.domain, domain.measures(stats, info.width, info.height))
+        if why is not None:
+            out[path] = why.reason
+    return out
 
 
 def check_against_training(bundle: Bundle, data_dir: Path, evaluation: dict[str, Any], batch_size: int) -> float:
@@ -143,14 +161,23 @@ def export_run(
     if ckpt["epoch"] != evaluation["best_epoch"]:
         raise ExportError("checkpoints/best.pt is not the checkpoint eval.json describes")
 
-    paths = choose_references(config, evaluation["predictions"]["test"], evaluation["threshold"])
+    manifest = _manifest(config, run_dir, version, evaluation, split)
+    monitoring = monitoring_reference(config, manifest, evaluation, data_dir)
+    manifest = manifest.model_copy(update={"monitoring": monitoring})
+    # A reference image is one the bundle judges: test images it would send back for a
+    # retake are not expectations of a verdict (they are counted and printed by the CLI).
+    test = evaluation["predictions"]["test"]
+    retakes = retake_reasons(monitoring, Preprocessor(manifest.preprocessing), [data_dir / r["path"] for r in test])
+    judged = [r for r in test if data_dir / r["path"] not in retakes]
+    if monitoring.domain is not None:
+        measured = monitoring.domain.model_copy(update={"test_images": len(test), "test_retakes": len(retakes)})
+        manifest = manifest.model_copy(update={"monitoring": monitoring.model_copy(update={"domain": measured})})
+    paths = choose_references(config, judged, evaluation["threshold"])
     label_of = {i.path: i.label for i in split.items}
     refs = [
         ReferenceInput(f"{i:02d}-{label_of[p]}{Path(p).suffix.lower()}", (data_dir / p).read_bytes(), label_of[p])
         for i, p in enumerate(paths)
     ]
-    manifest = _manifest(config, run_dir, version, evaluation, split)
-    manifest = manifest.model_copy(update={"monitoring": monitoring_reference(config, manifest, evaluation, data_dir)})
     try:
         bundle = write_bundle(Path(out), manifest, ckpt["model"], refs, private_key)
     except ModelStoreError as exc:

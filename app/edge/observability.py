@@ -43,6 +43,10 @@ class Metrics:
         self.batch_seconds = Histogram("batch_forward_seconds", "Forward pass time", registry=r)
         self.decode_seconds = Histogram("batch_decode_seconds", "Decode and preprocess time per batch", registry=r)
         self.images = Counter("predicted_images_total", "Images predicted", ["decision"], registry=r)
+        self.retakes = Counter(
+            "retake_images_total", "Images answered retake, by the feature outside its validated range", ["feature"],
+            registry=r,
+        )  # fmt: skip
         self.active = Gauge(
             "active_model_info", "The bundle being served", ["name", "version", "manifest_sha256"], registry=r
         )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,8 @@ from app.settings import MAX_REQUEST_TIMEOUT_MS
 HEADER_LENGTH = "Inference-Header-Content-Length"
 HEADER_BYTES = 64 * 1024  # the JSON header: names, shapes, a few parameters
 INPUT = "image"
-OUTPUTS = {"probability": "FP32", "decision": "BYTES"}
+# `reason`: why an image's decision is "retake" (outside the validated ranges); "" otherwise.
+OUTPUTS = {"probability": "FP32", "decision": "BYTES", "reason": "BYTES"}
 # What `GET /v2` advertises: only what this module implements.
 EXTENSIONS = ["binary_tensor_data", "parameters", "schedule_policy"]  # schedule_policy: the `timeout` parameter
 _LENGTH = struct.Struct("<I")
@@ -174,22 +175,23 @@ def _outputs(header: dict[str, Any]) -> dict[str, bool]:
 
 
 def response_body(
-    header: dict[str, Any], outputs: dict[str, bool], probabilities: Sequence[float], decisions: Sequence[str]
+    header: dict[str, Any], outputs: dict[str, bool], columns: Mapping[str, Sequence[Any]]
 ) -> tuple[dict[str, Any] | bytes, int | None]:
     """The answer: a JSON object when no output is binary; else the JSON header's bytes and
-    the binary section after it, with the header's length (for `HEADER_LENGTH`)."""
-    n = len(probabilities)
+    the binary section after it, with the header's length (for `HEADER_LENGTH`).
+    `columns`: each output's values (FP32 as floats, BYTES as strings), one per image."""
     tensors: list[dict[str, Any]] = []
     section = bytearray()
     for name, binary in outputs.items():
-        tensor: dict[str, Any] = {"name": name, "datatype": OUTPUTS[name], "shape": [n]}
+        values = columns[name]
+        tensor: dict[str, Any] = {"name": name, "datatype": OUTPUTS[name], "shape": [len(values)]}
         if not binary:
-            tensor["data"] = list(probabilities) if name == "probability" else list(decisions)
+            tensor["data"] = list(values)
         else:
-            if name == "probability":
-                data = np.asarray(probabilities, dtype="<f4").tobytes()
+            if OUTPUTS[name] == "FP32":
+                data = np.asarray(values, dtype="<f4").tobytes()
             else:
-                data = b"".join(_LENGTH.pack(len(e)) + e for e in (d.encode() for d in decisions))
+                data = b"".join(_LENGTH.pack(len(e)) + e for e in (str(v).encode() for v in values))
             tensor["parameters"] = {"binary_data_size": len(data)}
             section += data
         tensors.append(tensor)

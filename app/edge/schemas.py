@@ -28,8 +28,12 @@ class ImageResult(BaseModel):
     index: int
     filename: str | None
     probability: float  # P(positive label)
-    decision: str
+    decision: str = Field(
+        description="the positive or negative label at the threshold, or `retake`: the image is outside "
+        "the ranges the model was validated on (dark, blank, blurred, odd shape), so it is not judged"
+    )
     threshold: float
+    reason: str | None = Field(None, description="why the decision is `retake`; absent otherwise")
 
 
 class PredictResponse(BaseModel):

@@ -89,6 +89,8 @@ class Prediction:
         service.monitor.record(loaded, self.station, self.checked, self.scores)
         for s in self.scores:
             metrics.images.labels(s.decision).inc()
+            if s.retake is not None:
+                metrics.retakes.labels(s.retake.feature).inc()
         return self.scores
 
     def after(self) -> BackgroundTasks | None:

@@ -67,6 +67,7 @@ def live_metrics(metrics: Metrics, host: ModelHost, monitor: Monitor, capture: C
         flips: dict[tuple[str, ...], float] = {
             (s.version, "to_positive"): s.to_positive,
             (s.version, "to_negative"): s.to_negative,
+            (s.version, "retake"): s.retake,
         }
         yield counter("shadow_flips", "Decisions the shadow would change", ["version", "direction"], flips)
         yield counter("shadow_dropped", "Sampled requests not shadowed", ["version"], {(s.version,): s.dropped})

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from app.ops.model_host import Loaded
 from app.serving.pipeline import Scored
 from model_store import monitoring as mon
+from model_store.manifest import MonitoringSpec
 from model_store.preprocessing import ImageInfo
 
 UNASSIGNED = "unassigned"  # requests that name no station
@@ -31,6 +32,7 @@ GAUGES_CACHE_S = 5.0  # Prometheus scrapes every 15-60 s; four scrapers must not
 @dataclass
 class Window:
     rows: deque[tuple[float, ...]]  # one value per feature of `monitoring.FEATURES`, most recent last
+    retakes: deque[bool]  # per row: answered retake (outside the validated ranges)
     images: int = 0  # since the station first appeared for this version
 
     def column(self, feature: str) -> list[float]:
@@ -59,12 +61,13 @@ class Monitor:
         key = (loaded.version, station)
         w = self.windows.get(key)
         if w is None:
-            w = self.windows[key] = Window(deque(maxlen=self.window))
+            w = self.windows[key] = Window(deque(maxlen=self.window), deque(maxlen=self.window))
         for (_, _, info), s in zip(images, scores, strict=True):
             if s.stats is None:
                 continue
             f = mon.features(s.stats, info.width, info.height, s.probability)
             w.rows.append(tuple(f[name] for name in mon.FEATURES))
+            w.retakes.append(s.retake is not None)
             w.images += 1
 
     def forget(self, keep: set[str]) -> None:
@@ -74,7 +77,7 @@ class Monitor:
     def _snapshot(self, version: str) -> list[tuple[str, Window]]:
         """Copies of one version's windows (C-speed list copies, on the loop), for a thread to read."""
         return [
-            (station, Window(deque(w.rows), w.images))
+            (station, Window(deque(w.rows), deque(w.retakes), w.images))
             for (v, station), w in sorted(self.windows.items())
             if v == version
         ]
@@ -127,6 +130,9 @@ def _report(loaded: Loaded, windows: list[tuple[str, Window]]) -> list[dict[str,
             "window": len(w.rows),
             "decision_rate": sum(decisions) / len(decisions) if decisions else None,
             "expected_decision_rate": reference.decision_rate if reference else None,
+            # Images outside the validated ranges (answered retake), against export's test split.
+            "retake_rate": sum(w.retakes) / len(w.retakes) if w.retakes else None,
+            "expected_retake_rate": _expected_retake_rate(reference),
         }
         drift: dict[str, float] = {}
         if reference is not None and len(w.rows) >= mon.MIN_IMAGES:
@@ -143,6 +149,13 @@ def _report(loaded: Loaded, windows: list[tuple[str, Window]]) -> list[dict[str,
             }
         out.append(entry)
     return out
+
+
+def _expected_retake_rate(reference: MonitoringSpec | None) -> float | None:
+    bounds = reference.domain if reference is not None else None
+    if bounds is None or not bounds.test_images:
+        return None
+    return (bounds.test_retakes or 0) / bounds.test_images
 
 
 def _gauges(loaded: Loaded, windows: list[tuple[str, Window]]) -> list[tuple[str, str, float]]:

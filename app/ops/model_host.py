@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 from app.serving.pipeline import Overloaded, Pipeline, Scored
+from model_store.domain import RETAKE
 from model_store.errors import BundleError, ModelStoreError, ParityFailed, VersionRevoked
 from model_store.manifest import Manifest
 from model_store.parity import ParityReport
@@ -80,6 +81,7 @@ class ShadowStats:
     agree: int = 0
     to_positive: int = 0  # served said negative, shadow positive
     to_negative: int = 0  # served said positive, shadow negative
+    retake: int = 0  # one of the two answered retake (outside its validated ranges), the other judged
     abs_diff_sum: float = 0.0
     dropped: int = 0  # sampled requests not scored: the shadow queue was full (station work first)
     failed: int = 0
@@ -98,7 +100,7 @@ class ShadowStats:
             "since": self.since,
             "images": self.images,
             "agreement": self.agree / self.images if self.images else None,
-            "flips": {"to_positive": self.to_positive, "to_negative": self.to_negative},
+            "flips": {"to_positive": self.to_positive, "to_negative": self.to_negative, "retake": self.retake},
             "mean_abs_probability_diff": self.abs_diff_sum / self.images if self.images else None,
             "latency_ms": {"p50": pct(0.5), "p95": pct(0.95)},
             "dropped": self.dropped,
@@ -431,6 +433,8 @@ class ModelHost:
                 stats.abs_diff_sum += abs(theirs.probability - mine.probability)
                 if theirs.decision == mine.decision:
                     stats.agree += 1
+                elif RETAKE in (theirs.decision, mine.decision):
+                    stats.retake += 1
                 elif theirs.decision == decide.positive_label:
                     stats.to_positive += 1
                 else:

@@ -38,10 +38,10 @@ from app.serving import protocol
 from app.serving.admission import Admission, DeadlineExceeded, Overloaded, RequestTooLarge
 from app.serving.workers import Reply, Worker, WorkerFailed, WorkerPool
 from app.settings import BATCH_TIMEOUT_S
-from model_store import parity
+from model_store import domain, parity
 from model_store.bundle import Bundle
 from model_store.errors import BundleError, ImageError, ModelStoreError
-from model_store.manifest import Manifest
+from model_store.manifest import DomainBounds, Manifest
 from model_store.monitoring import ImageStats
 from model_store.parity import ParityReport
 from model_store.preprocessing import DecodeLimits, ImageInfo, inspect
@@ -58,11 +58,17 @@ BatchObserver = Callable[[int, float, float], None]  # images, decode seconds, f
 
 @dataclass(frozen=True)
 class Scored:
-    """One image's outcome: a probability, its decision, and the drift features of its crop."""
+    """One image's outcome: a probability, its decision, and the drift features of its crop.
+    `reason`: why the decision is `retake` (the image is outside the validated ranges)."""
 
     probability: float
     decision: str
     stats: ImageStats | None = None
+    retake: domain.Retake | None = None
+
+    @property
+    def reason(self) -> str | None:
+        return self.retake.reason if self.retake is not None else None
 
 
 @dataclass(eq=False)
@@ -102,6 +108,11 @@ class _Model:
     frame: tuple[protocol.Header, tuple[bytes, ...]]
     users: int = 0  # requests pinned to it, plus the pin of being served or checked
     ready: set[int] = field(default_factory=set)  # workers that hold it
+
+    @property
+    def domain(self) -> DomainBounds | None:
+        """The validated ranges behind `retake` (None: a bundle exported without them)."""
+        return self.manifest.monitoring.domain if self.manifest.monitoring is not None else None
 
 
 class Pipeline:
@@ -318,8 +329,12 @@ class Pipeline:
             if not request.done:  # the client went away: drop what is still queued
                 request.future.cancel()
             self.release(version)
-        decide = model.manifest.decision.decide
-        return [Scored(p, decide(p), stats) for p, stats in probs]
+        spec, bounds = model.manifest.decision, model.domain
+        out = []
+        for (p, stats), (_, _, info) in zip(probs, images, strict=True):
+            decision, why = domain.verdict(spec, bounds, p, stats, info.width, info.height)
+            out.append(Scored(p, decision, stats, why))
+        return out
 
     def _expire(self, request: _Request, queue: deque[_Item]) -> None:
         """A request's deadline passed: answer it now, and take its images out of the queue
@@ -420,7 +435,10 @@ class Pipeline:
             self._batch_done(batch, f)
 
         future.add_done_callback(done)
-        header = {"op": "predict", "version": batch[0].request.version, "stats": self.image_stats}
+        version = batch[0].request.version
+        # The features also feed the retake check of a bundle that has one, monitoring or not.
+        stats = self.image_stats or self._models[version].domain is not None
+        header = {"op": "predict", "version": version, "stats": stats}
         self.pool.send(w, header, tuple(item.data for item in batch), future)
 
     def _batch_done(self, batch: list[_Item], f: asyncio.Future[Reply]) -> None:

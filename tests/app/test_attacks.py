@@ -229,7 +229,9 @@ def test_scrapes_compute_drift_once_and_off_the_event_loop(monkeypatch, keys, tm
     m = monitor_module.Monitor(window=50, max_stations=400)
     rows = [tuple(0.5 for _ in mon.FEATURES)] * 50
     for i in range(300):
-        m.windows[("m1", f"station-{i}")] = monitor_module.Window(deque(rows, maxlen=50), 50)
+        m.windows[("m1", f"station-{i}")] = monitor_module.Window(
+            deque(rows, maxlen=50), deque([False] * len(rows), maxlen=50), 50
+        )
     computations = []
     real_gauges = monitor_module._gauges
 

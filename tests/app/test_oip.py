@@ -68,7 +68,7 @@ def test_health_and_metadata_with_the_sync_client(server: LiveServer, model: str
         assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
         meta = client.get_model_metadata(model)
         assert meta["versions"] == ["v1"]
-        assert [o["name"] for o in meta["outputs"]] == ["probability", "decision"]
+        assert [o["name"] for o in meta["outputs"]] == ["probability", "decision", "reason"]
         with pytest.raises(InferenceServerException, match=r"version_not_found: .*'v1'"):
             client.get_model_metadata(model, "v9")
     finally:

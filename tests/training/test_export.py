@@ -50,6 +50,34 @@ def test_export_writes_a_verified_bundle_that_matches_the_run(exported, finished
     assert len(labels) == 2 + 2 + 2  # per class, plus the hard cases
 
 
+def test_export_records_the_validated_ranges_and_the_test_splits_retake_share(
+    exported, finished_run, data_dir: Path, keys
+) -> None:
+    from model_store import domain
+    from model_store.preprocessing import Preprocessor
+    from training.export import retake_reasons
+
+    bundle, _ = exported
+    _, evaluation = finished_run
+    m = load_bundle(bundle.path, keys[1]).manifest
+    assert m.monitoring is not None and m.monitoring.domain is not None
+    bounds = m.monitoring.domain
+    assert set(bounds.ranges) == set(domain.FEATURES) and bounds.images == len(evaluation["predictions"]["val"])
+    test = [data_dir / r["path"] for r in evaluation["predictions"]["test"]]
+    sent_back = retake_reasons(m.monitoring, Preprocessor(m.preprocessing), test)
+    # The signed manifest says how many test photos the bundle sends back, and it is few.
+    assert (bounds.test_images, bounds.test_retakes) == (len(test), len(sent_back))
+    assert len(sent_back) <= 0.05 * len(test), sent_back
+    # Every parity reference is an image the bundle judges (a verdict is what parity expects).
+    pre = Preprocessor(m.preprocessing)
+    refs = load_bundle(bundle.path, keys[1]).references
+    for r in m.parity.references:
+        data = refs[r.file]
+        info = pre.inspect(data)
+        _, stats = pre.prepare(data, m.monitoring.stats_stride)
+        assert domain.reason(bounds, domain.measures(stats, info.width, info.height)) is None, r.file
+
+
 def test_exported_bundle_passes_parity_and_upstream_verification(exported, keys) -> None:
     bundle, _ = exported
     assert Predictor(load_bundle(bundle.path, keys[1])).check_parity().passed

@@ -126,9 +126,14 @@ def parcel_photo(seed: int, size: tuple[int, int] = (160, 120), brightness: floa
     return buf.getvalue()
 
 
-def make_monitored_bundle(out: Path, private_key: Path, version: str, reference: list[bytes]) -> Bundle:
+def make_monitored_bundle(
+    out: Path, private_key: Path, version: str, reference: list[bytes], retake: bool = False
+) -> Bundle:
     """A bundle whose monitoring reference comes from `reference` images through the one path
-    (header check, decode, crop features, served scores), as export builds it from validation."""
+    (header check, decode, crop features, served scores), as export builds it from validation.
+    `retake`: with the validated ranges of those images too (`model_store.domain`), and parcel
+    photos as its parity references (as export picks them: images the bundle judges)."""
+    from model_store import domain
     from model_store import monitoring as mon
     from model_store.bundle import load_bundle
     from model_store.predictor import Predictor
@@ -138,11 +143,17 @@ def make_monitored_bundle(out: Path, private_key: Path, version: str, reference:
     draft = write_bundle(out.with_name(out.name + "-draft"), draft_manifest(version), state, references(), private_key)
     pub = public_key_file(private_key, out.with_name(out.name + "-pub.pem"))
     predictor = Predictor(load_bundle(draft.path, pub))
-    rows = []
+    rows, measured = [], []
     for data in reference:
         info = predictor.preprocessor.inspect(data)
         _, stats = predictor.preprocessor.prepare(data, mon.STATS_STRIDE)
         rows.append(mon.features(stats, info.width, info.height, predictor.predict([data])[0].probability))
+        measured.append(domain.measures(stats, info.width, info.height))
     labels = [i % 2 for i in range(len(reference))]  # the drift features do not depend on them
-    manifest = draft.manifest.model_copy(update={"monitoring": mon.reference(rows, labels, draft.manifest.decision)})
-    return write_bundle(out, manifest, state, references(), private_key)
+    spec = mon.reference(rows, labels, draft.manifest.decision)
+    refs = references()
+    if retake:
+        spec = spec.model_copy(update={"domain": domain.fit(measured)})
+        refs = [ReferenceInput(f"ref-{i}.jpg", parcel_photo(500 + i), label=None) for i in range(4)]
+    manifest = draft.manifest.model_copy(update={"monitoring": spec})
+    return write_bundle(out, manifest, state, refs, private_key)

@@ -334,6 +334,7 @@ function stationCard(s, t) {
     facts([
       ["images", `${s.images} (window ${s.window})`],
       ["decision rate", `${pct(s.decision_rate)} (expected ${pct(s.expected_decision_rate)})`],
+      ["retake rate", `${pct(s.retake_rate)} (expected ${pct(s.expected_retake_rate)})`],
     ]),
     Object.keys(s.drift).length ? psiChart(s.drift, t) : null,
     s.histograms ? histograms(s.histograms) : null,
@@ -449,7 +450,7 @@ async function refreshShadow() {
       ["share of traffic", pct(s.fraction)],
       ["images scored", String(s.images)],
       ["same decision", pct(s.agreement)],
-      ["flips", `${s.flips.to_positive} to positive, ${s.flips.to_negative} to negative`],
+      ["flips", `${s.flips.to_positive} to positive, ${s.flips.to_negative} to negative, ${s.flips.retake ?? 0} retake`],
       ["mean |Δ probability|", fmt(s.mean_abs_probability_diff, 4)],
       ["latency p50 / p95", `${s.latency_ms.p50 ?? "–"} / ${s.latency_ms.p95 ?? "–"} ms`],
       ["dropped / failed", `${s.dropped} / ${s.failed}`],
@@ -476,9 +477,12 @@ async function tryImage(event) {
     return;
   }
   const res = r.body.results[0];
+  // A retake is no verdict: the photo is outside what the model was validated on.
+  const tone = res.reason ? "warn" : res.probability >= res.threshold ? "bad" : "ok";
   show(
     out,
-    el("p", { class: "decision" }, el("span", { id: "try-decision", class: `badge big ${res.probability >= res.threshold ? "bad" : "ok"}` }, res.decision)),
+    el("p", { class: "decision" }, el("span", { id: "try-decision", class: `badge big ${tone}` }, res.decision)),
+    res.reason ? el("p", { id: "try-reason", class: "muted" }, res.reason) : null,
     facts([
       ["probability", el("span", { id: "try-probability" }, fmt(res.probability, 4))],
       ["threshold", fmt(res.threshold, 4)],

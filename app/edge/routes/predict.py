@@ -51,19 +51,22 @@ def predict_body(request_id: str, loaded: Loaded, names: Sequence[str], scores: 
     """The answer, in the shape `PredictResponse` documents, built directly: no validation
     pass per request (schemathesis checks every answer against the document)."""
     threshold = loaded.threshold
+    results: list[dict[str, Any]] = []
+    for i, (name, s) in enumerate(zip(names, scores, strict=True)):
+        result = {
+            "index": i,
+            "filename": None if name == "image" else name,
+            "probability": s.probability,
+            "decision": s.decision,
+            "threshold": threshold,
+        }
+        if s.reason is not None:  # a retake says why
+            result["reason"] = s.reason
+        results.append(result)
     return {
         "request_id": request_id,
         "model": {"name": loaded.name, "version": loaded.version, "manifest_sha256": loaded.manifest_sha256},
-        "results": [
-            {
-                "index": i,
-                "filename": None if name == "image" else name,
-                "probability": s.probability,
-                "decision": s.decision,
-                "threshold": threshold,
-            }
-            for i, (name, s) in enumerate(zip(names, scores, strict=True))
-        ],
+        "results": results,
     }
 
 

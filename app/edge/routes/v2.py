@@ -143,7 +143,8 @@ _INFER_BODY = {
 _INFER = {
     "responses": {
         200: {
-            "description": "outputs `probability` (FP32 [N]) and `decision` (BYTES [N]), as JSON or binary data; "
+            "description": "outputs `probability` (FP32 [N]), `decision` (BYTES [N]: the label, or `retake`) and "
+            "`reason` (BYTES [N]: why a retake, else empty), as JSON or binary data; "
             "`parameters`: version, manifest_sha256, threshold, request_id",
             "content": {
                 "application/json": {"schema": {"type": "object"}},
@@ -184,9 +185,12 @@ async def _infer(request: Request, service: Service, model: str, version: str | 
             "threshold": loaded.threshold,
             "request_id": p.request_id,
         }
-        content, header_length = oip.response_body(
-            header, infer.outputs, [s.probability for s in scores], [s.decision for s in scores]
-        )
+        columns: dict[str, list[Any]] = {
+            "probability": [s.probability for s in scores],
+            "decision": [s.decision for s in scores],
+            "reason": [s.reason or "" for s in scores],
+        }
+        content, header_length = oip.response_body(header, infer.outputs, columns)
         response: Response
         if header_length is None:
             response = JSONLines(content)
