@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser lint test demo demo-port clean
+.PHONY: install browser haproxy lint test demo demo-port clean
 
 install: $(STAMP)
 
@@ -16,16 +16,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# The console's browser tests drive Debian's Chromium (Playwright never downloads a browser
-# here). A clean CI clone runs as root; elsewhere sudo is used if there is one.
+# Debian packages the tests drive: the console's browser tests Chromium (Playwright never
+# downloads a browser here), the deploy tests compose's proxy, HAProxy. A clean CI clone
+# runs as root; elsewhere sudo is used if there is one.
 CHROMIUM := /usr/bin/chromium
+HAPROXY := /usr/sbin/haproxy
 browser: $(CHROMIUM)
+haproxy: $(HAPROXY)
 
 $(CHROMIUM):
-	@if [ "$$(id -u)" -eq 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
-	else echo "error: $(CHROMIUM) is missing; as root: apt-get install -y chromium" >&2; exit 1; fi; \
+	@$(call apt_install,chromium)
+
+$(HAPROXY):
+	@$(call apt_install,haproxy)
+
+# $(call apt_install,PACKAGE): install a Debian package for the target file it provides.
+apt_install = if [ "$$(id -u)" -eq 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
+	else echo "error: $@ is missing; as root: apt-get install -y $(1)" >&2; exit 1; fi; \
 	set -x; $$sudo apt-get update -qq \
-	&& DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends chromium
+	&& DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $(1)
 
 lint: install
 	$(BIN)/ruff check .
@@ -35,9 +44,9 @@ lint: install
 	$(BIN)/shellcheck scripts/*.sh deploy/*.sh benchmarks/peers/*/*.sh
 
 # pytest exits 5 when it collected no tests: that is a broken suite, not a pass.
-# REQUIRE_BROWSER: the browser tests fail, not skip, if Chromium is missing after all.
-test: lint browser
-	@REQUIRE_BROWSER=1 $(BIN)/python -m pytest; rc=$$?; \
+# REQUIRE_BROWSER, REQUIRE_HAPROXY: those tests fail, not skip, if the program is missing after all.
+test: lint browser haproxy
+	@REQUIRE_BROWSER=1 REQUIRE_HAPROXY=1 $(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # The port first: a taken DEMO_PORT is refused before minutes of install and training.

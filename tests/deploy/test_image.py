@@ -205,6 +205,7 @@ def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_private(
         "tests/conftest.py",
         "demo/keys/private.pem",
         "deploy/secrets/private.pem",
+        "deploy/tls/site.pem",  # the stations' entry's private key
         ".git/config",
         "runs/r1/checkpoints/last.pt",
         ".env",

@@ -11,8 +11,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from app.edge import stations
+from app.edge.stations import parse_tokens
+from app.main import create_app
 from app.settings import Settings
-from tests.utils.deploy import K8S_DIR, K8S_VERSIONS, ROOT, k8s_errors, k8s_manifest_files, k8s_objects
+from tests.utils.deploy import K8S_DIR, K8S_VERSIONS, ROOT, k8s_documents, k8s_errors, k8s_manifest_files, k8s_objects
 
 PENDING_SETTINGS = {"APP_WORKERS"}  # being added to the service elsewhere (see the packaging brief)
 
@@ -169,3 +172,117 @@ def test_the_training_job_runs_torchrun_and_publishes_to_the_replicas_store(obje
     assert volumes[mounts["/work"]]["persistentVolumeClaim"]["claimName"] == "damage-detect-training"
     assert ("PersistentVolumeClaim", "damage-detect-training") in objects
     assert pod["restartPolicy"] == "Never"
+
+
+# ---------------------------------------------------------------- stations: Ingress, TLS, tokens
+
+STATION_ROUTES = {"/v1/predict", "/v1/feedback"}  # and the Open Inference Protocol, /v2...
+
+
+def _routed(path: str, rules: list[tuple[str, str]]) -> bool:
+    """Whether an Ingress with these (path, pathType) rules sends `path` on (Prefix matches whole segments)."""
+    return any(path == rule or (kind == "Prefix" and path.startswith(rule.rstrip("/") + "/")) for rule, kind in rules)
+
+
+def test_the_ingress_serves_the_station_routes_over_tls_and_nothing_else(objects, tmp_path: Path) -> None:
+    ingress = objects["Ingress", "damage-detect"]["spec"]
+    [tls] = ingress["tls"]
+    assert objects["Secret", tls["secretName"]]["type"] == "kubernetes.io/tls"  # its shape in secrets.example.yaml
+    service = objects["Service", "damage-detect"]
+    rules = []
+    for rule in ingress["rules"]:
+        assert rule["host"] in tls["hosts"]  # no host is served without its certificate
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            assert backend["name"] == service["metadata"]["name"]
+            assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+            rules.append((path["path"], path["pathType"]))
+    (tmp_path / "public.pem").write_text("x")
+    routes = set(create_app(Settings(store=str(tmp_path), public_key=tmp_path / "public.pem")).openapi()["paths"])
+    routed = {r for r in routes if _routed(r, rules)}
+    assert routed == STATION_ROUTES | {r for r in routes if r == "/v2" or r.startswith("/v2/")}
+    assert {path for path, _ in rules} <= routes | {"/v2"}  # no rule names a route the service lacks
+    # ingress-nginx's default body limit (1 MiB) would refuse most photos: at least the service's own.
+    annotations = objects["Ingress", "damage-detect"]["metadata"]["annotations"]
+    size = annotations["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert size.endswith("m") and int(size[:-1]) * 2**20 >= Settings.model_fields["max_request_bytes"].default
+
+
+def test_the_networkpolicy_admits_the_ingress_controller_the_ingress_names(objects) -> None:
+    assert objects["Ingress", "damage-detect"]["spec"]["ingressClassName"] == "nginx"
+    [rule] = objects["NetworkPolicy", "damage-detect"]["spec"]["ingress"]
+    clients = {"damage-detect/client": "true"}
+    controllers = [p for p in rule["from"] if p.get("podSelector", {}).get("matchLabels") != clients]
+    assert controllers == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
+            "podSelector": {
+                "matchLabels": {"app.kubernetes.io/name": "ingress-nginx", "app.kubernetes.io/component": "controller"}
+            },
+        }
+    ]
+    # Wrong tokens are counted per station address, which the controller forwards.
+    assert objects["ConfigMap", "damage-detect-config"]["data"]["FORWARDED_ALLOW_IPS"] == "*"
+
+
+def _servers() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(what, pod spec, container) of everything that runs the service: the Deployment and KServe's runtime."""
+    deployment = _pod(k8s_objects()["Deployment", "damage-detect"])
+    [runtime] = k8s_documents(ROOT / "deploy" / "kserve" / "servingruntime.yaml")
+    return [
+        ("Deployment", deployment, deployment["containers"][0]),
+        ("ServingRuntime", runtime["spec"], runtime["spec"]["containers"][0]),
+    ]
+
+
+@pytest.mark.parametrize(("what", "pod", "container"), _servers(), ids=lambda v: v if isinstance(v, str) else "")
+def test_station_tokens_come_from_a_secret_mounted_whole_so_its_updates_reach_the_service(
+    objects, what: str, pod: dict[str, Any], container: dict[str, Any]
+) -> None:
+    path = Path(_env(container)["APP_STATION_TOKENS_FILE"]["value"])
+    [mount] = [m for m in container["volumeMounts"] if Path(m["mountPath"]) in (path, path.parent)]
+    # The folder, never the file with subPath: that pins the file the pod started with, so
+    # a revoked token would keep working.
+    assert "subPath" not in mount and "subPathExpr" not in mount, what
+    assert mount["mountPath"] == str(path.parent)
+    volume = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
+    secret = objects["Secret", volume["secret"]["secretName"]]
+    placeholder = secret["stringData"][path.name]
+    assert parse_tokens(placeholder) == {}  # applied unedited, no station gets in (fail closed)
+
+
+@pytest.mark.parametrize(("what", "pod", "container"), _servers(), ids=lambda v: v if isinstance(v, str) else "")
+def test_probes_speak_what_the_pod_serves(what: str, pod: dict[str, Any], container: dict[str, Any]) -> None:
+    """TLS ends at the Ingress, so pods serve HTTP; a pod given APP_TLS_* would need HTTPS probes."""
+    https = (
+        "APP_TLS_CERT_FILE" in _env(container)
+        or "APP_TLS_CERT_FILE" in k8s_objects()["ConfigMap", "damage-detect-config"]["data"]
+    )
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"].get("scheme", "HTTP") == ("HTTPS" if https else "HTTP")
+
+
+def _kubelet_update(folder: Path, files: dict[str, str], n: int) -> None:
+    """Write a Secret volume's files as the kubelet does (its AtomicWriter): a new timestamped
+    folder, `..data` switched to it by one rename, the visible names links through `..data`."""
+    target = folder / f"..2026_01_01_00_00_0{n}.000000001"
+    target.mkdir()
+    for name, text in files.items():
+        (target / name).write_text(text)
+        if not (folder / name).is_symlink():
+            (folder / name).symlink_to(Path("..data") / name)
+    (folder / "..data_tmp").symlink_to(target.name)
+    (folder / "..data_tmp").rename(folder / "..data")
+
+
+def test_a_tokens_secret_updated_by_the_kubelet_is_reloaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stations, "RELOAD_S", 0.0)  # look at the file on every request
+    folder = tmp_path / "stations"
+    folder.mkdir()
+    line = {s: f"{s} {stations.token_digest(s + '-token')}\n" for s in ("dock-1", "dock-2")}
+    _kubelet_update(folder, {"stations.txt": line["dock-1"] + line["dock-2"]}, 1)
+    tokens = stations.StationTokens.load(folder / "stations.txt")
+    assert tokens.station_for("dock-1-token") == "dock-1"
+    _kubelet_update(folder, {"stations.txt": line["dock-2"]}, 2)  # dock-1 revoked
+    assert tokens.station_for("dock-1-token") is None
+    assert tokens.station_for("dock-2-token") == "dock-2"

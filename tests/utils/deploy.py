@@ -15,6 +15,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_SCHEMA = ROOT / "deploy" / "schemas" / "compose-spec.json"
+# What `.env` must provide (deploy/compose.env.example); values here are placeholders.
+COMPOSE_REQUIRED = {
+    "MINIO_ROOT_USER": "u",
+    "MINIO_ROOT_PASSWORD": "p" * 8,
+    "S3_ACCESS_KEY": "a",
+    "S3_SECRET_KEY": "s" * 8,
+}
 K8S_DIR = ROOT / "deploy" / "k8s"
 # The oldest Kubernetes release the manifests must work on, and the newest schema we ship.
 K8S_VERSIONS = ("1.30", "1.37")
@@ -199,10 +206,43 @@ def load_compose(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
     return doc
 
 
-def compose_errors(path: Path, env: Mapping[str, str]) -> list[str]:
-    """Every way the file breaks the Compose Specification schema; empty when it is valid."""
+# How `docker compose -f a.yml -f b.yml` merges b into a (the Compose Specification's
+# "Merge and override"): mappings merge key by key; these sequences are appended to, those
+# are merged by their target (or name); any other value, `command` included, is replaced.
+_APPENDED = {"ports", "expose", "external_links", "dns", "dns_search", "tmpfs", "cap_add", "cap_drop", "extra_hosts"}
+_BY_TARGET = {"volumes", "secrets", "configs"}
+
+
+def _target(item: Any) -> Any:
+    if isinstance(item, dict):
+        return item.get("target") or item.get("source")
+    parts = str(item).split(":")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def merge_compose(base: Any, override: Any, key: str | None = None) -> Any:
+    """`override` laid over `base` as compose lays a later file over an earlier one."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for k, v in override.items():
+            merged[k] = merge_compose(base[k], v, k) if k in base else v
+        return merged
+    if isinstance(base, list) and isinstance(override, list):
+        if key in _APPENDED:
+            return base + [v for v in override if v not in base]
+        if key in _BY_TARGET:
+            replaced = {_target(v) for v in override}
+            return [v for v in base if _target(v) not in replaced] + override
+    return override
+
+
+def compose_errors(*paths: Path, env: Mapping[str, str]) -> list[str]:
+    """Every way the files, merged in order as `docker compose -f ... -f ...` merges them,
+    break the Compose Specification schema; empty when valid."""
     try:
-        doc = load_compose(path, env)
+        doc: dict[str, Any] = {}
+        for path in paths:
+            doc = merge_compose(doc, load_compose(path, env))
     except (yaml.YAMLError, ValueError, KeyError) as exc:
         return [f"{path.name}: {exc}"]
     schema = json.loads(COMPOSE_SCHEMA.read_text())
