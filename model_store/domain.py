@@ -9,16 +9,17 @@ At export, the validation split gives each cheap image feature its validated ran
 features drift already computes, on the model's own crop: brightness, contrast,
 sharpness; and from the header: elongation and the short side). A bound is the
 validated 0.5 % or 99.5 % quantile widened by `MARGIN` times the middle 90 % of the
-values (on the log scale for the three scales), so a photo like the validated ones is
-almost never sent back (measured in docs/monitoring.md), while a frame outside it gets
-`decision: "retake"` with the reason.
+values (on the log scale for contrast and sharpness, the logit of its share of 255 for
+brightness), so a photo like the validated ones is almost never sent back (measured in
+docs/monitoring.md), while a frame outside it gets `decision: "retake"` with the reason.
 The bounds are part of the signed manifest (`MonitoringSpec.domain`); a bundle without
 them (exported before) never answers retake.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,24 @@ _WORDS = {
 FEATURES = tuple(_WORDS)
 _EDGE = "the edge of the validated range"
 _FLOOR = 1e-3  # a scale feature's smallest value on the log scale (a black frame's contrast is 0)
+
+
+def _log(v: np.ndarray) -> np.ndarray:
+    out: np.ndarray = np.log(np.maximum(v, _FLOOR))
+    return out
+
+
+def _logit255(v: np.ndarray) -> np.ndarray:
+    x = np.clip(v / 255.0, _FLOOR, 1 - _FLOOR)
+    out: np.ndarray = np.log(x / (1 - x))
+    return out
+
+
+_SCALES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[float], float]]] = {
+    "brightness": (_logit255, lambda t: 255.0 / (1.0 + math.exp(-t))),
+    "contrast": (_log, math.exp),
+    "sharpness": (_log, math.exp),
+}
 
 
 def measures(stats: ImageStats, width: int, height: int) -> dict[str, float]:
@@ -68,12 +87,15 @@ def fit(rows: Sequence[Mapping[str, float]], margin: float = MARGIN) -> DomainBo
             q_hi, q5, q95 = np.quantile(v, [0.995, 0.05, 0.95])
             ranges[name] = FeatureRange(low=None, high=float(q_hi) + margin * max(float(q95 - q5), 0.05))
             continue
-        # Brightness, contrast and sharpness are scales (0: black, blank, no detail): their
-        # ranges are widened by ratios, so halving the light counts the same at any level.
-        lv = np.log(np.maximum(v, _FLOOR))
-        q_lo, q5, q95, q_hi = np.quantile(lv, [0.005, 0.05, 0.95, 0.995])
+        # Contrast and sharpness are scales (0: blank, no detail): their ranges are widened
+        # by ratios. Brightness is bounded at both ends (0 black, 255 saturated): widened on
+        # the logit of its share of 255, so losing half the light or half the headroom to
+        # saturation counts alike.
+        forward, back = _SCALES[name]
+        t = forward(v)
+        q_lo, q5, q95, q_hi = np.quantile(t, [0.005, 0.05, 0.95, 0.995])
         widen = margin * max(float(q95 - q5), 0.05)
-        ranges[name] = FeatureRange(low=float(np.exp(q_lo - widen)), high=float(np.exp(q_hi + widen)))
+        ranges[name] = FeatureRange(low=back(q_lo - widen), high=back(q_hi + widen))
     return DomainBounds(images=len(rows), margin=margin, ranges=ranges)
 
 

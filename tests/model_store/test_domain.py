@@ -41,7 +41,7 @@ def bounds():
 
 OFF_DOMAIN: dict[str, tuple[Callable[[], bytes], str]] = {
     "black": (lambda: _jpeg(Image.new("RGB", (160, 120))), "brightness"),
-    "white": (lambda: _jpeg(Image.new("RGB", (160, 120), (255, 255, 255))), "contrast"),
+    "white": (lambda: _jpeg(Image.new("RGB", (160, 120), (255, 255, 255))), "brightness"),
     "blank grey": (lambda: _jpeg(Image.new("RGB", (160, 120), (128, 128, 128))), "contrast"),
     "blurred": (lambda: _jpeg(_photo(7).filter(ImageFilter.GaussianBlur(4))), "sharpness"),
     "a 4000x40 black strip": (lambda: _jpeg(Image.new("RGB", (4000, 40))), "brightness"),
