@@ -197,3 +197,23 @@ def test_export_records_the_device_the_run_trained_on(finished_run, keys, tmp_pa
     (gpu_run / "run.json").write_text(json.dumps(meta))
     bundle, _ = export_run(gpu_run, keys[0], "gpu-1", tmp_path / "bundle")
     assert bundle.manifest.environment.device == "cuda (NVIDIA H100 80GB HBM3)"
+
+
+def test_the_retake_benchmark_reports_the_test_split_and_catches_black_frames(
+    exported, finished_run, keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks.retake import main as retake_benchmark
+
+    bundle, _ = exported
+    run_dir, evaluation = finished_run
+    out = tmp_path / "retake.json"
+    args = ["--run", str(run_dir), "--bundle", str(bundle.path), "--public-key", str(keys[1])]
+    assert retake_benchmark([*args, "--per-family", "4", "--out", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    test = figures["test split (should be judged)"]
+    assert test["frames"] == len(evaluation["predictions"]["test"])
+    monitoring = load_bundle(bundle.path, keys[1]).manifest.monitoring
+    assert monitoring is not None and monitoring.domain is not None
+    assert test["retake"] == monitoring.domain.test_retakes
+    assert figures["black (lens covered, light off)"] == {"frames": 4, "retake": 4, "by_feature": {"brightness": 4}}
+    assert "black (lens covered, light off)" in capsys.readouterr().out
