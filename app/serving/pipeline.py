@@ -84,6 +84,7 @@ class _Request:
     # others (overload). A request a free worker takes at once, an unusual one (huge images
     # among small ones) included, is never refused on an estimate learned from others.
     judge_after: float = 0.0
+    queued_at: float = 0.0  # time.monotonic() when it was admitted
 
     @property
     def done(self) -> bool:
@@ -313,7 +314,8 @@ class Pipeline:
         model.users += 1
         loop = asyncio.get_running_loop()
         request = _Request(version, [None] * n, loop.create_future(), n, shadow, deadline=deadline)
-        request.judge_after = time.monotonic() + 0.001
+        request.queued_at = time.monotonic()
+        request.judge_after = request.queued_at + 0.001
         queue = self._shadow if shadow else self._pending
         queue.extend(_Item(request, i, data, info.decode_work) for i, (_, data, info) in enumerate(images))
         timer = None if left is None else loop.call_later(left, self._expire, request, queue)
@@ -381,9 +383,28 @@ class Pipeline:
                     break
 
     def _take_batch(self, w: Worker, queue: deque[_Item], limit: int) -> list[_Item]:
-        """Up to `limit` queued images of the first live request's version, in order."""
+        """Up to `limit` queued images of the first live request's version: oldest first,
+        newest first while the service is behind (`_behind`)."""
         while queue and queue[0].request.done:
             self._finish_item(queue.popleft())  # its client left or it already failed
+        if not queue:
+            return []
+        if not _behind(queue[0].request, time.monotonic()):
+            return self._take_in_order(w, queue, limit)
+        # Behind (overload): the oldest have spent most of their budget waiting and would be
+        # answered late if at all, so the newest go first and finish well within theirs;
+        # the oldest leave at their deadline (504), which they would have met anyway.
+        # Goodput stays at what the workers can do instead of collapsing to late answers.
+        queue.reverse()
+        try:
+            return self._take_in_order(w, queue, limit)
+        finally:
+            queue.reverse()
+
+    def _take_in_order(self, w: Worker, queue: deque[_Item], limit: int) -> list[_Item]:
+        """Up to `limit` images from the front of `queue` of its first request's version."""
+        while queue and queue[0].request.done:
+            self._finish_item(queue.popleft())
         if not queue:
             return []
         version = queue[0].request.version
@@ -472,6 +493,13 @@ class Pipeline:
             request.remaining -= 1
             if request.remaining == 0:
                 request.future.set_result([r for r in request.results if r is not None])
+
+
+def _behind(oldest: _Request, now: float) -> bool:
+    """The oldest queued request has waited more than half its budget: work arrives faster
+    than the workers answer it (a queue that drains waits far less)."""
+    deadline = oldest.deadline
+    return deadline is not None and now - oldest.queued_at > (deadline - oldest.queued_at) / 2
 
 
 def _named(exc: ImageError, name: str, message: str) -> ImageError:

@@ -47,6 +47,62 @@ def test_an_expired_request_leaves_the_queue_at_once_and_is_never_batched(bundle
     print(f"expired request answered after {waited * 1000:.0f} ms (budget 300 ms)")
 
 
+def test_when_the_oldest_has_waited_half_its_budget_the_newest_goes_first(bundles, keys) -> None:
+    """Under overload the oldest queued work would be answered late if at all: the newest is
+    served first (and within its budget), the oldest after it while there is still time."""
+
+    async def scenario() -> tuple[list[str], float]:
+        async with running_pipeline(workers=1, max_batch=1) as p:
+            v = await load(p, bundles["v1"], keys[1])
+            (pid,) = p.pool.pids()
+            assert pid is not None
+            done: list[str] = []
+
+            async def one(name: str, budget_s: float) -> None:
+                await p.predict(v, checked([IMAGE]), deadline=time.monotonic() + budget_s)
+                done.append(name)
+
+            with stopped(pid):
+                busy = asyncio.ensure_future(p.predict(v, checked([IMAGE])))  # the worker takes it
+                await asyncio.sleep(0.1)
+                old = asyncio.ensure_future(one("old", 3.0))
+                await asyncio.sleep(1.7)  # more than half of its 3 s spent waiting: behind
+                new = asyncio.ensure_future(one("new", 3.0))
+                await asyncio.sleep(0.05)
+                resumed = time.monotonic()
+            await asyncio.gather(busy, old, new)
+            return done, time.monotonic() - resumed
+
+    order, took = asyncio.run(scenario())
+    assert order == ["new", "old"]  # in order of arrival it would be old, new
+    assert took < 1.0  # both still answered within their budgets
+
+
+def test_a_queue_that_keeps_up_is_served_oldest_first(bundles, keys) -> None:
+    async def scenario() -> list[str]:
+        async with running_pipeline(workers=1, max_batch=1) as p:
+            v = await load(p, bundles["v1"], keys[1])
+            (pid,) = p.pool.pids()
+            assert pid is not None
+            done: list[str] = []
+
+            async def one(name: str) -> None:
+                await p.predict(v, checked([IMAGE]), deadline=time.monotonic() + 5.0)
+                done.append(name)
+
+            with stopped(pid):
+                busy = asyncio.ensure_future(p.predict(v, checked([IMAGE])))
+                await asyncio.sleep(0.1)
+                first = asyncio.ensure_future(one("first"))
+                await asyncio.sleep(0.2)  # well under half of its 5 s
+                second = asyncio.ensure_future(one("second"))
+                await asyncio.sleep(0.05)
+            await asyncio.gather(busy, first, second)
+            return done
+
+    assert asyncio.run(scenario()) == ["first", "second"]
+
+
 def test_a_request_past_its_budget_gets_a_504_promptly_and_is_counted(store, keys) -> None:
     with LiveServer(store.root, keys[1], workers=1) as srv:
         srv.wait_ready()
