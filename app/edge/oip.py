@@ -30,6 +30,10 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 HEADER_BYTES = 64 * 1024  # the JSON header: names, shapes, a few parameters
 INPUT = "image"
 OUTPUTS = {"probability": "FP32", "decision": "BYTES"}
+# With receipts on, a third output: each image's signed receipt (`result.as_numpy("receipt")`
+# in tritonclient: one bytes object per image, beside its probability and decision).
+RECEIPT = "receipt"
+WITH_RECEIPTS = {**OUTPUTS, RECEIPT: "BYTES"}
 # What `GET /v2` advertises: only what this module implements.
 EXTENSIONS = ["binary_tensor_data", "parameters", "schedule_policy"]  # schedule_policy: the `timeout` parameter
 _LENGTH = struct.Struct("<I")
@@ -68,8 +72,11 @@ def decompress(raw: bytes, encoding: str | None, limit: int) -> bytes:
     return body
 
 
-def parse_request(body: bytes, header_length: str | None, limits: BodyLimits) -> InferRequest:
-    """The images of an inference request (input `image`, BYTES, shape [N], binary data)."""
+def parse_request(
+    body: bytes, header_length: str | None, limits: BodyLimits, outputs: dict[str, str] = OUTPUTS
+) -> InferRequest:
+    """The images of an inference request (input `image`, BYTES, shape [N], binary data),
+    and which of `outputs` (name: datatype) it asks for."""
     if header_length is None:
         length = len(body)
     elif not header_length.isdigit() or int(header_length) > len(body):
@@ -92,7 +99,7 @@ def parse_request(body: bytes, header_length: str | None, limits: BodyLimits) ->
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise invalid("'id' must be a string")
-    return InferRequest(request_id, images, _outputs(header), _timeout_ms(header))
+    return InferRequest(request_id, images, _outputs(header, outputs), _timeout_ms(header))
 
 
 def _timeout_ms(header: dict[str, Any]) -> int | None:
@@ -153,19 +160,20 @@ def _images(tensor: dict[str, Any], section: bytes, limits: BodyLimits) -> list[
     return images
 
 
-def _outputs(header: dict[str, Any]) -> dict[str, bool]:
+def _outputs(header: dict[str, Any], available: dict[str, str]) -> dict[str, bool]:
     params = header.get("parameters") or {}
     default = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
     asked = header.get("outputs")
     if asked is None:
-        return dict.fromkeys(OUTPUTS, default)
+        return dict.fromkeys(available, default)
     if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
         raise invalid("'outputs' must be a list of objects")
     wanted: dict[str, bool] = {}
     for o in asked:
         name = o.get("name")
-        if name not in OUTPUTS:
-            raise invalid(f"unknown output {str(name)[:64]!r}: the outputs are {', '.join(OUTPUTS)}")
+        if name not in available:
+            off = " (receipts are off on this service)" if name == RECEIPT else ""
+            raise invalid(f"unknown output {str(name)[:64]!r}: the outputs are {', '.join(available)}{off}")
         p = o.get("parameters") or {}
         if isinstance(p, dict) and "classification" in p:
             raise invalid("the classification extension is not supported; ask for 'decision' instead")
@@ -174,22 +182,29 @@ def _outputs(header: dict[str, Any]) -> dict[str, bool]:
 
 
 def response_body(
-    header: dict[str, Any], outputs: dict[str, bool], probabilities: Sequence[float], decisions: Sequence[str]
+    header: dict[str, Any],
+    outputs: dict[str, bool],
+    probabilities: Sequence[float],
+    decisions: Sequence[str],
+    receipts: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any] | bytes, int | None]:
     """The answer: a JSON object when no output is binary; else the JSON header's bytes and
-    the binary section after it, with the header's length (for `HEADER_LENGTH`)."""
+    the binary section after it, with the header's length (for `HEADER_LENGTH`). `receipts`
+    are needed when `outputs` has `RECEIPT`."""
     n = len(probabilities)
     tensors: list[dict[str, Any]] = []
     section = bytearray()
+    columns: dict[str, Sequence[Any]] = {"probability": probabilities, "decision": decisions, RECEIPT: receipts or ()}
     for name, binary in outputs.items():
-        tensor: dict[str, Any] = {"name": name, "datatype": OUTPUTS[name], "shape": [n]}
+        tensor: dict[str, Any] = {"name": name, "datatype": WITH_RECEIPTS[name], "shape": [n]}
+        values = columns[name]
         if not binary:
-            tensor["data"] = list(probabilities) if name == "probability" else list(decisions)
+            tensor["data"] = list(values)
         else:
             if name == "probability":
                 data = np.asarray(probabilities, dtype="<f4").tobytes()
             else:
-                data = b"".join(_LENGTH.pack(len(e)) + e for e in (d.encode() for d in decisions))
+                data = b"".join(_LENGTH.pack(len(e)) + e for e in (str(v).encode() for v in values))
             tensor["parameters"] = {"binary_data_size": len(data)}
             section += data
         tensors.append(tensor)

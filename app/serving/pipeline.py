@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from app.serving import protocol
 from app.serving.admission import Admission, DeadlineExceeded, Overloaded, RequestTooLarge
@@ -58,18 +58,28 @@ BatchObserver = Callable[[int, float, float], None]  # images, decode seconds, f
 
 @dataclass(frozen=True)
 class Scored:
-    """One image's outcome: a probability, its decision, and the drift features of its crop."""
+    """One image's outcome: a probability, its decision, the drift features of its crop, and
+    what a receipt states beside them: where it was computed and (receipts on) its sha256."""
 
     probability: float
     decision: str
     stats: ImageStats | None = None
+    image_sha256: str | None = None  # hashed by the worker that scored it (`Pipeline(image_digests=True)`)
+    batch: tuple[int, int] | None = None  # (images in its forward pass, its row there): its last bits depend on both
+
+
+class _Result(NamedTuple):
+    probability: float
+    stats: ImageStats | None
+    image_sha256: str | None
+    batch: tuple[int, int]
 
 
 @dataclass(eq=False)
 class _Request:
     version: str
-    results: list[tuple[float, ImageStats | None] | None]
-    future: asyncio.Future[list[tuple[float, ImageStats | None]]]
+    results: list[_Result | None]
+    future: asyncio.Future[list[_Result]]
     remaining: int
     shadow: bool = False
     dispatched: bool = False  # some of its images went to a worker
@@ -118,10 +128,12 @@ class Pipeline:
         on_batch: BatchObserver | None = None,
         image_stats: bool = True,
         batch_timeout_s: float = BATCH_TIMEOUT_S,
+        image_digests: bool = False,
     ) -> None:
         self.max_batch = max_batch
         self.limits = limits or DecodeLimits()
         self.image_stats = image_stats  # drift features per image (off when monitoring is off)
+        self.image_digests = image_digests  # sha256 per image, in the workers (for receipts)
         self.admission = Admission(queue_bound, max_pending_pixels)
         self.pool = WorkerPool(
             workers,
@@ -319,7 +331,7 @@ class Pipeline:
                 request.future.cancel()
             self.release(version)
         decide = model.manifest.decision.decide
-        return [Scored(p, decide(p), stats) for p, stats in probs]
+        return [Scored(r.probability, decide(r.probability), r.stats, r.image_sha256, r.batch) for r in probs]
 
     def _expire(self, request: _Request, queue: deque[_Item]) -> None:
         """A request's deadline passed: answer it now, and take its images out of the queue
@@ -420,7 +432,12 @@ class Pipeline:
             self._batch_done(batch, f)
 
         future.add_done_callback(done)
-        header = {"op": "predict", "version": batch[0].request.version, "stats": self.image_stats}
+        header = {
+            "op": "predict",
+            "version": batch[0].request.version,
+            "stats": self.image_stats,
+            "digests": self.image_digests,
+        }
         self.pool.send(w, header, tuple(item.data for item in batch), future)
 
     def _batch_done(self, batch: list[_Item], f: asyncio.Future[Reply]) -> None:
@@ -442,6 +459,10 @@ class Pipeline:
         self._on_batch(header["batch"], header["decode_s"], header["forward_s"])
 
         failed = {row[0]: (row[1], row[2]) for row in header["errors"]}
+        # The worker stacks the images that decoded, in order: an image's row in the forward
+        # pass is the count of decoded ones before it.
+        rows = [i - sum(1 for f in failed if f < i) for i in range(len(batch))]
+        digests = header.get("digests") or [None] * len(batch)
         for i, (item, p, s) in enumerate(zip(batch, header["probs"], header["stats"], strict=True)):
             request = item.request
             if request.done:
@@ -450,7 +471,8 @@ class Pipeline:
                 code, message = failed[i]
                 request.future.set_exception(_image_error(code, message, item.index))
                 continue
-            request.results[item.index] = (p, ImageStats(*s) if s is not None else None)
+            stats = ImageStats(*s) if s is not None else None
+            request.results[item.index] = _Result(p, stats, digests[i], (header["batch"], rows[i]))
             request.remaining -= 1
             if request.remaining == 0:
                 request.future.set_result([r for r in request.results if r is not None])

@@ -42,28 +42,39 @@ async def serve_predict(request: Request, service: Service) -> Response:
         except APIError as exc:
             raise refused_body(exc, service) from None
         scores = await p.score(images)
-        response = JSONLines(predict_body(p.request_id, p.loaded, [name for name, _ in images], scores))
+        names = [name for name, _ in images]
+        response = JSONLines(predict_body(p.request_id, p.loaded, names, scores, p.receipts()))
         response.background = p.after()
         return response
 
 
-def predict_body(request_id: str, loaded: Loaded, names: Sequence[str], scores: Sequence[Scored]) -> dict[str, Any]:
+def predict_body(
+    request_id: str,
+    loaded: Loaded,
+    names: Sequence[str],
+    scores: Sequence[Scored],
+    receipts: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """The answer, in the shape `PredictResponse` documents, built directly: no validation
     pass per request (schemathesis checks every answer against the document)."""
     threshold = loaded.threshold
+    results: list[dict[str, Any]] = [
+        {
+            "index": i,
+            "filename": None if name == "image" else name,
+            "probability": s.probability,
+            "decision": s.decision,
+            "threshold": threshold,
+        }
+        for i, (name, s) in enumerate(zip(names, scores, strict=True))
+    ]
+    if receipts is not None:
+        for result, receipt in zip(results, receipts, strict=True):
+            result["receipt"] = receipt
     return {
         "request_id": request_id,
         "model": {"name": loaded.name, "version": loaded.version, "manifest_sha256": loaded.manifest_sha256},
-        "results": [
-            {
-                "index": i,
-                "filename": None if name == "image" else name,
-                "probability": s.probability,
-                "decision": s.decision,
-                "threshold": threshold,
-            }
-            for i, (name, s) in enumerate(zip(names, scores, strict=True))
-        ],
+        "results": results,
     }
 
 
