@@ -12,7 +12,19 @@ from fastapi import FastAPI
 from app.edge import docs, errors
 from app.edge.errors import JSONLines
 from app.edge.observability import Metrics, RequestObserver, configure_logging
-from app.edge.routes import audit, console, feedback, health, models, monitoring, parity, predict, shadow, v2
+from app.edge.routes import (
+    audit,
+    console,
+    feedback,
+    health,
+    models,
+    monitoring,
+    parity,
+    predict,
+    receipts,
+    shadow,
+    v2,
+)
 from app.edge.routes.predict import PredictFastPath
 from app.edge.telemetry import live_metrics
 from app.ops.upload import clean_stale, upload_root
@@ -36,6 +48,8 @@ def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastA
                 settings.host,
             )
         service = app.state.service = build_service(settings, metrics, pipeline)
+        if service.receipts is not None:
+            log.info("receipts on: every decision signed with key %s (GET /v1/receipts/keys)", service.receipts.kid)
         metrics.watch(lambda: live_metrics(metrics, service.host, service.monitor, service.capture))
         stale = clean_stale(upload_root())  # left by a process killed mid-upload
         if stale:
@@ -65,6 +79,7 @@ def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastA
     app.add_middleware(RequestObserver, metrics=metrics)  # outermost of ours: sees every request
     for r in (
         predict.router,
+        receipts.router,
         v2.router,
         parity.router,
         models.router,

@@ -12,6 +12,7 @@ from app.edge.telemetry import Telemetry
 from app.ops.capture import Capturer
 from app.ops.drift import Monitor
 from app.ops.model_host import Loaded, ModelHost
+from app.ops.receipts import Receipts
 from app.serving.pipeline import Pipeline
 from app.settings import Settings
 from model_store.capture import open_capture
@@ -28,6 +29,7 @@ class Service:
     capture: Capturer | None  # None: capture is off
     bodies: ByteBudget  # predict bodies in memory, all requests together
     station_tokens: StationTokens | None  # None: stations name themselves (APP_STATION_TOKENS_FILE unset)
+    receipts: Receipts | None = None  # None: receipts are off (APP_RECEIPT_KEY unset)
 
     @property
     def body_limits(self) -> BodyLimits:
@@ -50,6 +52,7 @@ def build_service(settings: Settings, metrics: Metrics, pipeline: Pipeline | Non
         on_batch=telemetry.batch,
         image_stats=settings.monitor_window > 0,
         batch_timeout_s=settings.batch_timeout_s,
+        image_digests=settings.receipt_key is not None,
     )
     monitor = Monitor(settings.monitor_window, settings.max_stations)
 
@@ -74,4 +77,4 @@ def build_service(settings: Settings, metrics: Metrics, pipeline: Pipeline | Non
         )
     bodies = ByteBudget(settings.max_body_bytes_in_flight, settings.retry_after_s)
     tokens = StationTokens.load(settings.station_tokens_file) if settings.station_tokens_file else None
-    return Service(settings, host, metrics, monitor, capture, bodies, tokens)
+    return Service(settings, host, metrics, monitor, capture, bodies, tokens, Receipts.from_settings(settings))

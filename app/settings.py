@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model_store.errors import BundleError, describe_validation_errors
+from model_store.receipts import ReceiptKeyError, load_private_key
 from model_store.signing import trusted_keys
 
 # Defaults that modules below the settings also use (this module imports nothing of `app`).
@@ -82,6 +83,11 @@ class Settings(BaseSettings):
     )
     capture_max_megabytes: int = Field(1024, ge=1, description="capture size bound; oldest requests go first")
     capture_max_age_days: float = Field(30.0, gt=0, description="captured requests older than this are removed")
+    receipt_key: Path | None = Field(
+        None,
+        description="EC P-256 private key PEM (python -m model_store keygen; not the bundle key) that signs a "
+        "receipt for every decision served; unset = no receipts",
+    )
     tls_cert_file: Path | None = Field(None, description="serve HTTPS with this certificate (PEM, chain first)")
     tls_key_file: Path | None = Field(None, description="the certificate's private key (PEM)")
     tls_client_ca_file: Path | None = Field(
@@ -132,6 +138,16 @@ class Settings(BaseSettings):
             trusted_keys(v)
         except BundleError as exc:
             raise ValueError(f"APP_PUBLIC_KEY: {exc}") from None
+        return v
+
+    @field_validator("receipt_key")
+    @classmethod
+    def _receipt_key_loads(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            try:
+                load_private_key(v)
+            except ReceiptKeyError as exc:
+                raise ValueError(f"APP_RECEIPT_KEY: {exc}") from None
         return v
 
     @field_validator("store")

@@ -7,7 +7,13 @@ requests/<request id>/record.json  what was predicted: version, station, time, p
                                    probability, decision, file name and sha256
 requests/<request id>/<n>.<ext>    the image bytes exactly as the station sent them
 labels/<request id>.json           the inspector's label for each image (or one for all)
+images/<sha256>/<request id>       an index: the requests that hold an image with this sha256
 ```
+
+`find(sha256)` reads one index folder, so a photo (or a decision receipt, which names its
+photo's sha256) finds its capture without a scan, however large the capture. Index entries
+are written before the request becomes visible and removed with it; `find` trusts only
+complete records that list the image, so an entry a failed write left behind is skipped.
 
 A request becomes visible only once complete (a renamed directory; on S3 its record is
 written after its images), so a crash never leaves a half request that a reader trusts.
@@ -27,7 +33,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,6 +43,8 @@ from model_store.fsutil import atomic_write_bytes
 from model_store.manifest import sha256_bytes
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+FIND_LIMIT = 100  # captures of one exact photo that `find` returns, newest first
 _EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 
@@ -94,6 +102,37 @@ class CapturedImage:
     format: str  # JPEG, PNG or WEBP (from the header check)
     probability: float
     decision: str
+    sha256: str | None = None  # when already known (the worker hashed it for a receipt)
+
+
+class Found(NamedTuple):
+    """A captured image: its request's record, and the record's entry for it."""
+
+    request_id: str
+    file: str
+    record: dict[str, Any]
+
+
+def check_sha256(sha256: str) -> str:
+    if not _SHA256.match(sha256):
+        raise CaptureNotFound(f"{sha256[:80]!r} is not a sha256 (64 lowercase hex digits)")
+    return sha256
+
+
+def _matches(
+    sha256: str, newest_first: Iterable[str], record: Callable[[str], dict[str, Any] | None], limit: int
+) -> list[Found]:
+    """The captured images with `sha256` in the requests `newest_first` names (as the index
+    lists them), up to `limit`: a record is read per request until that many are found."""
+    found: list[Found] = []
+    for rid in newest_first:
+        value = record(rid) if _ID.match(rid) else None
+        for entry in (value or {}).get("images", []):
+            if entry.get("sha256") == sha256 and len(found) < limit:
+                found.append(Found(rid, entry["file"], value or {}))
+        if len(found) >= limit:
+            break
+    return found
 
 
 def check_id(request_id: str) -> str:
@@ -132,6 +171,17 @@ class CaptureStore(abc.ABC):
     def enforce(self, max_bytes: int, max_age_s: float) -> Enforced:
         """Delete requests (oldest first) beyond the size and age bounds."""
 
+    @abc.abstractmethod
+    def find(self, sha256: str, limit: int = FIND_LIMIT) -> list[Found]:
+        """The captured images whose bytes have this sha256, newest first (from the index:
+        one folder read, then a record per request that holds the image)."""
+
+    def _record_or_none(self, request_id: str) -> dict[str, Any] | None:
+        try:
+            return self.record(request_id)
+        except CaptureNotFound:
+            return None  # removed meanwhile, or an index entry a failed write left
+
 
 def new_record(request_id: str, version: str, station: str, images: Sequence[CapturedImage]) -> dict[str, Any]:
     return {
@@ -142,7 +192,7 @@ def new_record(request_id: str, version: str, station: str, images: Sequence[Cap
         "images": [
             {
                 "file": f"{i}.{_EXT.get(img.format, 'bin')}",
-                "sha256": sha256_bytes(img.data),
+                "sha256": img.sha256 or sha256_bytes(img.data),
                 "probability": img.probability,
                 "decision": img.decision,
             }
@@ -156,6 +206,7 @@ class FilesystemCapture(CaptureStore):
         self.root = Path(root)
         self.location = str(self.root)
         self._requests, self._labels = self.root / "requests", self.root / "labels"
+        self._index = self.root / "images"
 
     def put_request(self, request_id: str, record: dict[str, Any], images: Sequence[CapturedImage]) -> int:
         check_id(request_id)
@@ -170,6 +221,7 @@ class FilesystemCapture(CaptureStore):
             for entry, img in zip(record["images"], images, strict=True):
                 (staging / entry["file"]).write_bytes(img.data)
             (staging / "record.json").write_bytes(encode_record(record))
+            self._add_to_index(request_id, record)
             # Claim the id with mkdir, which is create-only (EEXIST), then rename onto the
             # claim: rename alone is not create-only, since onto an empty directory (another
             # writer's claim) it replaces it. Readers skip the empty claim (no record yet).
@@ -189,6 +241,41 @@ class FilesystemCapture(CaptureStore):
                 raise _fs_error(f"writing request {request_id}", exc) from None
             raise
         return request_bytes(record, images)
+
+    def _add_to_index(self, request_id: str, record: dict[str, Any]) -> None:
+        for sha256 in {entry["sha256"] for entry in record["images"]}:
+            folder = self._index / sha256
+            for attempt in range(3):  # `enforce` may remove the folder between the mkdir and the write
+                folder.mkdir(parents=True, exist_ok=True)
+                try:
+                    (folder / request_id).touch()
+                    break
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
+
+    def _remove_from_index(self, request: Path) -> None:
+        try:
+            record = json.loads((request / "record.json").read_bytes())
+            shas = {entry.get("sha256") for entry in record["images"]}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return  # not a complete request: nothing of it is trusted by `find`
+        for sha256 in shas:
+            if isinstance(sha256, str) and _SHA256.match(sha256):
+                (self._index / sha256 / request.name).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    (self._index / sha256).rmdir()  # only once empty
+
+    def find(self, sha256: str, limit: int = FIND_LIMIT) -> list[Found]:
+        folder = self._index / check_sha256(sha256)
+        entries = []
+        try:
+            for p in folder.iterdir() if folder.is_dir() else []:
+                with contextlib.suppress(FileNotFoundError):  # removed by `enforce` meanwhile
+                    entries.append((-p.stat().st_mtime, p.name))
+        except OSError as exc:
+            raise _fs_error("reading the image index", exc) from None
+        return _matches(sha256, (rid for _, rid in sorted(entries)), self._record_or_none, limit)
 
     def record(self, request_id: str) -> dict[str, Any]:
         path = self._requests / check_id(request_id) / "record.json"
@@ -260,6 +347,7 @@ class FilesystemCapture(CaptureStore):
         removed = 0
         for mtime, size, d in entries:
             if d.name.startswith(".tmp-") or now - mtime > max_age_s or total > max_bytes:
+                self._remove_from_index(d)
                 shutil.rmtree(d, ignore_errors=True)
                 (self._labels / f"{d.name}.json").unlink(missing_ok=True)
                 total -= size
@@ -302,6 +390,8 @@ class S3Capture(CaptureStore):
         check_id(request_id)
         for entry, img in zip(record["images"], images, strict=True):
             self._put_new(request_id, self._key("requests", request_id, entry["file"]), img.data)
+        for sha256 in {entry["sha256"] for entry in record["images"]}:
+            self._client.put_object(Bucket=self.bucket, Key=self._key("images", sha256, request_id), Body=b"")
         self._put_new(request_id, self._key("requests", request_id, "record.json"), encode_record(record))
         return request_bytes(record, images)
 
@@ -371,10 +461,26 @@ class S3Capture(CaptureStore):
         for mtime, size, rid, objs in rows:
             if now - mtime > max_age_s or total > max_bytes:
                 keys = [{"Key": o["Key"]} for o in objs] + [{"Key": self._key("labels", f"{rid}.json")}]
+                keys += [{"Key": self._key("images", sha256, rid)} for sha256 in self._indexed_as(rid)]
                 self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
                 total -= size
                 removed += 1
         return Enforced(removed, total)
+
+    def _indexed_as(self, request_id: str) -> set[str]:
+        raw = self._get(self._key("requests", request_id, "record.json")) if _ID.match(request_id) else None
+        try:
+            record = json.loads(raw) if raw is not None else {}
+        except ValueError:
+            return set()
+        shas = {entry.get("sha256") for entry in record.get("images", [])}
+        return {s for s in shas if isinstance(s, str) and _SHA256.match(s)}
+
+    def find(self, sha256: str, limit: int = FIND_LIMIT) -> list[Found]:
+        objs = sorted(
+            self._list(f"images/{check_sha256(sha256)}/"), key=lambda o: (-o["LastModified"].timestamp(), o["Key"])
+        )
+        return _matches(sha256, (o["Key"].rsplit("/", 1)[1] for o in objs), self._record_or_none, limit)
 
 
 def open_capture(location: str | Path) -> CaptureStore:

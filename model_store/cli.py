@@ -1,4 +1,4 @@
-"""`python -m model_store`: keys, bundle verification, and the store's versions and pointer.
+"""`python -m model_store`: keys, bundle verification, the store's versions and pointer, and decision receipts.
 
 Exit codes: 0 success, 1 refused (one line on stderr saying why), 2 usage error.
 """
@@ -8,20 +8,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from model_store.argparsing import ArgumentParser, program
 from model_store.errors import ModelStoreError
 from model_store.store.base import default_actor
 
 if TYPE_CHECKING:
+    from model_store.receipts import Receipt
     from model_store.store.base import AuditEntry, Store
 
 ENV_STORE = "MODEL_STORE"
 ENV_PUBLIC_KEY = "MODEL_STORE_PUBLIC_KEY"
+ENV_RECEIPT_KEY = "MODEL_STORE_RECEIPT_KEY"
 
 
 def _common_options(p: argparse.ArgumentParser, *, top_level: bool) -> None:
@@ -52,10 +56,10 @@ def _common_options(p: argparse.ArgumentParser, *, top_level: bool) -> None:
 class _SubParsers:
     """add_subparsers() whose every command also takes the common options."""
 
-    def __init__(self, parser: argparse.ArgumentParser) -> None:
+    def __init__(self, parser: argparse.ArgumentParser, dest: str = "command") -> None:
         self._common = ArgumentParser(add_help=False)
         _common_options(self._common, top_level=False)
-        self._sub = parser.add_subparsers(dest="command", required=True)
+        self._sub = parser.add_subparsers(dest=dest, required=True)
 
     def add_parser(self, name: str, *, help: str) -> argparse.ArgumentParser:
         return self._sub.add_parser(name, help=help, parents=[self._common])
@@ -101,7 +105,44 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--undo", action="store_true", help="un-revoke it (audited too)")
 
     sub.add_parser("log", help="the audit log")
+
+    rc = sub.add_parser("receipt", help="decision receipts: print the key, verify, replay, find the captured photo")
+    _receipt_commands(_SubParsers(rc, dest="receipt_command"))
     return p
+
+
+def _receipt_commands(sub: _SubParsers) -> None:
+    receipt_help = "the receipt: a file holding it, - for stdin, or the receipt itself"
+    key_help = (
+        "the service's receipt public key: a PEM, the JWK set GET /v1/receipts/keys serves, or a directory of "
+        f"them (*.pem, *.json; rotation: receipts of any key there verify) (env {ENV_RECEIPT_KEY})"
+    )
+
+    def receipt_key(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--receipt-key", type=Path, default=os.environ.get(ENV_RECEIPT_KEY), help=key_help)
+
+    k = sub.add_parser("key", help="print a receipt key's public half as the JWK set the service serves")
+    k.add_argument("key", type=Path, help="the receipt key PEM (APP_RECEIPT_KEY, or its public.pem)")
+    k.add_argument("--pem", action="store_true", help="print it as a PEM instead")
+
+    v = sub.add_parser("verify", help="check a receipt's signature and print what it states")
+    v.add_argument("receipt", help=receipt_help)
+    receipt_key(v)
+
+    r = sub.add_parser(
+        "replay", help="reproduce a receipt's decision bit for bit from the store, or say exactly what differs"
+    )
+    r.add_argument("receipt", help=receipt_help)
+    r.add_argument("image", type=Path, nargs="?", help="the photo (or give --capture to take it from there)")
+    r.add_argument("--capture", help="a capture store (directory or s3://...) to take the photo from, by sha256")
+    r.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run the model (default cpu)")
+    receipt_key(r)
+
+    f = sub.add_parser("find", help="the captured photo a receipt (or a sha256) names")
+    f.add_argument("receipt", help=f"{receipt_help}; or an image sha256")
+    f.add_argument("--capture", required=True, help="the capture store: a directory or s3://bucket/prefix")
+    f.add_argument("--out", type=Path, help="write the newest capture of the photo here")
+    receipt_key(f)
 
 
 def _store(args: argparse.Namespace) -> Store:
@@ -128,8 +169,108 @@ def _print_entry(e: AuditEntry, as_json: bool) -> None:
         )
 
 
+def _read_receipt(given: str) -> str:
+    """The receipt text: from stdin (`-`), a file, or the argument itself."""
+    if given == "-":
+        return sys.stdin.read()
+    try:
+        is_file = Path(given).is_file()
+    except OSError:  # a receipt is longer than a file name may be
+        is_file = False
+    return Path(given).read_text(errors="replace") if is_file else given
+
+
+def _verified(args: argparse.Namespace) -> Receipt:
+    from model_store.receipts import ReceiptKeys, verify
+
+    if args.receipt_key is None:
+        raise SystemExit(_usage(f"give --receipt-key (the service's receipt public key) or env {ENV_RECEIPT_KEY}"))
+    return verify(_read_receipt(args.receipt), ReceiptKeys.load(args.receipt_key))
+
+
+def _photo(receipt: Receipt, location: str) -> tuple[bytes, str]:
+    """The captured photo a receipt names (its own request's capture first), and where it was."""
+    from model_store.capture import CaptureNotFound, open_capture
+
+    capture = open_capture(location)
+    found = capture.find(receipt.image_sha256)
+    if not found:
+        raise CaptureNotFound(
+            f"no photo with sha256 {receipt.image_sha256} in the capture {capture.location} "
+            "(not captured, or removed by its size or age bound)"
+        )
+    best = next((f for f in found if f.request_id == receipt.request_id), found[0])
+    return capture.image(best.request_id, best.file), f"{capture.location}: {best.request_id}/{best.file}"
+
+
+def _receipt(args: argparse.Namespace) -> int:
+    from model_store import receipts as rc
+
+    cmd = args.receipt_command
+    if cmd == "key":
+        for key in rc.ReceiptKeys.load(args.key).by_id.values():  # one: a PEM file holds one key
+            print(rc.public_pem(key) if args.pem else json.dumps(rc.jwks(key), indent=2), end="" if args.pem else "\n")
+        return 0
+    if cmd == "find":
+        given = args.receipt.strip()
+        if re.fullmatch(r"[0-9a-f]{64}", given):
+            return _find(given, None, args)
+        receipt = _verified(args)
+        return _find(receipt.image_sha256, receipt.request_id, args)
+    receipt = _verified(args)
+    if cmd == "verify":
+        print(receipt.model_dump_json() if args.json else f"OK: verified: {rc.describe(receipt)}")
+        return 0
+    return _replay(receipt, args)
+
+
+def _find(sha256: str, request_id: str | None, args: argparse.Namespace) -> int:
+    """Every capture of the photo (the receipt's own request first); `--out` writes its bytes."""
+    from model_store.capture import CaptureNotFound, open_capture
+
+    capture = open_capture(args.capture)
+    found = sorted(capture.find(sha256), key=lambda f: f.request_id != request_id)
+    if not found:
+        raise CaptureNotFound(f"no photo with sha256 {sha256} in the capture {capture.location} (or it expired)")
+    for f in found:
+        entry = next(e for e in f.record["images"] if e["file"] == f.file)
+        row: dict[str, Any] = {"request_id": f.request_id, "file": f.file}
+        row |= {k: f.record.get(k) for k in ("station", "version", "time")}
+        row |= {k: entry.get(k) for k in ("probability", "decision")}
+        if args.json:
+            print(json.dumps(row))
+        else:
+            when = row["time"]
+            row["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when)) if isinstance(when, float) else when
+            print("  ".join(str(v) for v in row.values()))
+    if args.out is not None:
+        args.out.write_bytes(capture.image(found[0].request_id, found[0].file))
+        print(f"wrote {args.out} ({found[0].request_id}/{found[0].file})", file=sys.stderr)
+    return 0
+
+
+def _replay(receipt: Receipt, args: argparse.Namespace) -> int:
+    from model_store.receipts import describe
+    from model_store.replay import Replayer
+
+    if (args.image is None) == (args.capture is None):
+        return _usage("give the photo (IMAGE) or --capture to take it from, not both")
+    if args.public_key is None:
+        return _usage(f"replay verifies the bundle: give --public-key PEM (or env {ENV_PUBLIC_KEY})")
+    image, source = (args.image.read_bytes(), str(args.image)) if args.image else _photo(receipt, args.capture)
+    replayed = Replayer(_store(args), device=args.device).replay(receipt, image)
+    if args.json:
+        answer = {"replayed": True, "image": source, "probability": replayed.probability}
+        print(json.dumps({**answer, "decision": replayed.decision, "receipt": receipt.model_dump()}))
+    else:
+        print(f"OK: replayed bit for bit from {source}: {describe(receipt)}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     cmd = args.command
+    if cmd == "receipt":
+        return _receipt(args)
     if cmd == "keygen":
         from model_store.signing import generate_keypair
 

@@ -31,6 +31,10 @@ HEADER_BYTES = 64 * 1024  # the JSON header: names, shapes, a few parameters
 INPUT = "image"
 # `reason`: why an image's decision is "retake" (outside the validated ranges); "" otherwise.
 OUTPUTS = {"probability": "FP32", "decision": "BYTES", "reason": "BYTES"}
+# With receipts on, one more output: each image's signed receipt (`result.as_numpy("receipt")`
+# in tritonclient: one bytes object per image, beside its probability and decision).
+RECEIPT = "receipt"
+WITH_RECEIPTS = {**OUTPUTS, RECEIPT: "BYTES"}
 # What `GET /v2` advertises: only what this module implements.
 EXTENSIONS = ["binary_tensor_data", "parameters", "schedule_policy"]  # schedule_policy: the `timeout` parameter
 _LENGTH = struct.Struct("<I")
@@ -69,8 +73,11 @@ def decompress(raw: bytes, encoding: str | None, limit: int) -> bytes:
     return body
 
 
-def parse_request(body: bytes, header_length: str | None, limits: BodyLimits) -> InferRequest:
-    """The images of an inference request (input `image`, BYTES, shape [N], binary data)."""
+def parse_request(
+    body: bytes, header_length: str | None, limits: BodyLimits, outputs: dict[str, str] = OUTPUTS
+) -> InferRequest:
+    """The images of an inference request (input `image`, BYTES, shape [N], binary data),
+    and which of `outputs` (name: datatype) it asks for."""
     if header_length is None:
         length = len(body)
     elif not header_length.isdigit() or int(header_length) > len(body):
@@ -93,7 +100,7 @@ def parse_request(body: bytes, header_length: str | None, limits: BodyLimits) ->
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise invalid("'id' must be a string")
-    return InferRequest(request_id, images, _outputs(header), _timeout_ms(header))
+    return InferRequest(request_id, images, _outputs(header, outputs), _timeout_ms(header))
 
 
 def _timeout_ms(header: dict[str, Any]) -> int | None:
@@ -154,19 +161,20 @@ def _images(tensor: dict[str, Any], section: bytes, limits: BodyLimits) -> list[
     return images
 
 
-def _outputs(header: dict[str, Any]) -> dict[str, bool]:
+def _outputs(header: dict[str, Any], available: dict[str, str]) -> dict[str, bool]:
     params = header.get("parameters") or {}
     default = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
     asked = header.get("outputs")
     if asked is None:
-        return dict.fromkeys(OUTPUTS, default)
+        return dict.fromkeys(available, default)
     if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
         raise invalid("'outputs' must be a list of objects")
     wanted: dict[str, bool] = {}
     for o in asked:
         name = o.get("name")
-        if name not in OUTPUTS:
-            raise invalid(f"unknown output {str(name)[:64]!r}: the outputs are {', '.join(OUTPUTS)}")
+        if name not in available:
+            off = " (receipts are off on this service)" if name == RECEIPT else ""
+            raise invalid(f"unknown output {str(name)[:64]!r}: the outputs are {', '.join(available)}{off}")
         p = o.get("parameters") or {}
         if isinstance(p, dict) and "classification" in p:
             raise invalid("the classification extension is not supported; ask for 'decision' instead")
@@ -184,11 +192,11 @@ def response_body(
     section = bytearray()
     for name, binary in outputs.items():
         values = columns[name]
-        tensor: dict[str, Any] = {"name": name, "datatype": OUTPUTS[name], "shape": [len(values)]}
+        tensor: dict[str, Any] = {"name": name, "datatype": WITH_RECEIPTS[name], "shape": [len(values)]}
         if not binary:
             tensor["data"] = list(values)
         else:
-            if OUTPUTS[name] == "FP32":
+            if WITH_RECEIPTS[name] == "FP32":
                 data = np.asarray(values, dtype="<f4").tobytes()
             else:
                 data = b"".join(_LENGTH.pack(len(e)) + e for e in (str(v).encode() for v in values))

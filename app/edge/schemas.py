@@ -34,6 +34,12 @@ class ImageResult(BaseModel):
     )
     threshold: float
     reason: str | None = Field(None, description="why the decision is `retake`; absent otherwise")
+    receipt: str | None = Field(
+        None,
+        description="with receipts on (APP_RECEIPT_KEY): a JWS (ES256) signed by the service over this image's "
+        "sha256, probability, decision, threshold, the model and the request; keys at GET /v1/receipts/keys; "
+        "`python -m model_store receipt verify` / `replay` check it",
+    )
 
 
 class PredictResponse(BaseModel):
@@ -142,7 +148,7 @@ _ERROR_MEANING = {
     400: "malformed request: not HTTP, or a JSON body that is not UTF-8 (`bad_request`)",
     401: "missing or wrong bearer token (`unauthorized`)",
     403: "management is off: no token configured (`management_disabled`)",
-    404: "no such version, or no such captured request for this station",
+    404: "no such version, no such captured request for this station, or receipts are off (`receipts_off`)",
     408: "the request body did not arrive in time (`request_timeout`)",
     409: "conflict with the store's state (`parity_failed`, `version_conflict`, `nothing_to_roll_back`)",
     413: "too large: the body, one image or the number of images",

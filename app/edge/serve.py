@@ -9,7 +9,8 @@ own answer; everything between is here, once.
 2. **check** every image's header (bounded work, in the inspect threads) and **score** it
    (queue, batch, decode and forward in a worker, decide), then **record** drift and
    metrics (`Prediction.score`);
-3. **after** the answer is sent: shadow scoring and capture (`Prediction.after`).
+3. with receipts on, **sign** one per image, stating what the answer carries (`Prediction.receipts`);
+4. **after** the answer is sent: shadow scoring and capture (`Prediction.after`).
 """
 
 from __future__ import annotations
@@ -92,6 +93,13 @@ class Prediction:
             if s.retake is not None:
                 metrics.retakes.labels(s.retake.feature).inc()
         return self.scores
+
+    def receipts(self) -> list[str] | None:
+        """A signed receipt per scored image, in order; None when receipts are off."""
+        receipts = self.service.receipts
+        if receipts is None:
+            return None
+        return receipts.sign(self.request_id, self.station, self.loaded, self.checked, self.scores)
 
     def after(self) -> BackgroundTasks | None:
         """Shadow scoring and capture, to run once the answer is sent (never before it)."""

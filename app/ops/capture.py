@@ -64,7 +64,7 @@ class Capturer:
             return None
         self.in_flight += 1
         captured = [
-            CapturedImage(data, info.format, s.probability, s.decision)
+            CapturedImage(data, info.format, s.probability, s.decision, s.image_sha256)
             for (_, data, info), s in zip(images, scores, strict=True)
         ]
         record = new_record(request_id, loaded.version, station, captured)

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from app.serving import protocol
 from app.serving.admission import Admission, DeadlineExceeded, Overloaded, RequestTooLarge
@@ -58,24 +58,34 @@ BatchObserver = Callable[[int, float, float], None]  # images, decode seconds, f
 
 @dataclass(frozen=True)
 class Scored:
-    """One image's outcome: a probability, its decision, and the drift features of its crop.
-    `reason`: why the decision is `retake` (the image is outside the validated ranges)."""
+    """One image's outcome: a probability, its decision (`retake` with the reason when the
+    image is outside the validated ranges), the drift features of its crop, and what a
+    receipt states beside them: where it was computed and (receipts on) its sha256."""
 
     probability: float
     decision: str
     stats: ImageStats | None = None
     retake: domain.Retake | None = None
+    image_sha256: str | None = None  # hashed by the worker that scored it (`Pipeline(image_digests=True)`)
+    batch: tuple[int, int] | None = None  # (images in its forward pass, its row there): its last bits depend on both
 
     @property
     def reason(self) -> str | None:
         return self.retake.reason if self.retake is not None else None
 
 
+class _Result(NamedTuple):
+    probability: float
+    stats: ImageStats | None
+    image_sha256: str | None
+    batch: tuple[int, int]
+
+
 @dataclass(eq=False)
 class _Request:
     version: str
-    results: list[tuple[float, ImageStats | None] | None]
-    future: asyncio.Future[list[tuple[float, ImageStats | None]]]
+    results: list[_Result | None]
+    future: asyncio.Future[list[_Result]]
     remaining: int
     shadow: bool = False
     dispatched: bool = False  # some of its images went to a worker
@@ -130,10 +140,12 @@ class Pipeline:
         on_batch: BatchObserver | None = None,
         image_stats: bool = True,
         batch_timeout_s: float = BATCH_TIMEOUT_S,
+        image_digests: bool = False,
     ) -> None:
         self.max_batch = max_batch
         self.limits = limits or DecodeLimits()
         self.image_stats = image_stats  # drift features per image (off when monitoring is off)
+        self.image_digests = image_digests  # sha256 per image, in the workers (for receipts)
         self.admission = Admission(queue_bound, max_pending_pixels)
         self.pool = WorkerPool(
             workers,
@@ -333,9 +345,9 @@ class Pipeline:
             self.release(version)
         spec, bounds = model.manifest.decision, model.domain
         out = []
-        for (p, stats), (_, _, info) in zip(probs, images, strict=True):
-            decision, why = domain.verdict(spec, bounds, p, stats, info.width, info.height)
-            out.append(Scored(p, decision, stats, why))
+        for r, (_, _, info) in zip(probs, images, strict=True):
+            decision, why = domain.verdict(spec, bounds, r.probability, r.stats, info.width, info.height)
+            out.append(Scored(r.probability, decision, r.stats, why, r.image_sha256, r.batch))
         return out
 
     def _expire(self, request: _Request, queue: deque[_Item]) -> None:
@@ -457,9 +469,13 @@ class Pipeline:
 
         future.add_done_callback(done)
         version = batch[0].request.version
-        # The features also feed the retake check of a bundle that has one, monitoring or not.
-        stats = self.image_stats or self._models[version].domain is not None
-        header = {"op": "predict", "version": version, "stats": stats}
+        header = {
+            "op": "predict",
+            "version": version,
+            # The features also feed the retake check of a bundle that has one, monitoring or not.
+            "stats": self.image_stats or self._models[version].domain is not None,
+            "digests": self.image_digests,
+        }
         self.pool.send(w, header, tuple(item.data for item in batch), future)
 
     def _batch_done(self, batch: list[_Item], f: asyncio.Future[Reply]) -> None:
@@ -481,6 +497,10 @@ class Pipeline:
         self._on_batch(header["batch"], header["decode_s"], header["forward_s"])
 
         failed = {row[0]: (row[1], row[2]) for row in header["errors"]}
+        # The worker stacks the images that decoded, in order: an image's row in the forward
+        # pass is the count of decoded ones before it.
+        rows = [i - sum(1 for f in failed if f < i) for i in range(len(batch))]
+        digests = header.get("digests") or [None] * len(batch)
         for i, (item, p, s) in enumerate(zip(batch, header["probs"], header["stats"], strict=True)):
             request = item.request
             if request.done:
@@ -489,7 +509,8 @@ class Pipeline:
                 code, message = failed[i]
                 request.future.set_exception(_image_error(code, message, item.index))
                 continue
-            request.results[item.index] = (p, ImageStats(*s) if s is not None else None)
+            stats = ImageStats(*s) if s is not None else None
+            request.results[item.index] = _Result(p, stats, digests[i], (header["batch"], rows[i]))
             request.remaining -= 1
             if request.remaining == 0:
                 request.future.set_result([r for r in request.results if r is not None])

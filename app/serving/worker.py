@@ -12,6 +12,7 @@ and the model code, and a new worker is ready in milliseconds.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -44,7 +45,9 @@ def serve(sock: socket.socket, threads: int, device: str, limits: DecodeLimits, 
         op = header.get("op")
         try:
             if op == "predict":
-                reply = _predict(models[header["version"]], blobs, header.get("stats", True))
+                reply = _predict(
+                    models[header["version"]], blobs, header.get("stats", True), header.get("digests", False)
+                )
             elif op == "load":
                 started = time.perf_counter()
                 models[header["version"]] = _load(header, blobs, device, limits, max_batch)
@@ -84,9 +87,14 @@ def _load(header: Header, blobs: list[bytes], device: str, limits: DecodeLimits,
     return predictor
 
 
-def _predict(predictor: Predictor, images: list[bytes], with_stats: bool = True) -> dict[str, Any]:
-    """Probabilities (and drift features) in order; an image that fails to decode gets an
-    error, not the batch."""
+def _predict(
+    predictor: Predictor, images: list[bytes], with_stats: bool = True, with_digests: bool = False
+) -> dict[str, Any]:
+    """Probabilities (and drift features, and each image's sha256 for its receipt) in order;
+    an image that fails to decode gets an error, not the batch."""
+    # Hashed here, beside the decode, rather than on the front's event loop (~0.5 ms per MB),
+    # and outside the decode time the metrics report.
+    digests = [hashlib.sha256(data).hexdigest() for data in images] if with_digests else None
     started = time.perf_counter()
     tensors, rows, errors = [], [], []
     stats: list[list[float] | None] = [None] * len(images)
@@ -114,6 +122,7 @@ def _predict(predictor: Predictor, images: list[bytes], with_stats: bool = True)
         "probs": probs,
         "stats": stats,
         "errors": errors,
+        "digests": digests,
         "decode_s": decoded - started,
         "forward_s": time.perf_counter() - decoded,
         "batch": len(tensors),

@@ -18,6 +18,7 @@ import pytest
 
 from model_store import activation
 from model_store.manifest import VERSION_PATTERN
+from model_store.signing import generate_keypair
 from model_store.store import FilesystemStore
 from tests.utils.server import ADMIN_TOKEN, ServiceProcess, admin
 
@@ -51,6 +52,8 @@ def service(tmp_path_factory: pytest.TempPathFactory, keys, bundles) -> Iterator
         "APP_PUBLIC_KEY": str(keys[1]),
         "APP_ADMIN_TOKEN": ADMIN_TOKEN,
         "APP_WORKERS": "1",
+        # Receipts on: every predict answer then carries one, checked against the document too.
+        "APP_RECEIPT_KEY": str(generate_keypair(root / "receipt-keys")[0]),
         "TMPDIR": str(root),
     }
     with ServiceProcess(env, root / "service.log") as svc:

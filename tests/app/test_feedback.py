@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import socket
@@ -167,6 +168,27 @@ def test_a_capture_is_never_replaced(capture_store: CaptureStore) -> None:
         with pytest.raises(CaptureError, match="already"):
             capture_store.put_request("the-id", *_request(second))
         assert list((capture_store.root / "requests" / "the-id").iterdir()) == []
+
+
+def test_a_captured_image_is_found_by_its_sha256_until_its_request_is_removed(capture_store: CaptureStore) -> None:
+    """The index a decision receipt's `image_sha256` finds its photo by (one folder or prefix
+    read, never a scan), kept in step with the size bound's removals."""
+    photo, other = image_bytes(21), image_bytes(22)
+    for rid, images in (("r-1", [photo, other]), ("r-2", [photo])):
+        captured = [CapturedImage(data, "JPEG", 0.5, "intact") for data in images]
+        capture_store.put_request(rid, new_record(rid, "v1", "dock-1", captured), captured)
+    sha = hashlib.sha256(photo).hexdigest()
+    assert {(f.request_id, f.file) for f in capture_store.find(sha)} == {("r-1", "0.jpg"), ("r-2", "0.jpg")}
+    assert [(f.request_id, f.file) for f in capture_store.find(hashlib.sha256(other).hexdigest())] == [("r-1", "1.jpg")]
+    assert capture_store.image("r-2", capture_store.find(sha, limit=1)[0].file) == photo
+    assert len(capture_store.find(sha, limit=1)) == 1
+    assert capture_store.find("0" * 64) == []
+    with pytest.raises(CaptureNotFound, match="not a sha256"):
+        capture_store.find("../../etc/passwd")
+    capture_store.enforce(0, 1e9)  # the size bound removes every request: its index entries go with it
+    assert capture_store.find(sha) == []
+    if isinstance(capture_store, FilesystemCapture):
+        assert not any((capture_store.root / "images").iterdir())  # no empty folder left per photo
 
 
 # --- 2. store faults --------------------------------------------------------------------------

@@ -43,6 +43,7 @@ _CAPTURE_CALLS: dict[str, Callable[[S3Capture], object]] = {
     "labels": lambda c: c.labels(),
     "image": lambda c: c.image("r1", "0.jpg"),
     "enforce": lambda c: c.enforce(1, 1.0),
+    "find": lambda c: c.find("0" * 64),
 }
 
 

@@ -42,12 +42,19 @@ async def serve_predict(request: Request, service: Service) -> Response:
         except APIError as exc:
             raise refused_body(exc, service) from None
         scores = await p.score(images)
-        response = JSONLines(predict_body(p.request_id, p.loaded, [name for name, _ in images], scores))
+        names = [name for name, _ in images]
+        response = JSONLines(predict_body(p.request_id, p.loaded, names, scores, p.receipts()))
         response.background = p.after()
         return response
 
 
-def predict_body(request_id: str, loaded: Loaded, names: Sequence[str], scores: Sequence[Scored]) -> dict[str, Any]:
+def predict_body(
+    request_id: str,
+    loaded: Loaded,
+    names: Sequence[str],
+    scores: Sequence[Scored],
+    receipts: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """The answer, in the shape `PredictResponse` documents, built directly: no validation
     pass per request (schemathesis checks every answer against the document)."""
     threshold = loaded.threshold
@@ -63,6 +70,9 @@ def predict_body(request_id: str, loaded: Loaded, names: Sequence[str], scores: 
         if s.reason is not None:  # a retake says why
             result["reason"] = s.reason
         results.append(result)
+    if receipts is not None:
+        for result, receipt in zip(results, receipts, strict=True):
+            result["receipt"] = receipt
     return {
         "request_id": request_id,
         "model": {"name": loaded.name, "version": loaded.version, "manifest_sha256": loaded.manifest_sha256},

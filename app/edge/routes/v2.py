@@ -86,13 +86,18 @@ async def ready(service: ServiceDep) -> Response:
     return JSONLines({"ready": True})
 
 
-def _metadata(loaded: Loaded) -> dict[str, Any]:
+def _outputs(service: Service) -> dict[str, str]:
+    """The outputs this service answers (name: datatype): a receipt per image when they are on."""
+    return oip.OUTPUTS if service.receipts is None else oip.WITH_RECEIPTS
+
+
+def _metadata(loaded: Loaded, outputs: dict[str, str]) -> dict[str, Any]:
     return {
         "name": loaded.name,
         "versions": [loaded.version],
         "platform": f"pytorch_{loaded.manifest.model.architecture}",
         "inputs": [{"name": oip.INPUT, "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [{"name": name, "datatype": dtype, "shape": [-1]} for name, dtype in oip.OUTPUTS.items()],
+        "outputs": [{"name": name, "datatype": dtype, "shape": [-1]} for name, dtype in outputs.items()],
         "parameters": {"manifest_sha256": loaded.manifest_sha256, "threshold": loaded.threshold},
     }
 
@@ -100,13 +105,13 @@ def _metadata(loaded: Loaded) -> dict[str, Any]:
 @router.get("/models/{model}", responses=_errors(404, 503))
 async def model_metadata(model: str, service: ServiceDep) -> dict[str, Any]:
     """The model's name, served version, input and outputs."""
-    return _metadata(_served(service, model))
+    return _metadata(_served(service, model), _outputs(service))
 
 
 @router.get("/models/{model}/versions/{version}", responses=_errors(404, 503))
 async def version_metadata(model: str, version: str, service: ServiceDep) -> dict[str, Any]:
     """As `/v2/models/{model}`, for the served version only."""
-    return _metadata(_served(service, model, version))
+    return _metadata(_served(service, model, version), _outputs(service))
 
 
 async def _ready(service: Service, model: str, version: str | None) -> Response:
@@ -143,8 +148,9 @@ _INFER_BODY = {
 _INFER = {
     "responses": {
         200: {
-            "description": "outputs `probability` (FP32 [N]), `decision` (BYTES [N]: the label, or `retake`) and "
-            "`reason` (BYTES [N]: why a retake, else empty), as JSON or binary data; "
+            "description": "outputs `probability` (FP32 [N]), `decision` (BYTES [N]: the label, or `retake`), "
+            "`reason` (BYTES [N]: why a retake, else empty), and with receipts on `receipt` (BYTES [N], a signed "
+            "JWS per image), as JSON or binary data; "
             "`parameters`: version, manifest_sha256, threshold, request_id",
             "content": {
                 "application/json": {"schema": {"type": "object"}},
@@ -170,7 +176,7 @@ async def _infer(request: Request, service: Service, model: str, version: str | 
                 p.hold.take(len(body))  # the inflated copy is held in memory too
         except APIError as exc:
             raise refused_body(exc, service) from None
-        infer = oip.parse_request(body, request.headers.get(oip.HEADER_LENGTH), limits)
+        infer = oip.parse_request(body, request.headers.get(oip.HEADER_LENGTH), limits, _outputs(service))
         if infer.timeout_ms is not None:
             p.set_budget_ms(infer.timeout_ms)  # the protocol's own budget, still from the arrival
         del raw, body
@@ -190,6 +196,8 @@ async def _infer(request: Request, service: Service, model: str, version: str | 
             "decision": [s.decision for s in scores],
             "reason": [s.reason or "" for s in scores],
         }
+        if oip.RECEIPT in infer.outputs:  # signed only when asked for
+            columns[oip.RECEIPT] = p.receipts() or []  # available only with receipts on
         content, header_length = oip.response_body(header, infer.outputs, columns)
         response: Response
         if header_length is None:
