@@ -117,7 +117,7 @@ def claims(
     validation pass per image; tests check that `Receipt` reads it back unchanged).
     `model` is (name, version, manifest sha256); `runtime` `RuntimeClaim`'s fields."""
     name, version, manifest_sha256 = model
-    payload = {
+    return {
         "iat": iat,
         "request_id": request_id,
         "index": index,
@@ -125,13 +125,11 @@ def claims(
         "image_sha256": image_sha256,
         "probability": probability,
         "decision": decision,
+        "reason": reason,  # a retake says why, as the answer does; null for a verdict
         "threshold": threshold,
         "model": {"name": name, "version": version, "manifest_sha256": manifest_sha256},
         "runtime": dict(runtime),
     }
-    if reason is not None:  # a retake says why, as the answer does
-        payload["reason"] = reason
-    return payload
 
 
 # --- keys ----------------------------------------------------------------------------

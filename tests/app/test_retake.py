@@ -18,6 +18,9 @@ from PIL import Image, ImageFilter
 from model_store import activation
 from model_store.bundle import load_bundle
 from model_store.domain import RETAKE
+from model_store.receipts import ReceiptKeys, verify
+from model_store.replay import Replayer
+from model_store.signing import generate_keypair
 from model_store.store import FilesystemStore
 from tests.utils.factories import make_monitored_bundle, parcel_photo
 from tests.utils.server import ADMIN_TOKEN, LiveServer, admin
@@ -44,11 +47,21 @@ def bundle(tmp_path_factory: pytest.TempPathFactory, keys) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, keys, bundle: Path) -> Iterator[LiveServer]:
+def store(tmp_path_factory: pytest.TempPathFactory, keys, bundle: Path) -> FilesystemStore:
     store = FilesystemStore(tmp_path_factory.mktemp("retake-store") / "store", keys[1])
     store.import_bundle(bundle, actor="fixture")
     activation.activate(store, "r1", actor="fixture")  # parity first: its references are judged
-    with LiveServer(store.root, keys[1], admin_token=ADMIN_TOKEN, workers=1) as srv:
+    return store
+
+
+@pytest.fixture(scope="module")
+def receipt_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return generate_keypair(tmp_path_factory.mktemp("retake-receipt-keys"))
+
+
+@pytest.fixture(scope="module")
+def server(store: FilesystemStore, keys, receipt_keys) -> Iterator[LiveServer]:
+    with LiveServer(store.root, keys[1], admin_token=ADMIN_TOKEN, workers=1, receipt_key=receipt_keys[0]) as srv:
         srv.wait_ready()
         yield srv
 
@@ -95,3 +108,19 @@ def test_the_open_inference_protocol_carries_the_retake_and_its_reason(server: L
     reasons = [d.decode() if isinstance(d, bytes) else d for d in result.as_numpy("reason")]
     assert decisions[0] == RETAKE and "too dark" in reasons[0]
     assert decisions[1] != RETAKE and reasons[1] == ""
+
+
+def test_a_retake_is_signed_with_its_reason_and_replays(
+    server: LiveServer, store: FilesystemStore, receipt_keys
+) -> None:
+    """A claims desk replays a retake as it replays a verdict: the same check, the same answer."""
+    photo = parcel_photo(1002)
+    results = _predict(server, [BLURRED, photo], "dock-claims")
+    keys = ReceiptKeys.load(receipt_keys[1])
+    replayer = Replayer(store)
+    for image, result in zip([BLURRED, photo], results, strict=True):
+        receipt = verify(result["receipt"], keys)
+        assert (receipt.decision, receipt.reason) == (result["decision"], result.get("reason"))
+        replayed = replayer.replay(receipt, image)
+        assert (replayed.probability, replayed.decision) == (result["probability"], result["decision"])
+    assert results[0]["decision"] == RETAKE and results[1]["decision"] != RETAKE
