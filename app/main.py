@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from app.edge import docs, errors
 from app.edge.errors import JSONLines
 from app.edge.observability import Metrics, RequestObserver, configure_logging
-from app.edge.routes import audit, console, feedback, health, models, monitoring, parity, predict, shadow, v2
+from app.edge.routes import audit, console, explain, feedback, health, models, monitoring, parity, predict, shadow, v2
 from app.edge.routes.predict import PredictFastPath
 from app.edge.telemetry import live_metrics
 from app.ops.upload import clean_stale, upload_root
@@ -65,6 +65,7 @@ def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastA
     app.add_middleware(RequestObserver, metrics=metrics)  # outermost of ours: sees every request
     for r in (
         predict.router,
+        explain.router,
         v2.router,
         parity.router,
         models.router,

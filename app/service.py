@@ -50,6 +50,7 @@ def build_service(settings: Settings, metrics: Metrics, pipeline: Pipeline | Non
         on_batch=telemetry.batch,
         image_stats=settings.monitor_window > 0,
         batch_timeout_s=settings.batch_timeout_s,
+        explain_bound=settings.max_explains,
     )
     monitor = Monitor(settings.monitor_window, settings.max_stations)
 
