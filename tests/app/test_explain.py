@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -63,6 +66,27 @@ def test_explain_gives_predicts_probability_a_grid_over_the_image_and_a_png(serv
         overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay_png"])))
         assert overlay.format == "PNG" and overlay.size == (width, height)  # small images keep their size
         assert body["method"] == "occlusion" and body["filename"] is None
+
+
+def test_the_readmes_inspector_path_runs_as_pasted(server: LiveServer, tmp_path: Path) -> None:
+    """The README's curl | python example, against this server instead of `make demo`'s."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("**An inspector's path.**") :]
+    [snippet] = re.findall(r"```bash\n(.*?)```", section, re.S)[:1]
+    photo = tmp_path / "demo/data/damaged/parcel-000002.jpg"
+    photo.parent.mkdir(parents=True)
+    photo.write_bytes(PHOTO)
+    code = snippet.replace("http://127.0.0.1:${DEMO_PORT:-8000}", server.url)
+    code = code.replace("python -c", f"{sys.executable} -c")
+    result = subprocess.run(["bash", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    decision, probability, method = result.stdout.splitlines()[0].split()
+    predicted = _post(server.url, "predict").json()["results"][0]
+    assert (decision, method) == (predicted["decision"], "occlusion")
+    assert float(probability) == round(predicted["probability"], 4)
+    assert len(result.stdout.splitlines()) == 1 + 6  # 320 x 240: 6 rows of 8 cells
+    with Image.open(tmp_path / "overlay.png") as overlay:
+        assert overlay.size == (320, 240)
 
 
 def test_explain_takes_one_multipart_image_and_refuses_two_or_a_bad_one(server: LiveServer) -> None:
