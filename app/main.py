@@ -15,6 +15,7 @@ from app.edge.observability import Metrics, RequestObserver, configure_logging
 from app.edge.routes import (
     audit,
     console,
+    explain,
     feedback,
     health,
     models,
@@ -80,6 +81,7 @@ def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastA
     for r in (
         predict.router,
         receipts.router,
+        explain.router,
         v2.router,
         parity.router,
         models.router,

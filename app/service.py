@@ -53,6 +53,7 @@ def build_service(settings: Settings, metrics: Metrics, pipeline: Pipeline | Non
         image_stats=settings.monitor_window > 0,
         batch_timeout_s=settings.batch_timeout_s,
         image_digests=settings.receipt_key is not None,
+        explain_bound=settings.max_explains,
     )
     monitor = Monitor(settings.monitor_window, settings.max_stations)
 

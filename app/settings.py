@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     max_pending_megapixels: int = Field(
         512, ge=1, description="decode work (image header megapixels) queued before answering 503"
     )
+    max_explains: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="explanations (POST /v1/explain, each ~50 forward passes on one worker) running at once; "
+        "more are answered 503, and none starts while station images wait",
+    )
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(40_000_000, ge=1024, description="per image, and per image after its resize")
     max_images_per_request: int = Field(64, ge=1)

@@ -90,7 +90,9 @@ class Predictor:
             fused: torch.nn.Module = fx_optimization.fuse(self.model)
             self._forward = fused.to(self.device).eval()
 
-    def _layout(self, batch: torch.Tensor) -> torch.Tensor:
+    def layout(self, batch: torch.Tensor) -> torch.Tensor:
+        """A batch on the model's device, in the memory format its runtime records."""
+        batch = batch.to(self.device, non_blocking=True)
         if self._memory_format is None:
             return batch
         return batch.contiguous(memory_format=self._memory_format)
@@ -101,7 +103,7 @@ class Predictor:
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Model on a preprocessed batch [N, 3, H, W] → its raw logit per row (float32, CPU)."""
         with torch.inference_mode():
-            out = self._forward(self._layout(batch.to(self.device, non_blocking=True)))
+            out = self._forward(self.layout(batch))
             return out[:, 0].float().cpu()
 
     def probabilities(self, batch: torch.Tensor) -> list[float]:

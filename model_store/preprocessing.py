@@ -248,6 +248,18 @@ class Preprocessor:
         cropped: torch.Tensor = F.center_crop(x, [spec.crop, spec.crop])
         return cropped
 
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """Where `crop` takes the model's input from in a decoded image of `width` x `height`:
+        (left, top, right, bottom) in that image's pixels. The rest is never seen by the
+        model. (torchvision's own arithmetic: the shorter side resized to `resize`, the
+        longer to int(resize * long / short); the crop's corner rounded to the nearest pixel.)"""
+        size, crop = self.spec.resize, self.spec.crop
+        short, long = min(width, height), max(width, height)
+        new_w, new_h = (size, int(size * long / short)) if width <= height else (int(size * long / short), size)
+        top, left = round((new_h - crop) / 2.0), round((new_w - crop) / 2.0)
+        sx, sy = width / new_w, height / new_h
+        return left * sx, top * sy, (left + crop) * sx, (top + crop) * sy
+
     def normalize(self, crop: torch.Tensor) -> torch.Tensor:
         return (crop.to(torch.float32) / 255.0 - self._mean) / self._std
 

@@ -1,4 +1,4 @@
-"""`python -m training`: synth, train, export, evaluate. Exit 0, or 1 with one `error:` line."""
+"""`python -m training`: synth, train, export, evaluate, explain-eval. Exit 0, or 1 with one `error:` line."""
 
 from __future__ import annotations
 
@@ -8,12 +8,22 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 from model_store.argparsing import ArgumentParser, program
 from model_store.manifest import Architecture
 
+if TYPE_CHECKING:
+    from model_store.explain import Method
+
 ARCHITECTURES = get_args(Architecture)
+EXPLAIN_METHODS: tuple[Method, ...] = ("occlusion", "gradcam")  # model_store.explain.METHODS, torch-free for --help
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--images", type=Path, required=True, help="a folder of images (ImageFolder layout adds metrics)")
     c.add_argument("--public-key", type=Path, required=True)
     c.add_argument("--out", type=Path, default=Path("compare"), help="where compare.html and scatter.png go")
+
+    x = sub.add_parser(
+        "explain-eval", help="are the heatmaps right? pointing accuracy against where synth drew the damage"
+    )
+    x.add_argument("--bundle", type=Path, required=True)
+    x.add_argument("--data", type=Path, required=True, help="a data set `synth` made (it records the damage)")
+    x.add_argument("--public-key", type=Path, required=True)
+    x.add_argument("--split", choices=["test", "val", "train", "all"], default="test")
+    x.add_argument("--method", choices=[*EXPLAIN_METHODS, "all"], default="all", help="default: every method")
+    x.add_argument("--limit", type=_positive, help="the first N damaged images only (a quicker look)")
 
     w = sub.add_parser("weights", help="pretrained weights: a torchvision .pth -> the .safetensors a config takes")
     wsub = w.add_subparsers(dest="weights_command", required=True)
@@ -140,6 +160,18 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(evaluate_bundle(args.bundle, args.public_key, args.data, args.split), indent=2))
     elif args.command == "redecide":
         _redecide(args)
+    elif args.command == "explain-eval":
+        from training.explain import explain_eval
+
+        methods = EXPLAIN_METHODS if args.method == "all" else (args.method,)
+        result = explain_eval(args.bundle, args.public_key, args.data, args.split, methods, args.limit)
+        for r in result["results"]:
+            print(
+                f"{r['method']}: pointing accuracy {r['pointing_accuracy']:.3f} [{r['interval'][0]:.3f}, "
+                f"{r['interval'][1]:.3f}] ({r['hits']} of {r['images']} damaged images, split {args.split}) vs "
+                f"baseline {r['baseline']:.3f} (the damage's share of what the model sees); "
+                f"{r['seconds_per_image'] * 1000:.0f} ms per image on one thread"
+            )
     elif args.command == "weights":
         from training.weights import convert
 

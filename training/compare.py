@@ -3,7 +3,9 @@
 `python -m training compare --bundle A --bundle B --images DIR` writes `compare.html` (the
 agreement, every flip with a thumbnail and both probabilities), `scatter.png` (B's score
 against A's) and `summary.json`. When DIR is in ImageFolder layout (a folder per label),
-both bundles' metrics at their own thresholds are added.
+both bundles' metrics at their own thresholds are added. The `HEATMAPS` flips whose
+probability moved most also get each bundle's heatmap (`model_store.explain`, as
+`POST /v1/explain` draws it): where each model saw the evidence it decided on.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image, ImageOps
 
-from model_store.bundle import Bundle, load_bundle
+from model_store.bundle import load_bundle
+from model_store.explain import explain, overlay_png
 from model_store.predictor import Predictor
 from training.data import IMAGE_SUFFIXES
 from training.operating_point import split_figures
 
 BATCH = 32
+HEATMAPS = 8  # flips explained by both bundles: each explanation is ~50 forward passes
+HEATMAP_SIDE = 240  # pixels, the longer side of each heatmap image on the page
 
 
 @dataclass(frozen=True)
@@ -49,8 +54,8 @@ def _images(root: Path, labels: tuple[str, str]) -> list[tuple[str, str | None]]
     return out
 
 
-def _probabilities(bundle: Bundle, root: Path, paths: list[str]) -> list[float]:
-    return [o.probability for o in Predictor(bundle).predict_files([root / p for p in paths], BATCH)]
+def _probabilities(predictor: Predictor, root: Path, paths: list[str]) -> list[float]:
+    return [o.probability for o in predictor.predict_files([root / p for p in paths], BATCH)]
 
 
 def compare(a_dir: Path, b_dir: Path, public_key: Path, images: Path, out: Path) -> dict[str, Any]:
@@ -59,10 +64,12 @@ def compare(a_dir: Path, b_dir: Path, public_key: Path, images: Path, out: Path)
     labels = (da.negative_label, da.positive_label)
     found = _images(images, labels)
     paths = [p for p, _ in found]
-    pa, pb = _probabilities(a, images, paths), _probabilities(b, images, paths)
+    predictor_a, predictor_b = Predictor(a), Predictor(b)
+    pa, pb = _probabilities(predictor_a, images, paths), _probabilities(predictor_b, images, paths)
     rows = [ComparedImage(p, lbl, x, y) for (p, lbl), x, y in zip(found, pa, pb, strict=True)]
     flips = [r for r in rows if da.decide(r.a) != db.decide(r.b)]
     out.mkdir(parents=True, exist_ok=True)
+    heatmaps = _heatmaps(flips, predictor_a, predictor_b, images, out / "heatmaps")
     summary: dict[str, Any] = {
         "a": {"version": a.version, "manifest_sha256": a.manifest_sha256, "threshold": da.threshold},
         "b": {"version": b.version, "manifest_sha256": b.manifest_sha256, "threshold": db.threshold},
@@ -87,10 +94,32 @@ def compare(a_dir: Path, b_dir: Path, public_key: Path, images: Path, out: Path)
                 "ece": figures["images_ece"],
                 "intervals": figures["intervals"],
             }
+    summary["heatmaps"] = len(heatmaps)
     _scatter(rows, summary, out / "scatter.png")
-    _page(rows, flips, summary, images, out)
+    _page(rows, flips, summary, images, out, heatmaps)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _heatmaps(
+    flips: list[ComparedImage], a: Predictor, b: Predictor, images: Path, folder: Path
+) -> dict[str, tuple[str, str]]:
+    """Each bundle's heatmap overlay for the `HEATMAPS` flips whose probability moved most:
+    {image path: (A's file, B's file)}, files under `folder`."""
+    chosen = sorted(flips, key=lambda r: abs(r.a - r.b), reverse=True)[:HEATMAPS]
+    if chosen:
+        folder.mkdir(exist_ok=True)
+    out = {}
+    for i, r in enumerate(chosen):
+        data = (images / r.path).read_bytes()
+        names = []
+        for key, predictor in (("a", a), ("b", b)):
+            name = f"{i:04d}-{key}.png"
+            png = overlay_png(predictor.preprocessor, data, explain(predictor, data), HEATMAP_SIDE)
+            (folder / name).write_bytes(png)
+            names.append(f"{folder.name}/{name}")
+        out[r.path] = (names[0], names[1])
+    return out
 
 
 def _scatter(rows: list[ComparedImage], summary: dict[str, Any], path: Path) -> None:
@@ -115,23 +144,34 @@ def _scatter(rows: list[ComparedImage], summary: dict[str, Any], path: Path) -> 
 
 
 def _page(
-    rows: list[ComparedImage], flips: list[ComparedImage], summary: dict[str, Any], images: Path, out: Path
+    rows: list[ComparedImage],
+    flips: list[ComparedImage],
+    summary: dict[str, Any],
+    images: Path,
+    out: Path,
+    heatmaps: dict[str, tuple[str, str]],
 ) -> None:
     thumbs = out / "thumbs"
     thumbs.mkdir(exist_ok=True)
-    cells = []
+    cells, explained = [], []
+    va, vb = html.escape(summary["a"]["version"]), html.escape(summary["b"]["version"])
     for i, r in enumerate(flips):
         name = f"{i:04d}.jpg"
         with Image.open(images / r.path) as img:
             thumb = ImageOps.exif_transpose(img).convert("RGB")
             thumb.thumbnail((160, 160))
             thumb.save(thumbs / name, quality=85)
-        cells.append(
-            f"<figure><img src='thumbs/{name}' alt='{html.escape(r.path)}'><figcaption>{html.escape(r.path)}"
-            f"<br>{summary['a']['version']}: {r.a:.3f} &rarr; {summary['b']['version']}: {r.b:.3f}"
-            + (f"<br>label: {html.escape(r.label)}" if r.label else "")
-            + "</figcaption></figure>"
+        caption = f"{html.escape(r.path)}<br>{va}: {r.a:.3f} &rarr; {vb}: {r.b:.3f}" + (
+            f"<br>label: {html.escape(r.label)}" if r.label else ""
         )
+        alt = html.escape(r.path)
+        cells.append(f"<figure><img src='thumbs/{name}' alt='{alt}'><figcaption>{caption}</figcaption></figure>")
+        if r.path in heatmaps:
+            ha, hb = heatmaps[r.path]
+            explained.append(
+                f"<figure class='pair'><img src='{ha}' alt='{va} heatmap'><img src='{hb}' alt='{vb} heatmap'>"
+                f"<figcaption>{caption}<br>left {va}, right {vb}</figcaption></figure>"
+            )
     metrics = ""
     if "metrics" in summary["a"]:
         head = "".join(
@@ -157,11 +197,18 @@ def _page(
             f"at {rate:.1%} damaged, precision at these images' own rate.</p>"
             f"<table><tr><th></th>{head}</tr>{body}</table>"
         )
-    va, vb = html.escape(summary["a"]["version"]), html.escape(summary["b"]["version"])
     counts = ", ".join(f"{html.escape(k)}: {v}" for k, v in summary["flips"].items())
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
         "figure{display:inline-block;margin:6px;width:170px;font-size:12px}td,th{padding:4px 10px;text-align:right}"
+        "figure.pair{width:500px}figure.pair img{width:240px;margin-right:6px}"
+    )
+    heat = (
+        f"<h2>Where each model saw damage ({len(explained)} flip(s) that moved most)</h2><p>Occlusion heatmaps, as "
+        "<code>POST /v1/explain</code> draws them: red to yellow where covering the image lowers that model's "
+        f"damage score most (relative to each image); darkened: cropped away, never seen.</p>{''.join(explained)}"
+        if explained
+        else ""
     )
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>Compare {va} and {vb}</title>"
@@ -169,6 +216,6 @@ def _page(
         f"<p>{summary['images']} images; the two decide alike on {summary['agreement']:.1%}; {len(flips)} flip(s) "
         f"({counts}); mean |&Delta;p| {summary['mean_abs_probability_diff']:.4f}.</p>\n{metrics}\n"
         f"<h2>Scores</h2><img src='scatter.png' alt='score scatter'>\n"
-        f"<h2>Flips</h2>{''.join(cells) or '<p>none</p>'}\n</body></html>\n"
+        f"<h2>Flips</h2>{''.join(cells) or '<p>none</p>'}\n{heat}\n</body></html>\n"
     )
     (out / "compare.html").write_text(page)

@@ -101,6 +101,6 @@ def finalize(
     (run_dir / "eval.json").write_text(json.dumps(evaluation, indent=1) + "\n")
     for line in summary_lines(evaluation):
         log(line)
-    report = write_report(run_dir, data_dir, config)
+    report = write_report(run_dir, data_dir, config, model)
     log(f"report: {report}")
     return evaluation

@@ -1,8 +1,10 @@
-"""`report.html` with PNG plots: curves, ROC, PR, cost vs threshold, confusion, worst errors."""
+"""`report.html` with PNG plots: curves, ROC, PR, cost vs threshold, confusion, worst errors, and
+where the model saw damage on the worst of them (heatmaps, as `POST /v1/explain` draws them)."""
 
 from __future__ import annotations
 
 import html
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,11 @@ matplotlib.use("Agg")  # files only; no display
 import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image, ImageOps
+from torch import nn
 
+from model_store.explain import explain_model, overlay_png
 from model_store.manifest import DecisionSpec
+from model_store.preprocessing import Preprocessor
 from training import calibration
 from training import metrics as M
 from training.config import TrainConfig
@@ -36,7 +41,39 @@ def _arrays(rows: list[dict[str, Any]], positive: str) -> tuple[np.ndarray, np.n
     )
 
 
-def write_report(run_dir: Path, data_dir: Path, config: TrainConfig) -> Path:
+WORST_ERRORS = 12  # test errors shown, farthest from the threshold first
+HEATMAPS = 8  # of those, explained: each explanation is ~50 forward passes
+
+
+def _heatmaps(
+    rows: list[dict[str, Any]], data_dir: Path, config: TrainConfig, model: nn.Module, threshold: float, path: Path
+) -> str:
+    """A grid of heatmap overlays (`model_store.explain`, the service's code) for `rows` of the
+    test predictions, with their served probabilities."""
+    pre = Preprocessor(config.preprocessing)
+    dc = config.decision
+    cols = 4
+    fig, axes = plt.subplots((len(rows) + cols - 1) // cols, cols, figsize=(12, 2.6 * ((len(rows) + cols - 1) // cols)))
+    for ax in np.atleast_1d(axes).ravel():
+        ax.axis("off")
+    for ax, r in zip(np.atleast_1d(axes).ravel(), rows, strict=False):
+        data = (data_dir / r["path"]).read_bytes()
+        decision = dc.positive_label if r["probability"] >= threshold else dc.negative_label
+        e = explain_model(
+            model,
+            config.model.architecture,
+            pre,
+            data,
+            probability=r["probability"],
+            decision=decision,
+        )
+        ax.imshow(Image.open(io.BytesIO(overlay_png(pre, data, e, 320))))
+        ax.set_title(f"{r['label']}  p={r['probability']:.3f}", fontsize=9)
+    return _save(fig, path)
+
+
+def write_report(run_dir: Path, data_dir: Path, config: TrainConfig, model: nn.Module | None = None) -> Path:
+    """`model`: the chosen checkpoint's, to draw heatmaps on the worst errors (none without)."""
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -140,7 +177,7 @@ def write_report(run_dir: Path, data_dir: Path, config: TrainConfig) -> Path:
 
     errors = [r for r in ev["predictions"]["test"] if (r["probability"] >= t) != (r["label"] == dc.positive_label)]
     errors.sort(key=lambda r: abs(r["probability"] - t), reverse=True)
-    worst = errors[:12]
+    worst = errors[:WORST_ERRORS]
     if worst:
         cols = 4
         fig, axes = plt.subplots((len(worst) + cols - 1) // cols, cols, figsize=(12, 2.6 * ((len(worst) + 3) // 4)))
@@ -151,6 +188,13 @@ def write_report(run_dir: Path, data_dir: Path, config: TrainConfig) -> Path:
             ax.imshow(img)
             ax.set_title(f"{r['label']}  p={r['probability']:.3f}", fontsize=9)
         images.append((f"Worst test errors ({len(errors)} in all)", _save(fig, plots / "worst_errors.png")))
+    if worst and model is not None:
+        title = (
+            f"Where the model saw damage on the {min(len(worst), HEATMAPS)} worst errors (occlusion heatmaps: "
+            "red to yellow where covering the photo lowers the damage score most; darkened: cropped away)"
+        )
+        drawn = _heatmaps(worst[:HEATMAPS], data_dir, config, model, t, plots / "worst_errors_heatmaps.png")
+        images.append((title, drawn))
 
     def cell(value: float, interval: list[float] | None) -> str:
         if not interval:

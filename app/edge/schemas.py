@@ -51,6 +51,43 @@ class PredictResponse(BaseModel):
     results: list[ImageResult]
 
 
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class SeenBox(BaseModel):
+    """Where the model's input (the centre crop of the resized image) lies in the image, in its pixels."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+
+class ExplainResponse(BaseModel):
+    request_id: str = Field(description="the service's own id for this request (random, also in X-Request-ID)")
+    model: ModelRef
+    filename: str | None = Field(description="the multipart part's name; null for a raw image body")
+    probability: float = Field(description="P(positive label): what /v1/predict answers for this image, bit for bit")
+    decision: str = Field(description="predict's decision: the label at the threshold, or `retake`")
+    threshold: float
+    reason: str | None = Field(None, description="why the decision is `retake`; absent otherwise")
+    method: str = Field(description="how the heatmap was made: `occlusion` (docs/explanations.md)")
+    image: ImageSize = Field(description="the image as sent, after its EXIF orientation, in pixels")
+    seen: SeenBox = Field(description="the part of the image the model sees; the rest is cropped away")
+    grid: list[list[float | None]] = Field(
+        description="where the evidence for the positive label lies: rows top to bottom over the whole image "
+        "(8 cells along its longer side, about square), each the mean heat of the part of the cell the model "
+        "sees, scaled so the hottest cell is 1 (relative to this image, whatever its probability); null for a "
+        "cell wholly outside `seen`"
+    )
+    overlay_png: str = Field(
+        description="base64 PNG: the image (at most 512 pixels on its longer side) with the heat drawn over it, "
+        "red to yellow; what the model never sees is darkened"
+    )
+
+
 class ParityImage(BaseModel):
     file: str
     expected_probability: float

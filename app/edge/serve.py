@@ -1,6 +1,6 @@
-"""The predict path as named steps, shared by every front door (`/v1/predict`, and the Open
-Inference Protocol's `/v2/.../infer`): each door reads its own body format and writes its
-own answer; everything between is here, once.
+"""The predict path as named steps, shared by every front door (`/v1/predict`, the Open
+Inference Protocol's `/v2/.../infer`, and `/v1/explain` for one image): each door reads its
+own body format and writes its own answer; everything between is here, once.
 
 1. **pin** the served version and **admit** (`prediction`): shed at once when the queue is
    full, before a byte of the body is read; the body's bytes then count in the byte budget;
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from starlette.background import BackgroundTasks
@@ -28,7 +28,7 @@ from app.edge.errors import APIError
 from app.edge.intake import BodyHold
 from app.ops.model_host import Loaded
 from app.service import Service
-from app.serving.pipeline import DeadlineExceeded, Overloaded, RequestTooLarge, Scored, WorkerFailed
+from app.serving.pipeline import DeadlineExceeded, Explained, Overloaded, RequestTooLarge, Scored, WorkerFailed
 from app.settings import MAX_REQUEST_TIMEOUT_MS
 from model_store.preprocessing import ImageInfo
 
@@ -72,27 +72,46 @@ class Prediction:
         """Check, score and record `images` (name, bytes); refusals as JSON errors."""
         service, loaded = self.service, self.loaded
         metrics, pipeline = service.metrics, service.host.pipeline
-        retry = {"Retry-After": str(service.settings.retry_after_s)}
-        self.check_deadline("read")
-        self.checked = await pipeline.inspect(loaded.version, images)
-        self.check_deadline("check")
-        try:
+        await self._check(images)
+        with self._refusals():
             self.scores = await pipeline.predict(loaded.version, self.checked, deadline=self.deadline)
-        except DeadlineExceeded as exc:
-            raise self._expired(exc) from None
-        except Overloaded as exc:
-            raise _overloaded(exc, service) from None
-        except RequestTooLarge as exc:
-            metrics.shed.labels("request_too_large").inc()
-            raise APIError(413, "request_too_large", f"{exc}; send fewer or smaller images per request") from None
-        except WorkerFailed as exc:
-            raise APIError(503, "worker_restarting", f"{exc}; retry shortly", retry) from None
         service.monitor.record(loaded, self.station, self.checked, self.scores)
         for s in self.scores:
             metrics.images.labels(s.decision).inc()
             if s.retake is not None:
                 metrics.retakes.labels(s.retake.feature).inc()
         return self.scores
+
+    async def explain(self, image: tuple[str, bytes]) -> Explained:
+        """Check and explain one image (`POST /v1/explain`): its served probability and where
+        the evidence lies. Not station traffic: no drift, capture or shadow."""
+        await self._check([image])
+        with self._refusals():
+            return await self.service.host.pipeline.explain(
+                self.loaded.version, self.checked[0], deadline=self.deadline
+            )
+
+    async def _check(self, images: Sequence[tuple[str, bytes]]) -> None:
+        self.check_deadline("read")
+        self.checked = await self.service.host.pipeline.inspect(self.loaded.version, images)
+        self.check_deadline("check")
+
+    @contextlib.contextmanager
+    def _refusals(self) -> Iterator[None]:
+        """The pipeline's refusals as JSON errors, counted."""
+        service = self.service
+        try:
+            yield
+        except DeadlineExceeded as exc:
+            raise self._expired(exc) from None
+        except Overloaded as exc:
+            raise _overloaded(exc, service) from None
+        except RequestTooLarge as exc:
+            service.metrics.shed.labels("request_too_large").inc()
+            raise APIError(413, "request_too_large", f"{exc}; send fewer or smaller images per request") from None
+        except WorkerFailed as exc:
+            retry = {"Retry-After": str(service.settings.retry_after_s)}
+            raise APIError(503, "worker_restarting", f"{exc}; retry shortly", retry) from None
 
     def receipts(self) -> list[str] | None:
         """A signed receipt per scored image, in order; None when receipts are off."""

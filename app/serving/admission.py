@@ -5,6 +5,12 @@ Work is counted in images and in decode work (header pixels, weighted for a many
 progressive JPEG: `ImageInfo.decode_work`), from the moment a request is admitted until
 each of its images is answered. Shadow images are not counted: they have a small queue of
 their own and are dropped first.
+
+Explanations (`POST /v1/explain`) cost many forward passes each (`model_store.explain.forwards`).
+They are admitted apart, so they can never starve predict: at most `explain_bound` at once,
+and only while the station queue has room for their cost in images on top of what it holds.
+Station requests never count them: an explanation waits for, and is refused before, any
+station image.
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ class DeadlineExceeded(Exception):
 class Admission:
     queue_bound: int  # images
     max_pending_pixels: int  # decode work
+    explain_bound: int = 1  # explanations admitted at once
     images: int = 0  # admitted station images not yet answered (queued or in a batch)
     pixels: int = 0
+    explains: int = 0  # admitted explanations not yet answered
 
     def refuse_if_full(self) -> None:
         """Shed a request before its body is read (cheap) when the queue is already at a bound."""
@@ -56,6 +64,23 @@ class Admission:
         """One admitted image left the queue for good (answered, failed, or its client left)."""
         self.images -= 1
         self.pixels -= pixels
+
+    def admit_explain(self, forwards: int, pixels: int) -> None:
+        """Count an explanation in (`forwards`: its cost in images, `pixels`: its decode work),
+        or refuse it: the explanations running are at their bound, or the station queue is
+        too full to also take one's cost (stations first)."""
+        if self.explains >= self.explain_bound:
+            raise Overloaded(
+                f"{self.explains} explanation(s) already running (at most {self.explain_bound} at once; "
+                "predictions are not affected)"
+            )
+        if self.images + forwards > self.queue_bound or self.pixels + pixels > self.max_pending_pixels:
+            raise Overloaded(f"station work comes first: {self._state()}; an explanation costs {forwards} images")
+        self.explains += 1
+
+    def explained(self) -> None:
+        """An admitted explanation left for good (answered, failed, or its client left)."""
+        self.explains -= 1
 
     def _state(self) -> str:
         return (

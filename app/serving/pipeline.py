@@ -19,8 +19,10 @@ default), and decides what each idle worker does next.
   fails at once with `DeadlineExceeded` and its images leave the queue, so expired work is
   never decoded or batched, and nobody waits for the queue to drain to hear so.
 - **Priorities.** Control work (loading a version, parity runs) goes to a worker before
-  queued images; shadow images (a candidate scored on live traffic) only when no station
-  image is waiting, and are dropped first under load.
+  queued images; explanations (`explain`: one image's heatmap, many forwards) and shadow
+  images (a candidate scored on live traffic) only when no station image is waiting, and
+  both are refused first under load. At most `explain_bound` explanations run at once,
+  each on one worker (admission counts them apart: `Admission.admit_explain`).
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ from app.settings import BATCH_TIMEOUT_S
 from model_store import domain, parity
 from model_store.bundle import Bundle
 from model_store.errors import BundleError, ImageError, ModelStoreError
+from model_store.explain import DEFAULT_METHOD, Method, forwards
 from model_store.manifest import DomainBounds, Manifest
 from model_store.monitoring import ImageStats
 from model_store.parity import ParityReport
 from model_store.preprocessing import DecodeLimits, ImageInfo, inspect
 
-__all__ = ["DeadlineExceeded", "Overloaded", "Pipeline", "RequestTooLarge", "Scored", "WorkerFailed"]
+__all__ = ["DeadlineExceeded", "Explained", "Overloaded", "Pipeline", "RequestTooLarge", "Scored", "WorkerFailed"]
 
 E = TypeVar("E", bound=ModelStoreError)
 log = logging.getLogger("app.serving.pipeline")
@@ -79,6 +82,31 @@ class _Result(NamedTuple):
     stats: ImageStats | None
     image_sha256: str | None
     batch: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Explained:
+    """One image's served score and where its evidence lies (`model_store.explain`)."""
+
+    probability: float  # what predict answers for this image alone, bit for bit
+    decision: str  # predict's: `retake` too when the image is outside the validated ranges
+    reason: str | None  # why a retake
+    method: str
+    width: int  # the image as sent, after its EXIF orientation
+    height: int
+    seen: tuple[float, float, float, float]  # the model's input in those pixels: left, top, right, bottom
+    grid: list[list[float | None]]  # rows over the image; None: cropped away
+    overlay_png: bytes
+
+
+@dataclass(eq=False)
+class _Explain:
+    version: str
+    data: bytes
+    method: str
+    future: asyncio.Future[Reply]
+    dispatched: bool = False
+    released: bool = False  # its admission slot was given back
 
 
 @dataclass(eq=False)
@@ -141,12 +169,13 @@ class Pipeline:
         image_stats: bool = True,
         batch_timeout_s: float = BATCH_TIMEOUT_S,
         image_digests: bool = False,
+        explain_bound: int = 1,
     ) -> None:
         self.max_batch = max_batch
         self.limits = limits or DecodeLimits()
         self.image_stats = image_stats  # drift features per image (off when monitoring is off)
         self.image_digests = image_digests  # sha256 per image, in the workers (for receipts)
-        self.admission = Admission(queue_bound, max_pending_pixels)
+        self.admission = Admission(queue_bound, max_pending_pixels, explain_bound)
         self.pool = WorkerPool(
             workers,
             device=device,
@@ -162,6 +191,7 @@ class Pipeline:
         self._models: dict[str, _Model] = {}
         self._pending: deque[_Item] = deque()
         self._shadow: deque[_Item] = deque()
+        self._explaining: deque[_Explain] = deque()  # admitted explanations not yet given to a worker
         self._image_s = 0.01  # seconds a worker spends per image (updated from every batch)
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -180,6 +210,9 @@ class Pipeline:
             for item in items:
                 self._fail(item.request, Overloaded("the service is shutting down"))
             items.clear()
+        for job in self._explaining:
+            if not job.future.done():
+                job.future.set_exception(Overloaded("the service is shutting down"))
         await self.pool.close()
 
     def _give_versions(self, w: Worker) -> None:
@@ -350,6 +383,105 @@ class Pipeline:
             out.append(Scored(r.probability, decision, r.stats, why, r.image_sha256, r.batch))
         return out
 
+    async def explain(
+        self,
+        version: str,
+        image: tuple[str, bytes, ImageInfo],
+        *,
+        method: Method = DEFAULT_METHOD,
+        deadline: float | None = None,
+    ) -> Explained:
+        """One image (name, bytes, header info) explained by `version` on one worker: its
+        served probability and decision, and its heatmap (`model_store.explain`).
+
+        Raises `Overloaded` (explanations at their bound, or the station queue too full to
+        take one's cost), `DeadlineExceeded`, `WorkerFailed`, or the image's `ImageError`.
+        """
+        name, data, info = image
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise DeadlineExceeded("queue", "its budget ran out before it was queued")
+        # Decoded twice in the worker: at the served size, and at the overlay's.
+        self.admission.admit_explain(forwards(method), 2 * info.decode_work)
+        model = self._models[version]
+        model.users += 1
+        loop = asyncio.get_running_loop()
+        job = _Explain(version, data, method, loop.create_future())
+        self._explaining.append(job)
+        timer = None if left is None else loop.call_later(left, self._expire_explain, job)
+        self._dispatch()
+        try:
+            header, blobs = await job.future
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if not job.dispatched:  # expired, shut down or its client left while it waited
+                self._explaining.remove(job)
+                self._release_explain(job)
+            # A dispatched one keeps its slot until its worker answers (`_start_explain`):
+            # a client that leaves does not free the worker any sooner.
+            self.release(version)
+        if not header.get("ok"):
+            cls = _error_class(header.get("code"), ImageError)
+            if cls is not None:
+                raise cls(f"{name}: {header.get('message')}")
+            raise WorkerFailed(f"explanation failed: {header.get('message')}")
+        p = header["probability"]
+        left_, top, right, bottom = header["seen"]
+        decision, why = domain.verdict(
+            model.manifest.decision, model.domain, p, ImageStats(*header["stats"]), info.width, info.height
+        )
+        return Explained(
+            p,
+            decision,
+            why.reason if why is not None else None,
+            header["method"],
+            header["width"],
+            header["height"],
+            (left_, top, right, bottom),
+            header["grid"],
+            blobs[0],
+        )
+
+    def _expire_explain(self, job: _Explain) -> None:
+        if not job.future.done():
+            where = "while a worker was explaining it" if job.dispatched else "while it waited for a worker"
+            job.future.set_exception(
+                DeadlineExceeded("batch" if job.dispatched else "queue", f"its budget ran out {where}")
+            )
+
+    def _release_explain(self, job: _Explain) -> None:
+        if not job.released:
+            job.released = True
+            self.admission.explained()
+
+    def _start_explain(self, w: Worker) -> bool:
+        """Give `w` the first waiting explanation, if its version is ready there."""
+        if not self._explaining:
+            return False
+        job = self._explaining[0]
+        if w.index not in self._models[job.version].ready:
+            return False
+        self._explaining.popleft()
+        job.dispatched = True
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+        def done(f: asyncio.Future[Reply]) -> None:
+            self._release_explain(job)
+            if job.future.done():
+                return
+            exc = None if f.cancelled() else f.exception()
+            if f.cancelled():
+                job.future.set_exception(WorkerFailed("the explanation was cancelled"))
+            elif exc is not None:
+                job.future.set_exception(exc)
+            else:
+                job.future.set_result(f.result())
+
+        future.add_done_callback(done)
+        self.pool.send(w, {"op": "explain", "version": job.version, "method": job.method}, (job.data,), future)
+        return True
+
     def _expire(self, request: _Request, queue: deque[_Item]) -> None:
         """A request's deadline passed: answer it now, and take its images out of the queue
         (they are never decoded, and stop counting against admission)."""
@@ -386,8 +518,11 @@ class Pipeline:
             if self.pool.send_control(w) or self.pool.closing:
                 continue
             for queue, most in ((self._pending, self.max_batch), (self._shadow, 1)):
-                # Shadow images go one at a time: a station image that arrives meanwhile
-                # waits for at most one of them.
+                # Explanations, then shadow images, only when no station image waits; shadow
+                # images go one at a time: a station image that arrives meanwhile waits for
+                # at most one of them (or one explanation).
+                if queue is self._shadow and not self._pending and self._start_explain(w):
+                    break
                 share = -(-len(queue) // (len(idle) - i))  # ceil: this worker's part of the queue
                 batch = self._take_batch(w, queue, min(most, share))
                 if batch:

@@ -1,4 +1,4 @@
-"""An inference worker process: decode, preprocess and forward a batch, on one core.
+"""An inference worker process: decode, preprocess and forward a batch (or explain one image), on one core.
 
 The front process (HTTP, admission, batching, swaps, metrics) sends it frames over a
 socketpair (`app.serving.protocol`); it answers each one before reading the next. It holds one
@@ -26,6 +26,7 @@ from app.serving.protocol import Header, recv_frame, send_frame
 from model_store import monitoring as mon
 from model_store.bundle import Bundle
 from model_store.errors import ImageError, ModelStoreError
+from model_store.explain import METHODS, explain, overlay_png
 from model_store.manifest import parse_manifest
 from model_store.predictor import Predictor
 from model_store.preprocessing import DecodeLimits
@@ -43,11 +44,14 @@ def serve(sock: socket.socket, threads: int, device: str, limits: DecodeLimits, 
         except (EOFError, ConnectionError):
             return  # the front exited (or was killed): nothing left to serve
         op = header.get("op")
+        out: list[bytes] = []  # bytes that go back with the reply (an explanation's overlay)
         try:
             if op == "predict":
                 reply = _predict(
                     models[header["version"]], blobs, header.get("stats", True), header.get("digests", False)
                 )
+            elif op == "explain":
+                reply, out = _explain(models[header["version"]], blobs[0], header["method"])
             elif op == "load":
                 started = time.perf_counter()
                 models[header["version"]] = _load(header, blobs, device, limits, max_batch)
@@ -66,7 +70,7 @@ def serve(sock: socket.socket, threads: int, device: str, limits: DecodeLimits, 
             reply = {"ok": False, "code": exc.code, "message": str(exc)}
         except Exception as exc:  # a model or device error fails this frame, not the worker
             reply = {"ok": False, "code": "worker_error", "message": f"{type(exc).__name__}: {exc}"}
-        send_frame(sock, {**reply, "pid": os.getpid()})
+        send_frame(sock, {**reply, "pid": os.getpid()}, out if reply.get("ok") else [])
 
 
 def _load(header: Header, blobs: list[bytes], device: str, limits: DecodeLimits, max_batch: int) -> Predictor:
@@ -127,3 +131,28 @@ def _predict(
         "forward_s": time.perf_counter() - decoded,
         "batch": len(tensors),
     }
+
+
+def _explain(predictor: Predictor, data: bytes, method: str) -> tuple[dict[str, Any], list[bytes]]:
+    """One image's served probability (the same call as `_predict`: equal to predict's bit for
+    bit), its heatmap as a grid over the image as sent, and the overlay PNG (the one blob)."""
+    if method not in METHODS:
+        return {"ok": False, "code": "bad_op", "message": f"unknown explanation method {method!r}"}, []
+    started = time.perf_counter()
+    e = explain(predictor, data, method)  # one of METHODS: checked just above
+    png = overlay_png(predictor.preprocessor, data, e)
+    # The features of the retake check, so the decision is predict's (retake included).
+    reference = predictor.manifest.monitoring
+    _, stats = predictor.preprocessor.prepare(data, reference.stats_stride if reference is not None else 1)
+    reply = {
+        "ok": True,
+        "probability": e.probability,
+        "method": e.method,
+        "width": e.width,
+        "height": e.height,
+        "seen": list(e.seen),
+        "grid": e.grid(),
+        "stats": stats.as_list(),
+        "seconds": time.perf_counter() - started,
+    }
+    return reply, [png]

@@ -185,6 +185,12 @@ def test_try_an_image_shows_the_decision_the_service_gives(service, browser, tmp
         page.locator("#try-decision").wait_for(timeout=WAIT_MS)
         assert page.text_content("#try-decision") == result["decision"]
         assert page.text_content("#try-probability") == f"{result['probability']:.4f}"
+        # Then where the evidence lies: the explanation's overlay, drawn by the browser (CSP allows data: images).
+        page.locator("#try-overlay").wait_for(timeout=WAIT_MS)
+        page.wait_for_function("document.getElementById('try-overlay').complete", timeout=WAIT_MS)
+        size = page.eval_on_selector("#try-overlay", "img => [img.naturalWidth, img.naturalHeight]")
+        assert size == [160, 120]  # the photo as sent, under 512 pixels: its own size
+        assert f"Probability {result['probability']:.4f}" in (page.text_content("#try-explain") or "")
         # Not an image: the service's 4xx, shown as it came.
         page.set_input_files("#try-file", files=[upload("notes.txt", "text/plain", b"hi")])
         page.click("#try-form button[type=submit]")

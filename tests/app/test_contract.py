@@ -70,6 +70,9 @@ def document(service: ServiceProcess) -> dict[str, Any]:
 
 
 def test_predict_and_upload_declare_their_request_bodies(document: dict[str, Any]) -> None:
+    explain = document["paths"]["/v1/explain"]["post"]["requestBody"]["content"]
+    assert explain["multipart/form-data"]["schema"]["properties"]["files"]["maxItems"] == 1
+    assert explain["image/jpeg"]["schema"] == {"type": "string", "format": "binary"}
     predict = document["paths"]["/v1/predict"]["post"]["requestBody"]
     assert predict["required"] is True
     content = predict["content"]
@@ -90,7 +93,7 @@ def test_management_routes_declare_the_bearer_scheme(document: dict[str, Any]) -
         assert {"bearer": []} in document["paths"][path][method].get("security", []), (method, path)
     # /v1/parity needs the token only with ?version=: either no security or the bearer scheme.
     assert document["paths"]["/v1/parity"]["get"]["security"] == [{}, {"bearer": []}]
-    for open_route in ("/v1/predict", "/healthz", "/readyz"):
+    for open_route in ("/v1/predict", "/v1/explain", "/healthz", "/readyz"):
         operation = next(iter(document["paths"][open_route].values()))
         assert "security" not in operation, open_route
 
@@ -99,6 +102,7 @@ def test_management_routes_declare_the_bearer_scheme(document: dict[str, Any]) -
     ("method", "path", "statuses"),
     [
         ("post", "/v1/predict", {200, 408, 413, 415, 422, 503}),
+        ("post", "/v1/explain", {200, 401, 408, 413, 415, 422, 429, 503}),  # 413: an image over the limit
         ("get", "/v1/parity", {200, 401, 403, 404, 409, 422, 429, 503}),
         ("get", "/v1/models", {200, 401, 403, 429, 503}),
         ("post", "/v1/models", {200, 201, 401, 403, 408, 409, 413, 415, 422, 429, 503}),
@@ -204,7 +208,7 @@ checks.enabled = true
 # signed bundle archive (upload) is valid; JSON Schema cannot say which bytes those are,
 # and refusing the rest with a 4xx is the contract.
 [[operations]]
-include-path = ["/v1/predict", "/v1/models"]
+include-path = ["/v1/predict", "/v1/explain", "/v1/models"]
 include-method = "POST"
 checks.positive_data_acceptance.enabled = false
 

@@ -124,3 +124,16 @@ def test_a_retake_is_signed_with_its_reason_and_replays(
         replayed = replayer.replay(receipt, image)
         assert (replayed.probability, replayed.decision) == (result["probability"], result["decision"])
     assert results[0]["decision"] == RETAKE and results[1]["decision"] != RETAKE
+
+
+def test_explain_gives_predicts_retake_for_a_frame_it_should_not_judge(server: LiveServer) -> None:
+    r = httpx.post(f"{server.url}/v1/explain", content=BLACK, headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["decision"] == RETAKE and "too dark" in body["reason"]
+    [predicted] = _predict(server, [BLACK], "dock-explain")
+    assert (body["probability"], body["decision"], body["reason"]) == (
+        predicted["probability"],
+        predicted["decision"],
+        predicted["reason"],
+    )

@@ -4,6 +4,7 @@ Starlette's TestClient. The end-to-end suites run the same routes against real p
 
 from __future__ import annotations
 
+import base64
 import gzip
 import time
 import zlib
@@ -64,6 +65,17 @@ def test_predict_raw_and_multipart(client: TestClient) -> None:
 def test_predict_refusals(client: TestClient, body: bytes, ctype: str, status: int, code: str) -> None:
     r = client.post("/v1/predict", content=body, headers={"Content-Type": ctype})
     assert (r.status_code, r.json()["error"]) == (status, code), r.text
+
+
+def test_explain_answers_predicts_probability_for_one_image(client: TestClient) -> None:
+    r = client.post("/v1/explain", content=JPEG, headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["probability"] == fake_probability(JPEG) and body["model"]["version"] == "v1"
+    assert body["image"] == {"width": 120, "height": 90} and body["grid"] == [[1.0]]
+    assert base64.b64decode(body["overlay_png"]).startswith(b"\x89PNG")
+    r = client.post("/v1/explain", files=[("files", ("a.jpg", JPEG)), ("files", ("b.jpg", JPEG))])
+    assert (r.status_code, r.json()["error"]) == (422, "one_image_only"), r.text
 
 
 def test_predict_and_parity_say_not_ready_the_same_way(tmp_path: Path, keys) -> None:

@@ -54,6 +54,8 @@ BAD_VALUES: list[tuple[str, str, str]] = [
     ("training", "evaluate", "evaluate --bundle {bundle} --data {tmp} --public-key {pub} --split x"),
     ("training", "redecide", "redecide --bundle {bundle} --key {key} --version 'demo 3'"),
     ("training", "redecide", "redecide --bundle {bundle} --key {key} --version v3 --cost-miss lots"),
+    ("training", "explain-eval", "explain-eval --bundle {bundle} --data {tmp} --public-key {pub}"),
+    ("training", "explain-eval", "explain-eval --bundle {bundle} --data {tmp} --public-key {pub} --limit none"),
     ("training", "compare", "compare --bundle {bundle} --bundle {bundle} --images {tmp}/no-images --public-key {pub}"),
     ("training", "dataset", "dataset --from-feedback {tmp}/no-capture --out {tmp}/ds"),
     ("training", "weights", "weights convert {file} {tmp}/w.safetensors --architecture resnet18"),

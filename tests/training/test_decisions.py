@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from model_store.bundle import load_bundle
 from model_store.manifest import CalibrationSpec, DecisionPolicy, DecisionSpec
@@ -213,3 +214,11 @@ def test_compare_two_bundles_offline(bundles, keys, data_dir: Path, tmp_path: Pa
     page = (tmp_path / "out" / "compare.html").read_text()
     assert page.count("<figure>") == len(flipped) and (tmp_path / "out" / "scatter.png").stat().st_size > 1000
     assert len(list((tmp_path / "out" / "thumbs").iterdir())) == len(flipped)
+    # The flips that moved most, explained by both bundles: two heatmap overlays each, at most 8 flips.
+    shown = min(len(flipped), 8)
+    assert summary["heatmaps"] == shown and page.count("<figure class='pair'>") == shown
+    heatmaps = sorted((tmp_path / "out" / "heatmaps").iterdir())
+    assert len(heatmaps) == 2 * shown
+    for png in heatmaps:
+        with Image.open(png) as img:
+            assert img.format == "PNG" and max(img.size) <= 240

@@ -151,7 +151,7 @@ def test_pretrained_weights_come_from_a_local_safetensors_file(finished_run, dat
 def test_report_has_every_plot(finished_run) -> None:
     run_dir, _ = finished_run
     page = (run_dir / "report.html").read_text()
-    for name in ("curves", "roc_pr", "cost", "confusion", "worst_errors"):
+    for name in ("curves", "roc_pr", "cost", "confusion", "worst_errors", "worst_errors_heatmaps"):
         assert f"plots/{name}.png" in page, name
         with Image.open(run_dir / "plots" / f"{name}.png") as img:
             assert img.width > 300 and img.height > 200

@@ -8,13 +8,17 @@ parity reproduces the bundle's record, so a route test runs in milliseconds.
 from __future__ import annotations
 
 import hashlib
+import io
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from app.serving.pipeline import DeadlineExceeded, Pipeline, Scored, _Model
+from PIL import Image
+
+from app.serving.pipeline import DeadlineExceeded, Explained, Pipeline, Scored, _Model
 from model_store import parity
 from model_store.bundle import Bundle
+from model_store.explain import DEFAULT_METHOD, Method, forwards
 from model_store.parity import ParityReport
 from model_store.preprocessing import ImageInfo
 
@@ -77,3 +81,31 @@ class FakePipeline(Pipeline):
             if not shadow:
                 for _, _, info in images:
                     self.admission.answered(info.decode_work)
+
+    async def explain(
+        self,
+        version: str,
+        image: tuple[str, bytes, ImageInfo],
+        *,
+        method: Method = DEFAULT_METHOD,
+        deadline: float | None = None,
+    ) -> Explained:
+        """Predict's fake probability, a one-cell grid over the whole image, a 1x1 PNG."""
+        _, data, info = image
+        self.admission.admit_explain(forwards(method), 2 * info.decode_work)
+        try:
+            p = fake_probability(data)
+            decision = self._models[version].manifest.decision.decide(p)
+            seen = (0.0, 0.0, float(info.width), float(info.height))
+            return Explained(p, decision, None, method, info.width, info.height, seen, [[1.0]], ONE_PIXEL_PNG)
+        finally:
+            self.admission.explained()
+
+
+def _one_pixel_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+ONE_PIXEL_PNG = _one_pixel_png()

@@ -458,7 +458,7 @@ async function refreshShadow() {
   );
 }
 
-// ------------------------------------------------------------------ try an image (no token)
+// ------------------------------------------------------------------ try an image (no token; sent when typed in)
 
 async function tryImage(event) {
   event.preventDefault();
@@ -479,6 +479,7 @@ async function tryImage(event) {
   const res = r.body.results[0];
   // A retake is no verdict: the photo is outside what the model was validated on.
   const tone = res.reason ? "warn" : res.probability >= res.threshold ? "bad" : "ok";
+  const heat = el("div", { id: "try-explain" }, el("p", { class: "muted" }, "finding where the evidence lies…"));
   show(
     out,
     el("p", { class: "decision" }, el("span", { id: "try-decision", class: `badge big ${tone}` }, res.decision)),
@@ -489,6 +490,29 @@ async function tryImage(event) {
       ["model", `${r.body.model.name} ${r.body.model.version}`],
       ["request id", el("code", {}, r.body.request_id)],
     ]),
+    heat,
+  );
+  // Then where the evidence lies: POST /v1/explain on the same image (bounded apart from
+  // predict, so a busy service may refuse it with 503 while predictions go on).
+  const again = new FormData();
+  again.append("files", file, file.name);
+  const ex = await api("/v1/explain", { method: "POST", form: again, admin: true, headers: { "X-Station-ID": "console" } });
+  if (!ex.ok) {
+    show(heat, errorBox(ex));
+    return;
+  }
+  const b = ex.body;
+  show(
+    heat,
+    // The PNG comes from the service as base64 and is shown as an image only (CSP: img-src data:).
+    el("img", { id: "try-overlay", src: `data:image/png;base64,${b.overlay_png}`, alt: `where the model saw damage in ${file.name}` }),
+    el(
+      "p",
+      { class: "muted" },
+      `Where the evidence for damage lies (${b.method}): red to yellow where covering the photo lowers the damage `,
+      `score most, relative to this photo; darkened: cropped away, never seen by the model. `,
+      `Probability ${fmt(b.probability, 4)} (${b.model.version}), as predicted.`,
+    ),
   );
 }
 

@@ -81,29 +81,32 @@ def predict_body(
 
 
 _BINARY = {"type": "string", "format": "binary"}
-# The route reads its body itself (streamed, bounded), so FastAPI cannot infer it: declared
-# here, so /docs can send an image and clients can be generated from the document.
-_REQUEST_BODY = {
-    "required": True,
-    "description": "one image as the raw body, or several as multipart `files` fields",
-    "content": {
-        **{f"image/{kind}": {"schema": _BINARY} for kind in ("jpeg", "png", "webp")},
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {"files": {"type": "array", "items": _BINARY, "minItems": 1}},
-                "required": ["files"],
-            }
+
+
+def image_body_doc(description: str, *, most: int | None = None) -> dict[str, Any]:
+    """The OpenAPI `requestBody` of a route that reads images with `read_images`: it reads its
+    body itself (streamed, bounded), so FastAPI cannot infer it; declared, so /docs can send an
+    image and clients can be generated from the document. `most`: images per request."""
+    files: dict[str, Any] = {"type": "array", "items": _BINARY, "minItems": 1}
+    if most is not None:
+        files["maxItems"] = most
+    return {
+        "required": True,
+        "description": description,
+        "content": {
+            **{f"image/{kind}": {"schema": _BINARY} for kind in ("jpeg", "png", "webp")},
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"files": files}, "required": ["files"]}
+            },
         },
-    },
-}
+    }
 
 
 @router.post(
     PATH.removeprefix("/v1"),
     response_model=PredictResponse,
     responses=error_responses(408, 413, 415, 422, 503),
-    openapi_extra={"requestBody": _REQUEST_BODY},
+    openapi_extra={"requestBody": image_body_doc("one image as the raw body, or several as multipart `files` fields")},
 )
 async def predict(request: Request) -> Response:
     """Probability and decision per image; the model (name, version, manifest digest) once."""
