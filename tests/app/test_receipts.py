@@ -101,7 +101,7 @@ def test_v2_answers_carry_a_receipt_output_with_the_served_fp32_value(
 ) -> None:
     images = [image_bytes(1, (120, 90)), image_bytes(2, (90, 120), fmt="PNG")]
     model = httpx.get(f"{served.url}/v2/models/parcel-damage").json()
-    assert [o["name"] for o in model["outputs"]] == ["probability", "decision", "receipt"]
+    assert [o["name"] for o in model["outputs"]] == ["probability", "decision", "reason", "receipt"]
     client = triton.InferenceServerClient(served.url.removeprefix("http://"))
     try:
         inputs = triton.InferInput("image", [len(images)], "BYTES")
@@ -129,7 +129,7 @@ def test_receipts_are_off_unless_a_key_is_set(server: LiveServer) -> None:
     keys = httpx.get(f"{server.url}/v1/receipts/keys")
     assert keys.status_code == 404 and keys.json()["error"] == "receipts_off"
     outputs = httpx.get(f"{server.url}/v2/models/parcel-damage").json()["outputs"]
-    assert [o["name"] for o in outputs] == ["probability", "decision"]
+    assert [o["name"] for o in outputs] == ["probability", "decision", "reason"]
 
 
 def test_the_captured_photo_is_found_by_the_receipts_sha256(served: LiveServer, tmp_path: Path) -> None:
