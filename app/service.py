@@ -51,7 +51,7 @@ def build_service(settings: Settings, metrics: Metrics, pipeline: Pipeline | Non
         image_stats=settings.monitor_window > 0,
         batch_timeout_s=settings.batch_timeout_s,
     )
-    monitor = Monitor(settings.monitor_window, settings.max_stations)
+    monitor = Monitor(settings.monitor_window, settings.max_stations, settings.cost_alarm_margin)
 
     def swapped(loaded: Loaded, how: str) -> None:
         telemetry.swapped(loaded, how)
