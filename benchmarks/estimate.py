@@ -42,6 +42,7 @@ from PIL import Image
 
 from model_store import domain
 from model_store import estimate as quality
+from model_store import monitoring as mon
 from model_store.bundle import load_bundle
 from model_store.manifest import DecisionSpec
 from model_store.predictor import Predictor
@@ -97,12 +98,14 @@ def _photo(seed: int, damaged: bool, brightness: float) -> bytes:
     return buf.getvalue()
 
 
-def score(predictor: Predictor, photos: list[bytes]) -> tuple[np.ndarray, int]:
-    """Served probabilities of the photos the bundle judges, and how many it sends to retake."""
+def score(predictor: Predictor, photos: list[bytes]) -> tuple[np.ndarray, int, list[list[float]]]:
+    """Served probabilities of the photos the bundle judges, how many it sends to retake, and
+    the crop features (brightness, contrast, sharpness) of those it judges."""
     m = predictor.manifest
     bounds = m.monitoring.domain if m.monitoring is not None else None
     stride = m.monitoring.stats_stride if m.monitoring is not None else 1
     kept: list[torch.Tensor] = []
+    features: list[list[float]] = []
     retakes = 0
     for data in photos:
         info = predictor.preprocessor.inspect(data)
@@ -111,10 +114,11 @@ def score(predictor: Predictor, photos: list[bytes]) -> tuple[np.ndarray, int]:
             retakes += 1
             continue
         kept.append(x)
+        features.append(stats.as_list())
     probs: list[float] = []
     for start in range(0, len(kept), BATCH):
         probs.extend(predictor.probabilities(torch.stack(kept[start : start + BATCH])))
-    return np.asarray(probs, dtype=np.float64), retakes
+    return np.asarray(probs, dtype=np.float64), retakes, features
 
 
 def photo_traffic(intact: np.ndarray, damaged_pool: np.ndarray) -> Window:
@@ -174,21 +178,30 @@ def trial_figures(
 
 def _bundle_traffic(args: argparse.Namespace) -> tuple[str, DecisionSpec, dict[str, Window], dict[str, Any]]:
     predictor = Predictor(load_bundle(args.bundle, args.public_key))
+    reference = predictor.manifest.monitoring
     traffic: dict[str, Window] = {}
     retakes: dict[str, dict[str, int]] = {}
+    drift: dict[str, dict[str, float]] = {}  # PSI of the judged photos' features, as the service's windows see them
     for look, brightness in (("as validated", 1.0), ("darker", 0.7)):
-        pools = []
+        pools, features = [], []
         for label, is_damaged in (("intact", False), ("damaged", True)):
             _say(f"{look}: rendering and scoring {args.photos} {label} photos", progress=True)
             first = FRESH_SEEDS + is_damaged * 1_000_000
-            probs, sent_back = score(
+            probs, sent_back, stats = score(
                 predictor, [_photo(s, is_damaged, brightness) for s in range(first, first + args.photos)]
             )
             pools.append(probs)
+            features.extend(stats)
             retakes.setdefault(look, {})[label] = sent_back
         traffic[look] = photo_traffic(pools[0], pools[1])
+        if reference is not None:
+            drift[look] = {
+                f: round(mon.psi(reference.features[f], [row[i] for row in features]), 3)
+                for i, f in enumerate(mon.IMAGE_FEATURES)
+            }
     m = predictor.manifest
-    return f"{m.name} {m.version}", m.decision, traffic, {"photos_per_class": args.photos, "retakes": retakes}
+    about = {"photos_per_class": args.photos, "retakes": retakes, "image_psi": drift}
+    return f"{m.name} {m.version}", m.decision, traffic, about
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if about:
         _say(f"photos per class: {about['photos_per_class']}; sent to retake: {json.dumps(about['retakes'])}")
+        _say(
+            f"PSI of the judged photos' image features against the bundle's reference: {json.dumps(about['image_psi'])}"
+        )
     _say(
         f"{args.trials} windows a row; the share whose realised figure lies in the {quality.LEVEL:.0%} interval, "
         "the mean estimated and realised cost, how often the cost alarm fired (and a rule on the expected figure)"
