@@ -55,7 +55,7 @@ def build_service(settings: Settings, metrics: Metrics, pipeline: Pipeline | Non
         image_digests=settings.receipt_key is not None,
         explain_bound=settings.max_explains,
     )
-    monitor = Monitor(settings.monitor_window, settings.max_stations)
+    monitor = Monitor(settings.monitor_window, settings.max_stations, settings.cost_alarm_margin)
 
     def swapped(loaded: Loaded, how: str) -> None:
         telemetry.swapped(loaded, how)

@@ -84,6 +84,15 @@ class Settings(BaseSettings):
     max_bundle_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="an uploaded bundle, once extracted")
     monitor_window: int = Field(500, ge=0, le=100_000, description="images per station in the drift window; 0 = off")
     max_stations: int = Field(256, ge=1, le=10_000, description="stations with windows of their own; more share one")
+    # 0.5: an alarm when a station's estimated cost per parcel is surely (its whole 95%
+    # interval) above 1.5 times what the bundle expects at its deployment damage rate.
+    cost_alarm_margin: float = Field(
+        0.5,
+        ge=0,
+        le=100,
+        description="estimated cost per parcel this far above the bundle's expected cost "
+        "(0.5 = 50%) raises a station's cost alarm",
+    )
     capture_fraction: float = Field(0.0, ge=0, le=1, description="share of predict requests kept for feedback; 0 = off")
     capture_location: str | None = Field(
         None, description="capture store: a directory or s3://bucket/prefix; default: beside the model store"

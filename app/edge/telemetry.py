@@ -1,5 +1,6 @@
 """What the service reports to Prometheus beyond per-request counters: swaps, batches, the
-store follower, and live state read at scrape time (queue, workers, shadow, drift)."""
+store follower, and live state read at scrape time (queue, workers, shadow, drift, the
+estimated quality per station)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,19 @@ from app.edge.observability import Metrics, counter, gauge
 from app.ops.capture import Capturer
 from app.ops.drift import Monitor
 from app.ops.model_host import Loaded, ModelHost
+
+_ESTIMATED = (
+    "{}, estimated from the served probabilities of the station's window (no labels); bound: expected, low, high"
+)
+_MONITOR_FAMILIES: dict[str, tuple[str, list[str]]] = {
+    "drift_psi": ("PSI of live inputs vs the bundle's reference", ["station", "feature"]),
+    "estimated_damage_rate": (_ESTIMATED.format("Share of damaged parcels"), ["station", "bound"]),
+    "estimated_precision": (_ESTIMATED.format("Damaged among the flagged"), ["station", "bound"]),
+    "estimated_recall": (_ESTIMATED.format("Flagged among the damaged"), ["station", "bound"]),
+    "estimated_false_alarm_rate": (_ESTIMATED.format("Flagged among the intact"), ["station", "bound"]),
+    "estimated_cost_per_parcel": (_ESTIMATED.format("Cost per parcel"), ["station", "bound"]),
+    "estimated_cost_alarm": ("1 while the station's estimated cost per parcel is past its limit", ["station"]),
+}
 
 
 class Telemetry:
@@ -78,13 +92,12 @@ def live_metrics(metrics: Metrics, host: ModelHost, monitor: Monitor, capture: C
             yield gauge(
                 "shadow_mean_abs_probability_diff", "Mean |shadow - served|", s.abs_diff_sum / s.images, version
             )
-    drift = monitor.gauges(host.current)  # computed off the loop by the scrape route (Monitor.refresh_gauges)
-    if drift:
-        family = GaugeMetricFamily(
-            "drift_psi", "PSI of live inputs vs the bundle's reference", labels=["station", "feature"]
-        )
-        for station, feature, value in drift:
-            family.add_metric([station, feature], value)
+    # Computed off the loop by the scrape route (Monitor.refresh_gauges).
+    for name, rows in monitor.gauges(host.current).items():
+        doc, labels = _MONITOR_FAMILIES[name]
+        family = GaugeMetricFamily(name, doc, labels=labels)
+        for values, value in rows:
+            family.add_metric(list(values), value)
         yield family
     if capture is not None:
         c = capture

@@ -25,6 +25,8 @@ from typing import Any
 from app.ops.model_host import Loaded
 from app.serving.pipeline import Scored
 from model_store.capture import CapturedImage, CaptureStore, new_record, request_bytes
+from model_store.estimate import realised
+from model_store.manifest import DecisionSpec
 from model_store.preprocessing import ImageInfo
 
 log = logging.getLogger("app.ops.capture")
@@ -47,7 +49,7 @@ class Capturer:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _bytes: int | None = None  # the store at its last scan plus writes since, each counted before it starts
     _writing: int = 0  # bytes of writes in progress (a scan does not count them: not complete yet)
-    _feedback: tuple[float, dict[str, list[tuple[str, str]]]] | None = field(default=None, repr=False)
+    _feedback: tuple[float, dict[str, list[tuple[str, str, str]]]] | None = field(default=None, repr=False)
 
     def job(
         self,
@@ -123,33 +125,49 @@ class Capturer:
             self._writing += size
             return True
 
-    def feedback(self, version: str, positive: str) -> dict[str, Any]:
-        """Precision and recall of `version` on the images inspectors labelled (scanned at most every 30 s)."""
+    def feedback(self, version: str, decision: DecisionSpec) -> dict[str, Any]:
+        """`version`'s figures on the images inspectors labelled, all together and per station
+        (`model_store.estimate.realised`, the definitions the estimates use); the capture store
+        is scanned at most every `FEEDBACK_CACHE_S`. Images answered retake got no verdict and
+        are left out."""
         cached = self._feedback
         if cached is None or time.monotonic() - cached[0] > FEEDBACK_CACHE_S:
             labels = self.store.labels()
-            per_version: dict[str, list[tuple[str, str]]] = {}  # (decision, label) per labelled image
+            per_version: dict[str, list[tuple[str, str, str]]] = {}  # (station, decision, label) per labelled image
             for record in self.store.records():
                 label = labels.get(record["request_id"])
                 if label is not None:
                     decisions = [img["decision"] for img in record["images"]]
-                    per_version.setdefault(record["version"], []).extend(zip(decisions, label["labels"], strict=False))
+                    per_version.setdefault(record["version"], []).extend(
+                        (record["station"], d, t) for d, t in zip(decisions, label["labels"], strict=False)
+                    )
             cached = (time.monotonic(), per_version)
             self._feedback = cached
-        pairs: list[tuple[str, str]] = cached[1].get(version, [])
-        tp = sum(d == positive and t == positive for d, t in pairs)
-        fp = sum(d == positive and t != positive for d, t in pairs)
-        fn = sum(d != positive and t == positive for d, t in pairs)
+        positive, negative = decision.positive_label, decision.negative_label
+        judged = [
+            (s, d == positive, t == positive) for s, d, t in cached[1].get(version, []) if d in (positive, negative)
+        ]
+
+        def figures(pairs: list[tuple[bool, bool]]) -> dict[str, Any]:
+            return {"labelled_images": len(pairs), **realised(pairs, decision.cost_false_alarm, decision.cost_miss)}
+
+        pairs = [(f, t) for _, f, t in judged]
+        tp = sum(f and t for f, t in pairs)
+        fp = sum(f and not t for f, t in pairs)
+        fn = sum(t and not f for f, t in pairs)
+        stations: dict[str, list[tuple[bool, bool]]] = {}
+        for station, f, t in judged:
+            stations.setdefault(station, []).append((f, t))
+        counts = {
+            "true_positive": tp,
+            "false_positive": fp,
+            "false_negative": fn,
+            "true_negative": len(pairs) - tp - fp - fn,
+        }
         return {
-            "labelled_images": len(pairs),
-            "precision": tp / (tp + fp) if tp + fp else None,
-            "recall": tp / (tp + fn) if tp + fn else None,
-            "counts": {
-                "true_positive": tp,
-                "false_positive": fp,
-                "false_negative": fn,
-                "true_negative": len(pairs) - tp - fp - fn,
-            },
+            **figures(pairs),
+            "counts": counts,
+            "stations": {station: figures(p) for station, p in sorted(stations.items())},
         }
 
     def invalidate(self) -> None:

@@ -210,9 +210,11 @@ def test_anonymous_parity_callers_share_one_run(server) -> None:
 
 
 def test_scrapes_compute_drift_once_and_off_the_event_loop(monkeypatch, keys, tmp_path: Path) -> None:
-    """Forty scrapers at once with 300 stations: one PSI computation, in a thread (before: one
-    per scrape, on the event loop, which pushed good predicts from 13 ms to 1.2 s)."""
+    """Forty scrapers at once with 300 stations: one PSI and quality-estimate computation, in a
+    thread (before: one per scrape, on the event loop, which pushed good predicts from 13 ms
+    to 1.2 s)."""
     from app.ops import drift as monitor_module
+    from model_store import estimate as quality
     from model_store import monitoring as mon
 
     bundle = make_monitored_bundle(tmp_path / "m1", keys[0], "m1", [parcel_photo(i) for i in range(40)])
@@ -226,6 +228,13 @@ def test_scrapes_compute_drift_once_and_off_the_event_loop(monkeypatch, keys, tm
         return real_psi(*args, **kwargs)
 
     monkeypatch.setattr(mon, "psi", watched_psi)
+    real_estimate = quality.of_decisions
+
+    def watched_estimate(*args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return real_estimate(*args, **kwargs)
+
+    monkeypatch.setattr(quality, "of_decisions", watched_estimate)
     m = monitor_module.Monitor(window=50, max_stations=400)
     rows = [tuple(0.5 for _ in mon.FEATURES)] * 50
     for i in range(300):
@@ -247,5 +256,6 @@ def test_scrapes_compute_drift_once_and_off_the_event_loop(monkeypatch, keys, tm
 
     asyncio.run(scrapes())
     assert computations == [1]
-    assert len(m.gauges(loaded)) == 300 * len(loaded.manifest.monitoring.features)
+    assert len(m.gauges(loaded)["drift_psi"]) == 300 * len(loaded.manifest.monitoring.features)
+    assert len(m.gauges(loaded)["estimated_cost_alarm"]) == 300  # the estimates too, in the same computation
     assert threads and threading.main_thread().name not in threads

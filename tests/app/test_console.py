@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from model_store import activation
+from model_store import estimate as est
 from model_store import monitoring as mon
 from model_store.store import FilesystemStore
 from tests.utils.browser import chromium, require_chromium, upload
@@ -202,7 +203,7 @@ def test_try_an_image_shows_the_decision_the_service_gives(service, browser, tmp
 
 
 @pytest.mark.slow
-def test_drift_charts_render_for_a_station_after_its_predictions(service, browser) -> None:
+def test_drift_charts_and_the_quality_estimate_render_for_a_station_after_its_predictions(service, browser) -> None:
     darker = [parcel_photo(5000 + i, brightness=0.45) for i in range(mon.MIN_IMAGES)]
     with httpx.Client(base_url=service, timeout=60) as c:
         if c.get("/readyz").json()["version"] != "m1":  # the version with a monitoring reference
@@ -223,6 +224,14 @@ def test_drift_charts_render_for_a_station_after_its_predictions(service, browse
         assert bars.count() == len(drift) > 0  # one bar per feature
         assert card.locator("svg.psi rect.bar.bad").count() >= 1  # brightness, drawn as an alarm
         assert card.locator("svg.hist").count() == len(drift)  # reference vs live, per feature
+        # The quality estimated without labels: a row per figure, the API's numbers.
+        estimate = next(s for s in stations if s["station"] == "dock-7")["estimate"]
+        assert card.locator(".quality tr[data-figure]").count() == len(est.FIGURES)
+        cost = card.locator('.quality tr[data-figure="cost_per_parcel"]').text_content() or ""
+        low, high = estimate["intervals"]["cost_per_parcel"]
+        assert f"{estimate['figures']['cost_per_parcel']:.3f}" in cost and f"{low:.3f} to {high:.3f}" in cost
+        # This station's photos are darker than the validated ones: its estimate says not to trust it.
+        assert "brightness" in (card.locator(".quality .error").text_content() or "")
     finally:
         page.close()
     assert seen.errors == []

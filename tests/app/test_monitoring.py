@@ -1,16 +1,23 @@
-"""Watching production over real HTTP: drift per station against the bundle's reference,
-captured requests, inspectors' feedback, and the data set the next training run uses."""
+"""Watching production over real HTTP: drift per station against the bundle's reference, the
+quality estimated without labels and its cost alarm, captured requests, inspectors' feedback
+beside the estimates, and the data set the next training run uses."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from app.ops import drift
+from app.ops.model_host import Loaded
 from model_store import activation
+from model_store import estimate as est
 from model_store import monitoring as mon
+from model_store.bundle import load_bundle
 from model_store.store import FilesystemStore
 from tests.utils.factories import make_monitored_bundle, parcel_photo
 from tests.utils.server import ADMIN_TOKEN, LiveServer, admin
@@ -57,18 +64,67 @@ def test_a_darkened_or_resized_camera_raises_its_alarm_and_a_healthy_one_does_no
         healthy = _station(srv.url, "dock-1")
         assert healthy["window"] == 240 and healthy["alarm"] is False, healthy["drift"]
         assert max(healthy["drift"].values()) < mon.PSI_ALARM
+        # Its quality, estimated from the served probabilities alone: every figure, each
+        # inside its interval, and no cost alarm from a bundle that states no expected cost.
+        estimate = healthy["estimate"]
+        assert estimate["images"] == 240 and estimate["cost_limit"] is None and estimate["cost_alarm"] is False
+        for figure in est.FIGURES:
+            value, (low, high) = estimate["figures"][figure], estimate["intervals"][figure]
+            assert 0 <= low <= value <= high, (figure, estimate)
         # A lens that lost light, and a camera switched to a lower resolution.
         _send(srv.url, [parcel_photo(2000 + i, brightness=0.45) for i in range(ALARM_WITHIN)], "dock-2")
         _send(srv.url, [parcel_photo(3000 + i, size=(96, 72)) for i in range(ALARM_WITHIN)], "dock-3")
         dark, small = _station(srv.url, "dock-2"), _station(srv.url, "dock-3")
         assert dark["alarm"] and "brightness" in dark["alarms"], dark["drift"]
+        assert "brightness" in dark["estimate"]["image_drift"]  # its estimate is not to be trusted
+        assert healthy["estimate"]["image_drift"] == []
         assert small["alarm"] and {"width", "height"} <= set(small["alarms"]), small["drift"]
         assert "aspect" not in small["alarms"]  # same shape, fewer pixels
         metrics = httpx.get(f"{srv.url}/metrics").text
         assert 'drift_psi{feature="brightness",station="dock-2"}' in metrics
+        for bound in ("expected", "low", "high"):
+            assert f'estimated_cost_per_parcel{{bound="{bound}",station="dock-1"}}' in metrics
+        assert 'estimated_cost_alarm{station="dock-1"} 0.0' in metrics
         # Fewer than MIN_IMAGES: no verdict yet, whatever the pictures.
         _send(srv.url, [parcel_photo(4000 + i, brightness=0.3) for i in range(ALARM_WITHIN - 1)], "dock-4")
         assert _station(srv.url, "dock-4")["drift"] == {}
+        assert _station(srv.url, "dock-4")["estimate"] is None
+
+
+def test_a_station_whose_estimated_cost_is_past_the_bundles_raises_the_cost_alarm(keys, tmp_path: Path) -> None:
+    """The untrained test model flags about half of the photos, at a cost per parcel near 1;
+    this bundle states 0.01, so any station past MIN_IMAGES is surely above 1.5 times it."""
+    bundle = make_monitored_bundle(tmp_path / "c1", keys[0], "c1", REFERENCE[:40], decision={"expected_cost": 0.01})
+    store = FilesystemStore(tmp_path / "store", keys[1])
+    store.import_bundle(bundle.path, actor="t")
+    activation.activate(store, "c1", actor="t")
+    with LiveServer(store.root, keys[1], admin_token=ADMIN_TOKEN, cost_alarm_margin=0.5) as srv:
+        srv.wait_ready()
+        _send(srv.url, [parcel_photo(6000 + i) for i in range(mon.MIN_IMAGES - 1)], "dock-c")
+        early = _station(srv.url, "dock-c")
+        assert early["estimate"] is None and early["alarm"] is False  # no verdict on 29 images
+        _send(srv.url, [parcel_photo(6100)], "dock-c")
+        station = _station(srv.url, "dock-c")
+        estimate = station["estimate"]
+        assert estimate["cost_limit"] == pytest.approx(0.015) and estimate["cost_alarm"] is True
+        assert estimate["intervals"]["cost_per_parcel"][0] > 0.015
+        assert station["alarm"] is True and drift.COST_ALARM in station["alarms"]
+        assert 'estimated_cost_alarm{station="dock-c"} 1.0' in httpx.get(f"{srv.url}/metrics").text
+
+
+def test_the_estimate_leaves_out_images_answered_retake(monitored: Path, keys) -> None:
+    """A retake gave no verdict: 30 photos judged intact and 10 frames sent back for a retake
+    (whatever their score) make an estimate on 30 images, none of them flagged."""
+    manifest = load_bundle(monitored, keys[1]).manifest
+    loaded = Loaded("m1", manifest, "sha", None, 0.0)  # type: ignore[arg-type]
+    score = mon.FEATURES.index("score")
+    judged = [tuple(0.2 if i == score else 1.0 for i in range(len(mon.FEATURES)))] * 30
+    retaken = [tuple(0.99 if i == score else 1.0 for i in range(len(mon.FEATURES)))] * 10
+    window = drift.Window(deque(judged + retaken), deque([False] * 30 + [True] * 10), 40)
+    [entry] = asyncio.run(drift.Monitor(windows={("m1", "dock"): window}).report(loaded))
+    estimate: Any = entry["estimate"]
+    assert estimate["images"] == 30
+    assert estimate["figures"]["precision"] is None  # nothing judged was flagged
 
 
 def test_station_ids_are_validated_and_bounded(monitored_store, keys) -> None:
@@ -89,7 +145,7 @@ def test_station_ids_are_validated_and_bounded(monitored_store, keys) -> None:
 
 def test_capture_feedback_and_a_dataset_train_accepts(monitored_store, keys, tmp_path: Path) -> None:
     capture = tmp_path / "capture"
-    photos = [parcel_photo(5000 + i) for i in range(6)]
+    photos = [parcel_photo(5000 + i) for i in range(mon.MIN_IMAGES)]  # enough for an estimate; 6 get labelled
     with LiveServer(
         monitored_store.root, keys[1], admin_token=ADMIN_TOKEN, station_token="station-token-0123456789",
         capture_fraction=1.0, capture_location=str(capture),
@@ -107,7 +163,7 @@ def test_capture_feedback_and_a_dataset_train_accepts(monitored_store, keys, tmp
 
         truth = ["damaged", "damaged", "intact", "intact", "damaged", "intact"]
         station = {"Authorization": "Bearer station-token-0123456789", "X-Station-ID": "dock-9"}
-        for rid, label in zip(ids, truth, strict=True):
+        for rid, label in zip(ids[:6], truth, strict=True):
             r = httpx.post(
                 f"{srv.url}/v1/feedback",
                 json={"request_id": rid, "labels": [label], "inspector": "kim"},
@@ -130,13 +186,22 @@ def test_capture_feedback_and_a_dataset_train_accepts(monitored_store, keys, tmp
             httpx.post(f"{srv.url}/v1/feedback", json={"request_id": ids[0], "labels": ["intact"]}).status_code == 401
         )
 
-        feedback = httpx.get(f"{srv.url}/v1/monitoring", headers=admin()).json()["feedback"]
-        tp = sum(d == t == "damaged" for d, t in zip(decisions, truth, strict=True))
-        fp = sum(d == "damaged" != t for d, t in zip(decisions, truth, strict=True))
-        fn = sum(t == "damaged" != d for d, t in zip(decisions, truth, strict=True))
+        body = httpx.get(f"{srv.url}/v1/monitoring", headers=admin()).json()
+        feedback = body["feedback"]
+        labelled = list(zip(decisions[:6], truth, strict=True))
+        tp = sum(d == t == "damaged" for d, t in labelled)
+        fp = sum(d == "damaged" != t for d, t in labelled)
+        fn = sum(t == "damaged" != d for d, t in labelled)
         assert feedback["labelled_images"] == 6
         assert feedback["precision"] == (tp / (tp + fp) if tp + fp else None)
         assert feedback["recall"] == (tp / (tp + fn) if tp + fn else None)
+        assert feedback["cost_per_parcel"] == pytest.approx((fp + 5 * fn) / 6)  # the bundle's costs: 1 and 5
+        # Beside the station's estimate (its 30 images), the same figures on its 6 labels.
+        dock = next(s for s in body["stations"] if s["station"] == "dock-9")
+        assert dock["estimate"]["images"] == mon.MIN_IMAGES
+        assert dock["labelled"] == feedback["stations"]["dock-9"]
+        assert dock["labelled"]["labelled_images"] == 6 and dock["labelled"]["damage_rate"] == pytest.approx(0.5)
+        assert dock["labelled"]["false_alarm_rate"] == pytest.approx(fp / 3)
 
     data = tmp_path / "from-feedback"
     counts = dataset_from_feedback(str(capture), data)

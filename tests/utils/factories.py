@@ -127,12 +127,18 @@ def parcel_photo(seed: int, size: tuple[int, int] = (160, 120), brightness: floa
 
 
 def make_monitored_bundle(
-    out: Path, private_key: Path, version: str, reference: list[bytes], retake: bool = False
+    out: Path,
+    private_key: Path,
+    version: str,
+    reference: list[bytes],
+    retake: bool = False,
+    decision: dict[str, object] | None = None,
 ) -> Bundle:
     """A bundle whose monitoring reference comes from `reference` images through the one path
     (header check, decode, crop features, served scores), as export builds it from validation.
     `retake`: with the validated ranges of those images too (`model_store.domain`), and parcel
-    photos as its parity references (as export picks them: images the bundle judges)."""
+    photos as its parity references (as export picks them: images the bundle judges).
+    `decision`: fields of the decision section to set (e.g. `expected_cost`)."""
     from model_store import domain
     from model_store import monitoring as mon
     from model_store.bundle import load_bundle
@@ -140,7 +146,10 @@ def make_monitored_bundle(
     from model_store.signing import public_key_file
 
     state = model_state()
-    draft = write_bundle(out.with_name(out.name + "-draft"), draft_manifest(version), state, references(), private_key)
+    manifest = draft_manifest(version)
+    if decision:
+        manifest = manifest.model_copy(update={"decision": manifest.decision.model_copy(update=decision)})
+    draft = write_bundle(out.with_name(out.name + "-draft"), manifest, state, references(), private_key)
     pub = public_key_file(private_key, out.with_name(out.name + "-pub.pem"))
     predictor = Predictor(load_bundle(draft.path, pub))
     rows, measured = [], []

@@ -336,8 +336,56 @@ function stationCard(s, t) {
       ["decision rate", `${pct(s.decision_rate)} (expected ${pct(s.expected_decision_rate)})`],
       ["retake rate", `${pct(s.retake_rate)} (expected ${pct(s.expected_retake_rate)})`],
     ]),
+    qualityTable(s, t),
     Object.keys(s.drift).length ? psiChart(s.drift, t) : null,
     s.histograms ? histograms(s.histograms) : null,
+  );
+}
+
+// The station's figures estimated from the served probabilities (no labels), each with its
+// 95% interval, beside the same figures on inspectors' labels when some have arrived.
+const QUALITY = [
+  ["damage_rate", "damaged parcels"],
+  ["precision", "precision"],
+  ["recall", "recall"],
+  ["false_alarm_rate", "false-alarm rate"],
+  ["cost_per_parcel", "cost per parcel"],
+];
+
+function qualityTable(s, t) {
+  const e = s.estimate;
+  if (!e) return el("p", { class: "muted quality" }, `No quality estimate before ${t.min_images} judged images.`);
+  const value = (name, x) => (name === "cost_per_parcel" ? fmt(x) : pct(x));
+  const interval = (name) => {
+    const i = e.intervals[name];
+    return i ? `${value(name, i[0])} to ${value(name, i[1])}` : "–";
+  };
+  const l = s.labelled;
+  const head = ["", "estimated", "95% interval", l ? `labelled (${l.labelled_images})` : "labelled"];
+  const rows = QUALITY.map(([name, label]) =>
+    el(
+      "tr",
+      { dataset: { figure: name } },
+      el("th", {}, label),
+      el("td", {}, value(name, e.figures[name])),
+      el("td", {}, interval(name)),
+      el("td", {}, l ? value(name, l[name]) : "–"),
+    ),
+  );
+  const limit =
+    e.cost_limit === null
+      ? "No cost alarm: the bundle states no expected cost."
+      : `Cost alarm when the whole interval lies above ${fmt(e.cost_limit)} per parcel ` +
+        `(the bundle expects ${fmt(e.expected_cost_per_parcel)}).`;
+  return el(
+    "div",
+    { class: "quality" },
+    el("h4", {}, "Quality without labels ", e.cost_alarm ? badge("cost alarm", "bad") : null),
+    el("table", {}, el("thead", {}, el("tr", {}, head.map((h) => el("th", {}, h)))), el("tbody", {}, rows)),
+    e.image_drift.length
+      ? el("p", { class: "error" }, `Not to be trusted: the images drifted (${e.image_drift.join(", ")}).`)
+      : null,
+    el("p", { class: "muted" }, `From ${e.images} judged images. ${limit}`),
   );
 }
 
@@ -418,6 +466,8 @@ function feedbackFacts(f) {
       ["labelled images", String(f.labelled_images)],
       ["precision", pct(f.precision)],
       ["recall", pct(f.recall)],
+      ["false-alarm rate", pct(f.false_alarm_rate)],
+      ["cost per parcel", fmt(f.cost_per_parcel)],
     ]),
   );
 }

@@ -82,5 +82,5 @@ def _station_tokens(service: Service) -> dict[str, object] | None:
     },
 )
 async def metrics(service: ServiceDep) -> Response:
-    await service.monitor.refresh_gauges(service.host.current)  # PSI: in a thread, at most every few seconds
+    await service.monitor.refresh_gauges(service.host.current)  # PSI, estimates: in a thread, every few seconds
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,5 +1,6 @@
-"""GET /v1/monitoring: drift per station of the served version, and precision/recall on
-inspectors' labels when capture is on."""
+"""GET /v1/monitoring: drift and the estimated quality per station of the served version, and
+the figures on inspectors' labels (all stations, and beside each station's estimate) when
+capture is on."""
 
 from __future__ import annotations
 
@@ -18,12 +19,18 @@ log = logging.getLogger("app.ops.capture")
 
 @router.get("/monitoring", responses=error_responses(401, 403, 503))
 async def monitoring(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
-    """Per station of the served version: window, decision rate, PSI per feature, alarms;
-    and precision/recall on inspectors' labels when capture is on."""
+    """Per station of the served version: window, decision rate, PSI per feature, precision,
+    recall, false-alarm rate and cost per parcel estimated without labels, alarms; and the
+    same figures on inspectors' labels when capture is on."""
     loaded = service.host.current
     body: dict[str, Any] = {
         "version": loaded.version if loaded else None,
-        "thresholds": {"psi_warn": mon.PSI_WARN, "psi_alarm": mon.PSI_ALARM, "min_images": mon.MIN_IMAGES},
+        "thresholds": {
+            "psi_warn": mon.PSI_WARN,
+            "psi_alarm": mon.PSI_ALARM,
+            "min_images": mon.MIN_IMAGES,
+            "cost_alarm_margin": service.settings.cost_alarm_margin,
+        },
         "window": service.settings.monitor_window,
         "reference": None,
         "stations": [],
@@ -36,6 +43,8 @@ async def monitoring(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
         body["reference"] = {"images": reference.images, "decision_rate": reference.decision_rate}
     body["stations"] = await service.monitor.report(loaded)
     if service.capture is not None:
-        positive = loaded.manifest.decision.positive_label
-        body["feedback"] = await service.host.store_call(service.capture.feedback, loaded.version, positive)
+        feedback = await service.host.store_call(service.capture.feedback, loaded.version, loaded.manifest.decision)
+        for entry in body["stations"]:
+            entry["labelled"] = feedback["stations"].get(entry["station"])
+        body["feedback"] = feedback
     return body
