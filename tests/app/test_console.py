@@ -16,6 +16,8 @@ import pytest
 from model_store import activation
 from model_store import estimate as est
 from model_store import monitoring as mon
+from model_store.receipts import ReceiptKeys, verify
+from model_store.signing import generate_keypair
 from model_store.store import FilesystemStore
 from tests.utils.browser import chromium, require_chromium, upload
 from tests.utils.deploy import ROOT
@@ -43,11 +45,19 @@ def console_store(tmp_path_factory: pytest.TempPathFactory, keys, bundles) -> Fi
 
 
 @pytest.fixture(scope="module")
-def service(console_store: FilesystemStore, keys, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def receipt_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return generate_keypair(tmp_path_factory.mktemp("console-receipt-keys"))
+
+
+@pytest.fixture(scope="module")
+def service(
+    console_store: FilesystemStore, keys, receipt_keys, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     env = {
         "APP_STORE": str(console_store.root),
         "APP_PUBLIC_KEY": str(keys[1]),
         "APP_ADMIN_TOKEN": ADMIN_TOKEN,
+        "APP_RECEIPT_KEY": str(receipt_keys[0]),  # receipts on: try-an-image shows the answer's
         "APP_WORKERS": "1",
         "APP_FOLLOW_INTERVAL_S": "0",
     }
@@ -175,7 +185,7 @@ def test_a_missing_or_wrong_token_shows_the_error_and_changes_nothing(service, b
 
 
 @pytest.mark.slow
-def test_try_an_image_shows_the_decision_the_service_gives(service, browser, tmp_path: Path) -> None:
+def test_try_an_image_shows_the_decision_the_service_gives(service, browser, receipt_keys, tmp_path: Path) -> None:
     image = parcel_photo(7)
     expected = httpx.post(f"{service}/v1/predict", content=image, headers={"Content-Type": "image/jpeg"}).json()
     result = expected["results"][0]
@@ -186,6 +196,13 @@ def test_try_an_image_shows_the_decision_the_service_gives(service, browser, tmp
         page.locator("#try-decision").wait_for(timeout=WAIT_MS)
         assert page.text_content("#try-decision") == result["decision"]
         assert page.text_content("#try-probability") == f"{result['probability']:.4f}"
+        # The answer's signed receipt, as a claims desk would copy it: it verifies.
+        receipt = verify(page.input_value("#try-receipt"), ReceiptKeys.load(receipt_keys[1]))
+        assert (receipt.probability, receipt.decision, receipt.station) == (
+            result["probability"],
+            result["decision"],
+            "console",
+        )
         # Then where the evidence lies: the explanation's overlay, drawn by the browser (CSP allows data: images).
         page.locator("#try-overlay").wait_for(timeout=WAIT_MS)
         page.wait_for_function("document.getElementById('try-overlay').complete", timeout=WAIT_MS)

@@ -539,7 +539,9 @@ async function tryImage(event) {
       ["threshold", fmt(res.threshold, 4)],
       ["model", `${r.body.model.name} ${r.body.model.version}`],
       ["request id", el("code", {}, r.body.request_id)],
-    ]),
+      // With receipts on: the signed statement a claims desk verifies and replays (docs/receipts.md).
+      res.receipt ? ["receipt", el("textarea", { id: "try-receipt", readonly: true, rows: 3, cols: 60 }, res.receipt)] : null,
+    ].filter((row) => row !== null)),
     heat,
   );
   // Then where the evidence lies: POST /v1/explain on the same image (bounded apart from
