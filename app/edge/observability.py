@@ -156,7 +156,9 @@ class RequestObserver:
         request_id = uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        state["arrived"] = time.monotonic()  # a request's deadline runs from here (app.edge.serve)
+        # A request's deadline runs from its arrival (app.edge.serve): as the protocol stamped
+        # it when its first byte was parsed; here for a server that does not.
+        state.setdefault("arrived", time.monotonic())
         echo = [(b"x-request-id", request_id.encode())]
         if client_request_id is not None:
             echo.append((b"x-client-request-id", given.encode()))

@@ -10,6 +10,7 @@ import json
 import logging
 import resource
 import ssl
+import time
 from http import HTTPStatus
 from typing import Any
 
@@ -133,6 +134,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # A request's budget runs from here, its first byte parsed: the head and the wait for
+        # the event loop count too, which the middleware, later, could not see.
+        self.scope["state"]["arrived"] = time.monotonic()
         self._in_head, self._head_raw, self._head_parsed, self._url_seen = True, 0, 0, False
         self._after_pipelined = self._ended_in_chunk
         if self._header_timer is None:

@@ -4,6 +4,7 @@ at once (504), not after the queue drains."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 
@@ -133,6 +134,23 @@ def test_a_request_past_its_budget_gets_a_504_promptly_and_is_counted(store, key
         assert first[0].status_code == 200  # the request without a budget of its own waited
         metrics = httpx.get(f"{srv.url}/metrics").text
         assert 'deadline_exceeded_total{stage="queue"} 1.0' in metrics
+
+
+def test_the_budget_runs_from_the_first_byte_of_the_request(server) -> None:
+    """A head that took longer than the budget to arrive is past it: the budget runs from the
+    request's arrival, not from when the application first saw it."""
+    host, port = server.url.removeprefix("http://").split(":")
+    head = (
+        "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        f"X-Request-Timeout-Ms: 300\r\nContent-Length: {len(IMAGE)}\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(head)
+        time.sleep(0.5)  # the rest of the head, and the body, after the budget
+        s.sendall(b"\r\n" + IMAGE)
+        reply = s.recv(65536).decode("latin-1")
+    assert reply.startswith("HTTP/1.1 504"), reply
+    assert "deadline_exceeded" in reply
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "abc", "600001", "1.5"])
