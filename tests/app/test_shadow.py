@@ -54,7 +54,7 @@ def test_a_shadow_reports_exactly_the_flips_and_never_changes_a_response(store, 
             what="every image shadowed",
         )
         assert report["version"] == "v2" and report["against"] == "v1"
-        assert report["flips"] == {"to_positive": to_positive, "to_negative": to_negative}
+        assert report["flips"] == {"to_positive": to_positive, "to_negative": to_negative, "retake": 0}
         assert report["agreement"] == pytest.approx(1 - (to_positive + to_negative) / len(IMAGES))
         diffs = [abs(a.probability - b.probability) for a, b in zip(served, shadow, strict=True)]
         assert report["mean_abs_probability_diff"] == pytest.approx(sum(diffs) / len(diffs), abs=1e-12)
