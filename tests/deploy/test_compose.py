@@ -134,7 +134,9 @@ def test_the_proxy_mounts_its_config_and_is_the_only_published_http_port(service
     proxy = services["proxy"]
     assert "./deploy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in proxy["volumes"]
     assert proxy["ports"] == ["127.0.0.1:8080:8080"]
-    assert all("ports" not in s for n, s in services.items() if n not in {"proxy", "minio"})
+    assert all("ports" not in s for n, s in services.items() if n not in {"proxy", "minio", "prometheus", "grafana"})
+    for name in ("prometheus", "grafana"):  # the monitoring profile's: this machine only
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"])
 
 
 def test_the_training_profile_publishes_into_the_replicas_store(services) -> None:

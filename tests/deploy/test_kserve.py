@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 
 from app.main import create_app
 from app.settings import Settings
-from tests.utils.deploy import ROOT, k8s_objects
+from tests.utils.deploy import ROOT, k8s_objects, strict_crd_schema
 from training.config import ExportConfig
 
 KSERVE = ROOT / "deploy" / "kserve"
@@ -35,23 +35,9 @@ SCHEMA = {
 }
 
 
-def _strict(node: Any) -> Any:
-    """The schema with unknown fields refused wherever the CRD lists its fields and does not
-    keep unknown ones (`x-kubernetes-preserve-unknown-fields`)."""
-    if isinstance(node, list):
-        return [_strict(n) for n in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: _strict(v) for k, v in node.items()}
-    keeps_unknown = out.get("x-kubernetes-preserve-unknown-fields") or "additionalProperties" in out
-    if "properties" in out and not keeps_unknown:
-        out["additionalProperties"] = False
-    return out
-
-
 def _validator(api_version: str, kind: str) -> Draft202012Validator:
     name, _ = SCHEMA[api_version, kind]
-    return Draft202012Validator(_strict(json.loads((SCHEMAS / name).read_text())))
+    return Draft202012Validator(strict_crd_schema(json.loads((SCHEMAS / name).read_text())))
 
 
 def errors(path: Path) -> list[str]:

@@ -25,6 +25,19 @@ COMPOSE_REQUIRED = {
 K8S_DIR = ROOT / "deploy" / "k8s"
 # The oldest Kubernetes release the manifests must work on, and the newest schema we ship.
 K8S_VERSIONS = ("1.30", "1.37")
+# Custom resources of deploy/k8s/monitoring: the Prometheus Operator's CRD schemas, vendored
+# with their release and digests (deploy/k8s/monitoring/schemas/README.md).
+CRD_SCHEMAS = K8S_DIR / "monitoring" / "schemas"
+CRDS = {
+    ("monitoring.coreos.com/v1", "PrometheusRule"): (
+        "prometheusrule.v1.json",
+        "4fe9483fd8e3177f8cd6aa891cb58f9e7b26b42b8b9fe20b9c7c01b95c4c2a06",
+    ),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): (
+        "servicemonitor.v1.json",
+        "da826a76ad7db032c414cf71b700ced30d379cedc715c012170c2168aa1636fd",
+    ),
+}
 
 
 # ---------------------------------------------------------------- Dockerfile
@@ -262,9 +275,30 @@ def k8s_manifest_files() -> list[Path]:
     return sorted(p for p in K8S_DIR.rglob("*.yaml") if p.name != "kustomization.yaml")
 
 
+def strict_crd_schema(node: Any) -> Any:
+    """A CRD's schema with unknown fields refused wherever it lists its fields and does not
+    keep unknown ones (`x-kubernetes-preserve-unknown-fields`): the API server would prune a
+    typo silently."""
+    if isinstance(node, list):
+        return [strict_crd_schema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: strict_crd_schema(v) for k, v in node.items()}
+    keeps_unknown = out.get("x-kubernetes-preserve-unknown-fields") or "additionalProperties" in out
+    if "properties" in out and not keeps_unknown:
+        out["additionalProperties"] = False
+    return out
+
+
+def crd_errors(doc: dict[str, Any], schema: Path) -> list[str]:
+    """`doc` checked against a vendored CRD schema, strictly; empty when valid."""
+    validator = jsonschema.Draft202012Validator(strict_crd_schema(json.loads(schema.read_text())))
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+
+
 def k8s_errors(path: Path, version: str) -> list[str]:
     """Every document of `path` checked against the Kubernetes `version` OpenAPI schema, strictly
-    (unknown fields are errors); empty when all are valid."""
+    (unknown fields are errors), or against its vendored CRD schema (CRDS); empty when all are valid."""
     try:
         docs = k8s_documents(path)
     except yaml.YAMLError as exc:
@@ -272,6 +306,10 @@ def k8s_errors(path: Path, version: str) -> list[str]:
     errors = []
     for doc in docs:
         what = f"{path.name} {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+        crd = CRDS.get((str(doc.get("apiVersion")), str(doc.get("kind"))))
+        if crd is not None:
+            errors += [f"{what}: {e}" for e in crd_errors(doc, CRD_SCHEMAS / crd[0])]
+            continue
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
