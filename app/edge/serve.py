@@ -145,7 +145,7 @@ async def prediction(request: Request, service: Service) -> AsyncIterator[Predic
     with service.host.pinned() as loaded:
         request.state.version = loaded.version
         try:
-            service.host.pipeline.refuse_if_full()
+            service.host.pipeline.refuse_if_full(deadline)
         except Overloaded as exc:
             raise _overloaded(exc, service) from None
         with service.bodies.hold() as hold:

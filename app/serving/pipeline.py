@@ -54,6 +54,9 @@ __all__ = ["DeadlineExceeded", "Explained", "Overloaded", "Pipeline", "RequestTo
 E = TypeVar("E", bound=ModelStoreError)
 log = logging.getLogger("app.serving.pipeline")
 SHADOW_QUEUE = 32  # shadow images waiting at most; beyond, a sampled request is not shadowed
+# A request is admitted while the queue ahead of it takes at most this share of its budget
+# (measured with `python -m benchmarks --deadline-ms 300`: docs/performance.md).
+ADMIT_SHARE = 0.7
 INSPECT_THREADS = 2  # header checks of images being admitted (bounded work each)
 
 BatchObserver = Callable[[int, float, float], None]  # images, decode seconds, forward seconds
@@ -307,9 +310,24 @@ class Pipeline:
 
     # --- predictions -------------------------------------------------------------------
 
-    def refuse_if_full(self) -> None:
-        """Shed a request before its body is read (cheap) when the queue is already at a bound."""
+    def refuse_if_full(self, deadline: float | None = None) -> None:
+        """Shed a request before its body is read (cheap) when the queue is already at a bound,
+        or when what is queued ahead of it would take longer than its budget (`deadline`,
+        `time.monotonic()`): admitted, it would only be read, checked and dropped at its
+        deadline, and under overload that wasted work is what starves the workers."""
         self.admission.refuse_if_full()
+        queued = self.admission.images
+        if deadline is None or not queued:
+            return
+        # Workers take the queue in parallel; the smoothed time per image includes the lag.
+        # At most `ADMIT_SHARE` of what is left: the rest is for reading, checking, its own
+        # batch and the front's lag under load.
+        wait = (queued / max(1, self.workers) + 1) * self._image_s
+        if wait > ADMIT_SHARE * (deadline - time.monotonic()):
+            raise Overloaded(
+                f"{queued} images already queued, about {wait * 1000:.0f} ms of work: more than is left "
+                "of this request's budget"
+            )
 
     async def inspect(self, version: str, images: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes, ImageInfo]]:
         """Header checks of a request's images with the version's own preprocessing, before

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from app.serving.pipeline import DeadlineExceeded
+from app.serving.pipeline import DeadlineExceeded, Overloaded
 from tests.utils.factories import image_bytes
 from tests.utils.pipelines import checked, load, running_pipeline, stopped
 from tests.utils.server import LiveServer
@@ -134,6 +134,31 @@ def test_a_request_past_its_budget_gets_a_504_promptly_and_is_counted(store, key
         assert first[0].status_code == 200  # the request without a budget of its own waited
         metrics = httpx.get(f"{srv.url}/metrics").text
         assert 'deadline_exceeded_total{stage="queue"} 1.0' in metrics
+
+
+def test_a_request_whose_budget_the_queue_ahead_would_use_up_is_shed_before_its_body(bundles, keys) -> None:
+    """Admitted, it would be read, checked and dropped at its deadline: under overload that
+    wasted work is what starves the workers. It is refused at once instead (503)."""
+
+    async def scenario() -> tuple[bool, bool]:
+        async with running_pipeline(workers=1) as p:
+            v = await load(p, bundles["v1"], keys[1])
+            (pid,) = p.pool.pids()
+            assert pid is not None
+            p._image_s = 0.05  # as measured under load: 50 ms a batch image on this worker
+            with stopped(pid):
+                queued = [asyncio.ensure_future(p.predict(v, checked([IMAGE]))) for _ in range(10)]
+                await asyncio.sleep(0.2)
+                # 10 images ahead at 50 ms each: a 300 ms budget cannot be met, 5 s can.
+                with pytest.raises(Overloaded, match="more than is left of this request's budget"):
+                    p.refuse_if_full(time.monotonic() + 0.3)
+                p.refuse_if_full(time.monotonic() + 5.0)
+                p.refuse_if_full(None)  # no budget: only the bounds
+            await asyncio.gather(*queued)
+            p.refuse_if_full(time.monotonic() + 0.3)  # the queue drained: admitted again
+            return True, True
+
+    assert asyncio.run(scenario()) == (True, True)
 
 
 def test_the_budget_runs_from_the_first_byte_of_the_request(server) -> None:
