@@ -832,6 +832,37 @@ def body_before_token_cases() -> list[Case]:
     ]  # fmt: skip
 
 
+def explain_cases() -> list[Case]:
+    """`POST /v1/explain` reads predict's body forms through the same checks, one image only;
+    `GET /v1/receipts/keys` with receipts off."""
+    path = "/v1/explain"
+    good = image_bytes(71)
+    jpeg = {"Content-Type": "image/jpeg"}
+    b = "hostile-b0undary"
+    two = multipart(files([good, good]), b)
+    in_parts = {"Content-Type": f"multipart/form-data; boundary={b}"}
+    return [
+        Case("explain", "one image", [request("POST", path, good, jpeg)], OK),
+        Case("explain", "two images", [request("POST", path, two, in_parts)], IMAGE_REFUSED, "one_image_only"),
+        Case("explain", "PNG header 100000x100000", [request("POST", path, png_bomb(100_000, 100_000),
+             {"Content-Type": "image/png"})], IMAGE_REFUSED),
+        Case("explain", "JPEG padded with empty COM markers",
+             [request("POST", path, crafted.jpeg_with_markers(1024 * 1024 - 4096), jpeg)],
+             IMAGE_REFUSED, "image_too_complex"),
+        Case("explain", "GIF", [request("POST", path, b"GIF89a" + b"\0" * 30, jpeg)],
+             IMAGE_REFUSED, "unsupported_image_format"),
+        Case("explain", "10 GB declared", [request("POST", path, headers=jpeg, length=10**10)],
+             frozenset({413}), "payload_too_large"),
+        Case("explain", "X-Request-Timeout-Ms: -1",
+             [request("POST", path, good, {**jpeg, "X-Request-Timeout-Ms": "-1"})],
+             frozenset({422}), "invalid_request_timeout"),
+        Case("explain", "hang-up mid-body", [request("POST", path, headers=jpeg, length=10_000) + good[:100]],
+             frozenset({0}), keep_open=False),
+        Case("explain", "GET /v1/receipts/keys, receipts off", [request("GET", "/v1/receipts/keys")],
+             frozenset({404}), "receipts_off"),
+    ]  # fmt: skip
+
+
 # --- the HTTP edge (issue 19) ------------------------------------------------------------
 
 
@@ -971,4 +1002,5 @@ def corpus(bundles: dict[str, Path], tmp: Path) -> list[Case]:
         *http_cases(),
         *tar_cases(bundles, tmp),
         *edge_cases(),
+        *explain_cases(),
     ]
