@@ -7,13 +7,12 @@ tests/console_screenshot.py launch it the same way, through `chromium()`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pytest
+from tests.utils.programs import missing
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, FilePayload
@@ -37,10 +36,9 @@ def require_chromium() -> None:
     """Skip without Chromium on a developer's machine; fail under CI or `make test`, which install it."""
     if CHROMIUM.is_file():
         return
-    message = f"{CHROMIUM} is missing: `make browser` installs it (apt-get install -y chromium, as root)"
-    if os.environ.get("CI") or os.environ.get("REQUIRE_BROWSER"):
-        pytest.fail(message)
-    pytest.skip(message)
+    missing(
+        f"{CHROMIUM} is missing: `make browser` installs it (apt-get install -y chromium, as root)", "REQUIRE_BROWSER"
+    )
 
 
 @contextmanager

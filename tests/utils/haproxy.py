@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-import pytest
-
+from tests.utils.programs import missing
 from tests.utils.waiting import eventually
 
 
@@ -20,10 +18,7 @@ def require_haproxy() -> str:
     found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
     if found:
         return found
-    message = "haproxy is missing: `make haproxy` installs it (apt-get install -y haproxy, as root)"
-    if os.environ.get("CI") or os.environ.get("REQUIRE_HAPROXY"):
-        pytest.fail(message)
-    pytest.skip(message)
+    missing("haproxy is missing: `make haproxy` installs it (apt-get install -y haproxy, as root)", "REQUIRE_HAPROXY")
 
 
 def localise(text: str, replacements: Mapping[str, str]) -> str:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.utils.programs import missing
 
 
 def require_promtool() -> str:
@@ -16,10 +15,9 @@ def require_promtool() -> str:
     found = shutil.which("promtool")
     if found:
         return found
-    message = "promtool is missing: `make promtool` installs it (apt-get install -y prometheus, as root)"
-    if os.environ.get("CI") or os.environ.get("REQUIRE_PROMTOOL"):
-        pytest.fail(message)
-    pytest.skip(message)
+    missing(
+        "promtool is missing: `make promtool` installs it (apt-get install -y prometheus, as root)", "REQUIRE_PROMTOOL"
+    )
 
 
 def promtool(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
