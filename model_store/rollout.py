@@ -13,7 +13,10 @@ import hashlib
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from model_store.capture import CaptureStore
+from model_store.domain import RETAKE
 from model_store.errors import StoreError
+from model_store.manifest import DecisionSpec
 
 
 def station_share(station: str) -> float:
@@ -81,3 +84,130 @@ class Policy:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+PROMOTE, END, WAIT = "promote", "end", "wait"
+# Fewer compared images than this say nothing about agreement (the comparison is dropped
+# first under load, so a busy canary station may have fewer than it served).
+MIN_COMPARED = 30
+
+
+@dataclass(frozen=True)
+class StationEvidence:
+    """What the fleet saw at one canary station, from every replica's summaries."""
+
+    station: str
+    images: int  # judged images the canary decided here, in the fleet's windows
+    canary_cost: float | None  # estimated cost per parcel of the canary's decisions
+    active_cost: float | None  # the active version's, on the same station's images
+    active_cost_source: str  # "window" (the active scored these images too) or "bundle" (its expected cost)
+    compared: int  # images both versions scored
+    agreement: float | None
+    alarms: tuple[str, ...]  # the canary's drift and cost alarms at this station
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str  # PROMOTE, END or WAIT
+    reasons: tuple[str, ...]  # why, one line per station and condition
+    stations: tuple[StationEvidence, ...]
+    # "canary" / "active" -> {"damaged": labelled damaged parcels, "recall": of those flagged},
+    # on the canary stations' captured requests that inspectors labelled (empty: no labels)
+    labelled: dict[str, dict[str, Any]]
+
+    def evidence(self, policy: Policy) -> dict[str, Any]:
+        """The audit entry's evidence: the policy, the verdict and every station's figures."""
+        return {
+            "action": self.action,
+            "policy": policy.to_dict(),
+            "reasons": list(self.reasons),
+            "stations": [asdict(s) for s in self.stations],
+            "labelled": self.labelled,
+        }
+
+
+def judge(policy: Policy, stations: list[StationEvidence], labelled: dict[str, dict[str, Any]]) -> Verdict:
+    """Promote when every canary station meets every condition; end as soon as one station
+    with enough images breaks a condition the canary is to blame for; otherwise wait.
+
+    Image-feature drift only holds the canary (the camera, not the model, changed, and the
+    estimates no longer hold); drifting scores or a cost alarm end it.
+    """
+    if not stations:
+        return Verdict(WAIT, ("no canary station has sent images yet",), (), labelled)
+    fails: list[str] = []
+    waits: list[str] = []
+    for s in stations:
+        if s.images < policy.min_images:
+            waits.append(f"{s.station}: {s.images} of {policy.min_images} images")
+            continue
+        if s.canary_cost is not None and s.active_cost is not None:
+            rise = (s.canary_cost - s.active_cost) / s.active_cost if s.active_cost > 0 else 0.0
+            if s.canary_cost > s.active_cost and (s.active_cost == 0 or rise > policy.max_cost_rise):
+                fails.append(
+                    f"{s.station}: estimated cost per parcel {s.canary_cost:.4g} vs the active's "
+                    f"{s.active_cost:.4g} ({rise:+.0%}, at most {policy.max_cost_rise:+.0%})"
+                )
+        elif s.canary_cost is None:
+            waits.append(f"{s.station}: no cost estimate yet")
+        blame = [a for a in s.alarms if a in ("score", "cost_per_parcel")]
+        camera = [a for a in s.alarms if a not in blame]
+        if blame and policy.block_on_drift:
+            fails.append(f"{s.station}: alarm on {', '.join(blame)}")
+        if camera and policy.block_on_drift:
+            waits.append(f"{s.station}: the images drifted ({', '.join(camera)}); the estimates do not hold")
+        if s.compared < MIN_COMPARED or s.agreement is None:
+            waits.append(f"{s.station}: {s.compared} of {MIN_COMPARED} images compared with the active version")
+        elif s.agreement < policy.min_agreement:
+            fails.append(
+                f"{s.station}: agreement {s.agreement:.1%} with the active (at least {policy.min_agreement:.0%})"
+            )
+    fails.extend(_recall_fails(policy, labelled))
+    if fails:
+        return Verdict(END, tuple(fails), tuple(stations), labelled)
+    if waits:
+        return Verdict(WAIT, tuple(waits), tuple(stations), labelled)
+    return Verdict(PROMOTE, ("every canary station meets the policy",), tuple(stations), labelled)
+
+
+def _recall_fails(policy: Policy, labelled: dict[str, dict[str, Any]]) -> list[str]:
+    """Labels take days: judged on all canary stations together, once both versions have
+    `min_labelled_damaged` labelled damaged parcels there."""
+    canary, active = labelled.get("canary"), labelled.get("active")
+    if not canary or not active:
+        return []
+    if min(canary["damaged"], active["damaged"]) < policy.min_labelled_damaged:
+        return []
+    if canary["recall"] < active["recall"] - policy.max_recall_drop:
+        return [
+            f"labelled recall {canary['recall']:.1%} vs the active's {active['recall']:.1%} "
+            f"(at most {policy.max_recall_drop:.0%} lower)"
+        ]
+    return []
+
+
+def labelled_figures(
+    capture: CaptureStore, stations: set[str], versions: dict[str, tuple[str, DecisionSpec]]
+) -> dict[str, dict[str, Any]]:
+    """Per role ("canary", "active" -> (version, its decision)): how many inspector-labelled
+    damaged parcels the role's version decided at `stations`, and the share it flagged.
+
+    Images answered retake got no verdict and are left out, as in `Capturer.feedback`.
+    """
+    labels = capture.labels()
+    damaged: dict[str, list[bool]] = {role: [] for role in versions}  # per labelled damaged parcel: flagged?
+    roles = {version: role for role, (version, _) in versions.items()}
+    for record in capture.records():
+        role = roles.get(record.get("version", ""))
+        label = labels.get(record.get("request_id", ""))
+        if role is None or label is None or record.get("station") not in stations:
+            continue
+        decision = versions[role][1]
+        for image, truth in zip(record.get("images", []), label.get("labels", []), strict=False):
+            if truth == decision.positive_label and image.get("decision") != RETAKE:
+                damaged[role].append(image.get("decision") == decision.positive_label)
+    return {
+        role: {"version": versions[role][0], "damaged": len(flags), "recall": sum(flags) / len(flags)}
+        for role, flags in damaged.items()
+        if flags
+    }

@@ -1,0 +1,109 @@
+"""The promotion policy: its settings from JSON, the stable station split, and the verdict on
+evidence (the end-to-end canary loop lives in tests/app/test_canary_policy.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from model_store.errors import StoreError
+from model_store.rollout import END, PROMOTE, WAIT, Policy, StationEvidence, judge, station_share
+
+POLICY = Policy(min_images=100, max_cost_rise=0.2, min_agreement=0.9, max_recall_drop=0.05, min_labelled_damaged=20)
+
+
+def good(station: str = "dock-1", **changes: object) -> StationEvidence:
+    e = StationEvidence(
+        station=station,
+        images=150,
+        canary_cost=0.050,
+        active_cost=0.048,
+        active_cost_source="window",
+        compared=140,
+        agreement=0.97,
+        alarms=(),
+    )
+    return dataclasses.replace(e, **changes)  # type: ignore[arg-type]
+
+
+def test_a_station_stays_on_one_side_and_raising_the_fraction_only_adds_stations() -> None:
+    stations = [f"dock-{i}" for i in range(2000)]
+    shares = {s: station_share(s) for s in stations}
+    assert shares == {s: station_share(s) for s in stations}  # stable across calls
+    at_10 = {s for s in stations if shares[s] < 0.1}
+    at_30 = {s for s in stations if shares[s] < 0.3}
+    assert at_10 < at_30
+    assert 0.07 < len(at_10) / len(stations) < 0.13  # a fraction of stations, roughly as asked
+
+
+def test_policy_settings_from_json_refuse_unknown_and_out_of_range_values_by_name() -> None:
+    assert Policy.from_dict({}) == Policy()
+    assert Policy.from_dict({"min_images": 50, "block_on_drift": False}).min_images == 50
+    for bad, named in [
+        ({"min_imgs": 5}, "min_imgs"),
+        ({"min_images": -1}, "min_images"),
+        ({"min_images": 2.5}, "min_images"),
+        ({"max_cost_rise": "high"}, "max_cost_rise"),
+        ({"block_on_drift": 1}, "block_on_drift"),
+        ({"min_agreement": 1.5}, "min_agreement"),
+        ({"max_cost_rise": float("nan")}, "max_cost_rise"),
+    ]:
+        with pytest.raises(StoreError, match=named):
+            Policy.from_dict(bad)
+    with pytest.raises(StoreError, match="JSON object"):
+        Policy.from_dict(["min_images", 5])
+
+
+def test_a_canary_meeting_every_condition_on_every_station_is_promoted() -> None:
+    verdict = judge(POLICY, [good("dock-1"), good("dock-2")], {})
+    assert verdict.action == PROMOTE
+    assert [s["station"] for s in verdict.evidence(POLICY)["stations"]] == ["dock-1", "dock-2"]
+
+
+def test_too_few_images_or_comparisons_wait_for_evidence() -> None:
+    assert judge(POLICY, [], {}).action == WAIT
+    v = judge(POLICY, [good("dock-1"), good("dock-2", images=40)], {})
+    assert v.action == WAIT and "dock-2: 40 of 100 images" in v.reasons[0]
+    assert judge(POLICY, [good(compared=10, agreement=0.5)], {}).action == WAIT
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"canary_cost": 0.090}, "estimated cost per parcel 0.09 vs the active's 0.048"),
+        ({"agreement": 0.7}, "agreement 70.0%"),
+        ({"alarms": ("score",)}, "alarm on score"),
+        ({"alarms": ("cost_per_parcel",)}, "alarm on cost_per_parcel"),
+    ],
+)
+def test_a_worse_canary_is_ended_with_the_reason(changes: dict[str, object], says: str) -> None:
+    verdict = judge(POLICY, [good("dock-1"), good("dock-2", **changes)], {})
+    assert verdict.action == END
+    assert any(r.startswith("dock-2: ") and says in r for r in verdict.reasons), verdict.reasons
+
+
+def test_one_failing_station_ends_the_canary_even_while_another_still_waits() -> None:
+    assert judge(POLICY, [good("dock-1", images=3), good("dock-2", agreement=0.5)], {}).action == END
+
+
+def test_a_cost_rise_within_the_policy_and_a_cheaper_canary_pass() -> None:
+    assert judge(POLICY, [good(canary_cost=0.048 * 1.19)], {}).action == PROMOTE
+    assert judge(POLICY, [good(canary_cost=0.01)], {}).action == PROMOTE
+
+
+def test_camera_drift_holds_the_canary_instead_of_judging_it() -> None:
+    v = judge(POLICY, [good(alarms=("brightness",))], {})
+    assert v.action == WAIT and "drifted (brightness)" in v.reasons[0]
+    relaxed = dataclasses.replace(POLICY, block_on_drift=False)
+    assert judge(relaxed, [good(alarms=("brightness",))], {}).action == PROMOTE
+
+
+def test_labelled_recall_counts_only_once_enough_damaged_parcels_are_labelled() -> None:
+    worse = {"canary": {"damaged": 30, "recall": 0.70}, "active": {"damaged": 40, "recall": 0.80}}
+    v = judge(POLICY, [good()], worse)
+    assert v.action == END and "labelled recall 70.0% vs the active's 80.0%" in v.reasons[0]
+    few = {"canary": {"damaged": 5, "recall": 0.0}, "active": {"damaged": 40, "recall": 0.80}}
+    assert judge(POLICY, [good()], few).action == PROMOTE
+    close = {"canary": {"damaged": 30, "recall": 0.77}, "active": {"damaged": 40, "recall": 0.80}}
+    assert judge(POLICY, [good()], close).action == PROMOTE
