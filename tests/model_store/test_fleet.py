@@ -53,7 +53,7 @@ def test_a_summary_round_trips_through_json_rounded_and_in_order() -> None:
 
 
 def test_a_replica_with_more_rows_than_the_bound_keeps_each_windows_most_recent() -> None:
-    windows = {("v1", f"dock-{i}"): _scores([i / 1000] * 50 + [0.5] * 50) for i in range(10)}
+    windows: dict[fleet.Key, Window] = {("v1", f"dock-{i}"): _scores([i / 1000] * 50 + [0.5] * 50) for i in range(10)}
     raw = fleet.summary("a", NOW, windows, [], "v1", None, now=NOW, max_rows=400)
     assert all(len(w["scores"]) == 40 and set(w["scores"]) == {0.5} for w in raw["windows"])  # 400 / 10 windows
     assert all(w["images"] == 100 for w in raw["windows"])  # the count is still the whole history
