@@ -51,18 +51,25 @@ def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastA
         service = app.state.service = build_service(settings, metrics, pipeline)
         if service.receipts is not None:
             log.info("receipts on: every decision signed with key %s (GET /v1/receipts/keys)", service.receipts.kid)
-        metrics.watch(lambda: live_metrics(metrics, service.host, service.monitor, service.capture))
+        metrics.watch(lambda: live_metrics(metrics, service.host, service.monitor, service.capture, service.summaries))
         stale = clean_stale(upload_root())  # left by a process killed mid-upload
         if stale:
             log.warning("removed %d upload folder(s) left by a stopped process", stale)
         await service.host.pipeline.start()
         # Load in the background: /healthz answers at once, /readyz turns 200 when proven.
         follow = asyncio.create_task(service.host.follow(settings.follow_interval_s), name="follow-store")
+        summaries = service.summaries
+        tasks = [follow]
+        if summaries is not None and summaries.enabled:
+            tasks.append(asyncio.create_task(summaries.run(), name="window-summaries"))
         try:
             yield
         finally:
-            follow.cancel()
-            await asyncio.gather(follow, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if summaries is not None:
+                await summaries.close()
             await service.host.pipeline.close()
             service.host.close()
 

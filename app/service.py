@@ -13,6 +13,7 @@ from app.ops.capture import Capturer
 from app.ops.drift import Monitor
 from app.ops.model_host import Loaded, ModelHost
 from app.ops.receipts import Receipts
+from app.ops.summaries import Summaries
 from app.serving.pipeline import Pipeline
 from app.settings import Settings
 from model_store.capture import open_capture
@@ -30,6 +31,7 @@ class Service:
     bodies: ByteBudget  # predict bodies in memory, all requests together
     station_tokens: StationTokens | None  # None: stations name themselves (APP_STATION_TOKENS_FILE unset)
     receipts: Receipts | None = None  # None: receipts are off (APP_RECEIPT_KEY unset)
+    summaries: Summaries | None = None  # this replica's drift windows in the store, the fleet's read back
 
     @property
     def body_limits(self) -> BodyLimits:
@@ -59,7 +61,7 @@ def build_service(settings: Settings, metrics: Metrics, pipeline: Pipeline | Non
 
     def swapped(loaded: Loaded, how: str) -> None:
         telemetry.swapped(loaded, how)
-        monitor.forget({loaded.version})  # windows of versions no longer served
+        monitor.forget({loaded.version})  # score windows of versions no longer served; image features stay
 
     host = ModelHost(
         open_store(settings.store, settings.public_key),
@@ -78,4 +80,8 @@ def build_service(settings: Settings, metrics: Metrics, pipeline: Pipeline | Non
         )
     bodies = ByteBudget(settings.max_body_bytes_in_flight, settings.retry_after_s)
     tokens = StationTokens.load(settings.station_tokens_file) if settings.station_tokens_file else None
-    return Service(settings, host, metrics, monitor, capture, bodies, tokens, Receipts.from_settings(settings))
+    # `comparisons`: what the summaries carry besides the windows (the canary's figures, once wired).
+    summaries = Summaries(settings.replica, settings.summary_interval_s, monitor, host, comparisons=lambda: [])
+    return Service(
+        settings, host, metrics, monitor, capture, bodies, tokens, Receipts.from_settings(settings), summaries
+    )

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -17,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from model_store.errors import BundleError, describe_validation_errors
 from model_store.receipts import ReceiptKeyError, load_private_key
 from model_store.signing import trusted_keys
+from model_store.store.base import REPLICA_PATTERN
 
 # Defaults that modules below the settings also use (this module imports nothing of `app`).
 BODY_TIMEOUT_S = 60.0  # a whole request body, however slowly it trickles in
@@ -93,6 +96,16 @@ class Settings(BaseSettings):
         description="estimated cost per parcel this far above the bundle's expected cost "
         "(0.5 = 50%) raises a station's cost alarm",
     )
+    # Summaries: each replica writes its drift windows to the store (summaries/<replica>.json)
+    # so GET /v1/monitoring shows the whole fleet and a restart with the same ID loses nothing.
+    replica_id: str | None = Field(
+        None,
+        description="this replica's name in the fleet's drift summaries (1-128 of A-Z a-z 0-9 . _ -); "
+        "default: host name and port (on Kubernetes the host name is the pod name)",
+    )
+    summary_interval_s: float = Field(
+        30.0, ge=0, le=3600, description="write this replica's drift windows to the store every so often; 0 = off"
+    )
     capture_fraction: float = Field(0.0, ge=0, le=1, description="share of predict requests kept for feedback; 0 = off")
     capture_location: str | None = Field(
         None, description="capture store: a directory or s3://bucket/prefix; default: beside the model store"
@@ -145,6 +158,13 @@ class Settings(BaseSettings):
             )
         return v
 
+    @field_validator("replica_id")
+    @classmethod
+    def _replica_name(cls, v: str | None) -> str | None:
+        if v is not None and not REPLICA_PATTERN.fullmatch(v):
+            raise ValueError("APP_REPLICA_ID must be 1-128 of A-Z a-z 0-9 . _ - , starting alphanumeric")
+        return v
+
     @field_validator("public_key")
     @classmethod
     def _key_exists(cls, v: Path) -> Path:
@@ -185,6 +205,16 @@ class Settings(BaseSettings):
             if self.store.startswith("s3://")
             else f"{self.store.rstrip('/')}.capture"
         )
+
+    @property
+    def replica(self) -> str:
+        """This replica's ID: APP_REPLICA_ID, or `<host name>-<port>` (unique on a host, and
+        the same after a restart, so the restarted replica finds its own windows again);
+        with port 0 (any free port) the process ID stands in for it."""
+        if self.replica_id is not None:
+            return self.replica_id
+        host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")[:100] or "replica"
+        return f"{host}-{self.port or os.getpid()}"
 
     @property
     def loopback_only(self) -> bool:

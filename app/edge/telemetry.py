@@ -12,6 +12,7 @@ from app.edge.observability import Metrics, counter, gauge
 from app.ops.capture import Capturer
 from app.ops.drift import Monitor
 from app.ops.model_host import Loaded, ModelHost
+from app.ops.summaries import Summaries
 
 _ESTIMATED = (
     "{}, estimated from the served probabilities of the station's window (no labels); bound: expected, low, high"
@@ -53,7 +54,13 @@ class Telemetry:
         self.metrics.follow_errors.inc()
 
 
-def live_metrics(metrics: Metrics, host: ModelHost, monitor: Monitor, capture: Capturer | None) -> Iterator[Metric]:
+def live_metrics(
+    metrics: Metrics,
+    host: ModelHost,
+    monitor: Monitor,
+    capture: Capturer | None,
+    summaries: Summaries | None = None,
+) -> Iterator[Metric]:
     pipeline = host.pipeline
     yield gauge("queue_depth_images", "Images queued or in a forward pass", pipeline.admission.images)
     yield gauge("queue_depth_megapixels", "Decode work queued or in progress", pipeline.admission.pixels / 1e6)
@@ -99,6 +106,9 @@ def live_metrics(metrics: Metrics, host: ModelHost, monitor: Monitor, capture: C
         for values, value in rows:
             family.add_metric(list(values), value)
         yield family
+    if summaries is not None and summaries.enabled:
+        yield counter("fleet_summary_writes", "This replica's drift window summaries written to the store",
+                      ["outcome"], {("written",): summaries.written, ("failed",): summaries.failed})  # fmt: skip
     if capture is not None:
         c = capture
         yield counter("capture_requests", "Requests kept for feedback", ["outcome"],

@@ -6,6 +6,11 @@ A request's station comes from the edge (`app.edge.stations`); requests that nam
 count as `unassigned`. At most `max_stations` stations get windows of their
 own; further ones share `_other`, so a client inventing IDs cannot grow memory.
 
+Windows (`model_store.fleet`): per version and station the scores, per station the image
+features whatever the version (a swap keeps them: a failing camera stays in alarm). The
+report itself is `fleet.report`, on this replica's windows merged with the other
+replicas' summaries when the fleet view is on (`app.ops.summaries`).
+
 Recording is a few list appends per image on the event loop; PSI and the estimates are
 computed only when someone asks (`GET /v1/monitoring`, a Prometheus scrape), in a thread,
 from a copy of the windows taken on the loop; for scrapes (anonymous), at most once per
@@ -17,35 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.ops.model_host import Loaded
 from app.serving.pipeline import Scored
-from model_store import estimate as quality
+from model_store import fleet
 from model_store import monitoring as mon
-from model_store.manifest import DecisionSpec, MonitoringSpec
+from model_store.fleet import COST_ALARM, Key, Window
 from model_store.preprocessing import ImageInfo
+
+__all__ = ["COST_ALARM", "GAUGES_CACHE_S", "OTHER", "UNASSIGNED", "Monitor", "Window"]
 
 UNASSIGNED = "unassigned"  # requests that name no station
 OTHER = "_other"  # stations beyond `max_stations` share this window
 GAUGES_CACHE_S = 5.0  # Prometheus scrapes every 15-60 s; four scrapers must not cost four computations
-COST_ALARM = "cost_per_parcel"  # the name under `alarms` when the estimated cost is past its limit
 Gauges = dict[str, list[tuple[tuple[str, ...], float]]]  # metric family -> (label values, value)
-Estimates = dict[tuple[str, str], tuple[int, quality.Estimate | None]]  # (version, station) -> (images, estimate)
-
-
-@dataclass
-class Window:
-    rows: deque[tuple[float, ...]]  # one value per feature of `monitoring.FEATURES`, most recent last
-    retakes: deque[bool]  # per row: answered retake (outside the validated ranges)
-    images: int = 0  # since the station first appeared for this version
-
-    def column(self, feature: str) -> list[float]:
-        i = mon.FEATURES.index(feature)
-        return [row[i] for row in self.rows]
 
 
 @dataclass
@@ -53,56 +46,88 @@ class Monitor:
     window: int = 500  # images per station and version
     max_stations: int = 256
     cost_margin: float = 0.5  # the cost alarm's margin above the bundle's expected cost (APP_COST_ALARM_MARGIN)
-    windows: dict[tuple[str, str], Window] = field(default_factory=dict)  # (version, station)
+    # (version, station): scores; (None, station): image features (model_store.fleet)
+    windows: dict[Key, Window] = field(default_factory=dict)
     stations: set[str] = field(default_factory=set)
-    _estimates: Estimates = field(default_factory=dict)  # written by the report threads, one key at a time
+    _estimates: fleet.Estimates = field(default_factory=dict)  # written by the report threads, one key at a time
     _gauges: tuple[float, str, Gauges] | None = None  # (monotonic time, version, gauges)
     _gauges_run: asyncio.Future[Gauges] | None = None
 
-    def record(
-        self, loaded: Loaded, station: str, images: Sequence[tuple[str, bytes, ImageInfo]], scores: Sequence[Scored]
-    ) -> None:
-        if self.window <= 0:
-            return
+    def _admit(self, station: str) -> str:
         if station not in self.stations:
             if len(self.stations) >= self.max_stations:
                 station = OTHER
             self.stations.add(station)
-        key = (loaded.version, station)
+        return station
+
+    def _window(self, key: Key) -> Window:
         w = self.windows.get(key)
         if w is None:
-            w = self.windows[key] = Window(deque(maxlen=self.window), deque(maxlen=self.window))
+            w = self.windows[key] = Window.bounded(self.window, image=key[0] is None)
+        return w
+
+    def record(
+        self,
+        loaded: Loaded,
+        station: str,
+        images: Sequence[tuple[str, bytes, ImageInfo]],
+        scores: Sequence[Scored],
+        *,
+        served: bool = True,
+    ) -> None:
+        """Record `loaded`'s scores of `images` for `station`. `served=False`: scored in the
+        background by another version (a canary): only that version's scores are recorded,
+        not the station's image features again."""
+        if self.window <= 0:
+            return
+        station = self._admit(station)
+        w = self._window((loaded.version, station))
+        camera = self._window((None, station)) if served else None
         for (_, _, info), s in zip(images, scores, strict=True):
             if s.stats is None:
                 continue
-            f = mon.features(s.stats, info.width, info.height, s.probability)
-            w.rows.append(tuple(f[name] for name in mon.FEATURES))
+            w.scores.append(s.probability)
             w.retakes.append(s.retake is not None)
             w.images += 1
+            if camera is not None:
+                f = mon.features(s.stats, info.width, info.height, s.probability)
+                for name in fleet.IMAGE_FEATURES:
+                    camera.features[name].append(f[name])
+                camera.images += 1
 
     def forget(self, keep: set[str]) -> None:
-        """Drop the windows of versions no longer served or shadowed."""
-        self.windows = {k: w for k, w in self.windows.items() if k[0] in keep}
+        """Drop the score windows of versions no longer served or compared; the stations'
+        image features stay (the cameras did not change with the model)."""
+        self.windows = {k: w for k, w in self.windows.items() if k[0] is None or k[0] in keep}
         self._estimates = {k: e for k, e in self._estimates.items() if k[0] in keep}
 
-    def _snapshot(self, version: str) -> list[tuple[str, Window]]:
-        """Copies of one version's windows (C-speed list copies, on the loop), for a thread to read."""
-        return [
-            (station, Window(deque(w.rows), deque(w.retakes), w.images))
-            for (v, station), w in sorted(self.windows.items())
-            if v == version
-        ]
+    def seed(self, windows: Mapping[Key, Window]) -> None:
+        """Put windows this replica had before a restart (its last summary) before the ones
+        recorded since."""
+        if self.window <= 0:
+            return
+        for (version, station), older in windows.items():
+            self._window((version, self._admit(station))).prepend(older)
 
-    async def report(self, loaded: Loaded) -> list[dict[str, object]]:
-        """Per station of the served version: window, decision rate, PSI per feature, the
-        estimated quality, alarms."""
-        return await asyncio.to_thread(
-            _report, loaded, self._snapshot(loaded.version), self.cost_margin, self._estimates
-        )
+    def snapshot(self) -> dict[Key, Window]:
+        """Copies of the windows (C-speed list copies, on the loop), for a thread to read."""
+        return {k: w.copy() for k, w in self.windows.items()}
+
+    async def report(self, loaded: Loaded, others: Mapping[Key, Window] | None = None) -> list[dict[str, Any]]:
+        """Per station of the served version (`fleet.report`): on this replica's windows, and
+        `others` (the rest of the fleet's, merged) beside them."""
+        mine = self.snapshot()
+
+        def run() -> list[dict[str, Any]]:
+            windows = fleet.merge_windows(mine, others) if others else mine
+            return fleet.report(loaded.manifest, loaded.version, windows, self.cost_margin, estimates=self._estimates)
+
+        return await asyncio.to_thread(run)
 
     async def refresh_gauges(self, loaded: Loaded | None) -> None:
         """Recompute the scrape's gauges (PSI, estimates) if older than `GAUGES_CACHE_S`: one
-        computation at a time, in a thread; concurrent scrapes wait for the same one."""
+        computation at a time, in a thread; concurrent scrapes wait for the same one. This
+        replica's windows only: Prometheus scrapes every replica."""
         if loaded is None:
             self._gauges = None
             return
@@ -112,7 +137,7 @@ class Monitor:
         run = self._gauges_run
         if run is None:
             run = self._gauges_run = asyncio.ensure_future(
-                asyncio.to_thread(_gauges, loaded, self._snapshot(loaded.version), self.cost_margin, self._estimates)
+                asyncio.to_thread(_gauges, loaded, self.snapshot(), self.cost_margin, self._estimates)
             )
 
             def done(f: asyncio.Future[Gauges]) -> None:
@@ -131,98 +156,16 @@ class Monitor:
         return cached[2]
 
 
-def _report(
-    loaded: Loaded, windows: list[tuple[str, Window]], cost_margin: float, estimates: Estimates
-) -> list[dict[str, object]]:
-    reference = loaded.manifest.monitoring
-    decision = loaded.manifest.decision
-    positive = decision.positive_label
-    out: list[dict[str, object]] = []
-    for station, w in windows:
-        decisions = [decision.decide(s) == positive for s in w.column("score")]
-        entry: dict[str, object] = {
-            "station": station,
-            "version": loaded.version,
-            "images": w.images,
-            "window": len(w.rows),
-            "decision_rate": sum(decisions) / len(decisions) if decisions else None,
-            "expected_decision_rate": reference.decision_rate if reference else None,
-            # Images outside the validated ranges (answered retake), against export's test split.
-            "retake_rate": sum(w.retakes) / len(w.retakes) if w.retakes else None,
-            "expected_retake_rate": _expected_retake_rate(reference),
-        }
-        drift: dict[str, float] = {}
-        if reference is not None and len(w.rows) >= mon.MIN_IMAGES:
-            drift = {f: round(mon.psi(h, w.column(f)), 4) for f, h in reference.features.items()}
-        entry["drift"] = drift
-        entry["warnings"] = sorted(f for f, v in drift.items() if mon.PSI_WARN < v <= mon.PSI_ALARM)
-        alarms = sorted(f for f, v in drift.items() if v > mon.PSI_ALARM)
-        estimate = _estimate(loaded.version, station, w, decision, cost_margin, estimates)
-        if estimate is not None:
-            # The estimate rests on the probabilities being calibrated for these photos: images
-            # unlike the validated ones void that (a moved damage rate only moves `score`).
-            estimate["image_drift"] = [f for f in alarms if f != "score"]
-        entry["estimate"] = estimate
-        if estimate is not None and estimate["cost_alarm"]:
-            alarms.append(COST_ALARM)
-        entry["alarms"] = alarms
-        entry["alarm"] = bool(alarms)
-        entry["labelled"] = None  # inspectors' figures, filled in by the route when capture is on
-        if reference is not None:
-            entry["histograms"] = {
-                f: {"cuts": h.cuts, "reference": h.fractions, "live": mon.fractions(h.cuts, w.column(f))}
-                for f, h in reference.features.items()
-                if w.rows
-            }
-        out.append(entry)
-    return out
-
-
-def _estimate(
-    version: str, station: str, w: Window, decision: DecisionSpec, cost_margin: float, estimates: Estimates
-) -> dict[str, Any] | None:
-    """Expected precision, recall, false-alarm rate, cost per parcel and damage rate of the
-    window's judged images (a retake gave no verdict), each with its 95% interval, and the
-    cost alarm; None before `MIN_IMAGES` judged images."""
-    cached = estimates.get((version, station))
-    if cached is not None and cached[0] == w.images:
-        e = cached[1]
-    else:
-        judged = [s for s, retake in zip(w.column("score"), w.retakes, strict=True) if not retake]
-        e = quality.of_decisions(judged, decision) if len(judged) >= mon.MIN_IMAGES else None
-        estimates[(version, station)] = (w.images, e)
-    if e is None:
-        return None
-    limit = quality.cost_limit(decision, cost_margin)
-    return {
-        "images": e.images,
-        "served_damage_rate": e.served_rate,
-        "level": quality.LEVEL,
-        "figures": e.figures,
-        "intervals": {f: list(v) if v is not None else None for f, v in e.intervals.items()},
-        "expected_cost_per_parcel": decision.expected_cost,
-        "cost_limit": limit,
-        "cost_alarm": quality.cost_alarm(e, limit),
-    }
-
-
-def _expected_retake_rate(reference: MonitoringSpec | None) -> float | None:
-    bounds = reference.domain if reference is not None else None
-    if bounds is None or not bounds.test_images:
-        return None
-    return (bounds.test_retakes or 0) / bounds.test_images
-
-
-def _gauges(loaded: Loaded, windows: list[tuple[str, Window]], cost_margin: float, estimates: Estimates) -> Gauges:
+def _gauges(loaded: Loaded, windows: Mapping[Key, Window], cost_margin: float, estimates: fleet.Estimates) -> Gauges:
     """`drift_psi` {station, feature}; `estimated_<figure>` {station, bound: expected, low,
     high}; `estimated_cost_alarm` {station}."""
     out: Gauges = {"drift_psi": []}
-    for entry in _report(loaded, windows, cost_margin, estimates):
+    for entry in fleet.report(loaded.manifest, loaded.version, windows, cost_margin, estimates=estimates):
         station = str(entry["station"])
         drift = entry["drift"]
         assert isinstance(drift, dict)
         out["drift_psi"].extend(((station, feature), float(value)) for feature, value in drift.items())
-        e: dict[str, Any] | None = entry["estimate"]  # type: ignore[assignment]
+        e: dict[str, Any] | None = entry["estimate"]
         if e is None:
             continue
         for figure, value in e["figures"].items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import getpass
+import json
 import os
 import re
 import socket
@@ -388,3 +389,58 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def audit_log(self) -> list[AuditEntry]:
         """Every committed change once, in seq order, even one whose log write a crash lost."""
+
+    # --- replicas' window summaries (`model_store.fleet`) ------------------------------
+
+    @abc.abstractmethod
+    def write_summary(self, replica: str, summary: dict[str, Any]) -> None:
+        """Replace `replica`'s window summary (`summaries/<replica>.json`), whole or not at all.
+
+        Not audited and not part of the pointer state: `pointer_stamp` does not change, so
+        followers are not woken. `StoreError` for a bad replica name or a summary larger
+        than `MAX_SUMMARY_BYTES`.
+        """
+
+    @abc.abstractmethod
+    def summaries(self, *, newer_than: float | None = None) -> list[dict[str, Any]]:
+        """Every replica's last summary as written (decoded JSON), by replica name.
+
+        An object that is larger than `MAX_SUMMARY_BYTES` or is not a JSON object comes back
+        as `{"replica": NAME, "unreadable": REASON}` (`model_store.fleet` skips and names
+        it): one bad object never hides the others. `newer_than` (unix seconds): objects
+        last written before it are not read at all (replicas long gone).
+        """
+
+
+# A replica ID names its summary object: a host or pod name, or what APP_REPLICA_ID says.
+REPLICA_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# The most a summary object may hold: `model_store.fleet` bounds what it writes to ~6 MB.
+MAX_SUMMARY_BYTES = 8 * 1024 * 1024
+SUMMARY_SUFFIX = ".json"
+
+
+def check_replica_name(replica: str) -> str:
+    if not isinstance(replica, str) or not REPLICA_PATTERN.fullmatch(replica):
+        raise StoreError(f"invalid replica ID {replica!r}: use 1-128 of A-Z a-z 0-9 . _ - , starting alphanumeric")
+    return replica
+
+
+def encode_summary(summary: dict[str, Any]) -> bytes:
+    data = json.dumps(summary, separators=(",", ":"), allow_nan=False).encode()
+    if len(data) > MAX_SUMMARY_BYTES:
+        raise StoreError(f"a window summary of {len(data)} bytes is over the bound of {MAX_SUMMARY_BYTES}")
+    return data
+
+
+def decode_summary(replica: str, data: bytes | None, size: int | None = None) -> dict[str, Any]:
+    """The summary object `replica` holds, or why it is unreadable (see `Store.summaries`).
+    `data` None: `size` bytes were too many to read."""
+    if data is None or len(data) > MAX_SUMMARY_BYTES:
+        return {"replica": replica, "unreadable": f"{size or len(data or b'')} bytes, over {MAX_SUMMARY_BYTES}"}
+    try:
+        value = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {"replica": replica, "unreadable": "not JSON"}
+    if not isinstance(value, dict):
+        return {"replica": replica, "unreadable": f"not a JSON object but {type(value).__name__}"}
+    return value

@@ -8,6 +8,8 @@ STORE/
   audit.jsonl           append-only, one JSON object per line
   .lock                 flock: one writer at a time, across processes
   .staging/             imports in progress; never read as versions
+  summaries/<replica>.json  each service replica's drift windows (`model_store.fleet`),
+                        replaced atomically; not part of the pointer state
 ```
 
 Nothing is created until `init` or the first import: reading a path that is not a store
@@ -44,12 +46,15 @@ from typing import IO, Any
 
 from model_store.bundle import Bundle, load_bundle
 from model_store.errors import BundleError, StoreError, VersionConflict, VersionNotFound
-from model_store.fsutil import atomic_write, fsync_dir
+from model_store.fsutil import atomic_write, atomic_write_bytes, fsync_dir
 from model_store.manifest import Manifest, parse_manifest, sha256_bytes
 from model_store.parity import ParityProof
 from model_store.store import base
 from model_store.store.base import (
     EMPTY_STATE,
+    MAX_SUMMARY_BYTES,
+    REPLICA_PATTERN,
+    SUMMARY_SUFFIX,
     AuditEntry,
     ImportResult,
     Revocation,
@@ -59,8 +64,11 @@ from model_store.store.base import (
     activation_changes,
     check_fraction,
     check_proof,
+    check_replica_name,
     check_version_name,
     committed,
+    decode_summary,
+    encode_summary,
     merge_log,
     new_entry,
     not_a_store,
@@ -75,6 +83,7 @@ from model_store.store.base import (
 )
 
 STATE_FILE = "state.json"
+SUMMARIES_DIR = "summaries"
 
 
 class FilesystemStore(Store):
@@ -357,6 +366,40 @@ class FilesystemStore(Store):
             entry, changes = revocation_entry(state, version, undo=undo, actor=actor, reason=reason)
             self._commit(state, entry, **changes)
             return entry
+
+    # --- replicas' window summaries (model_store.fleet) --------------------------------
+    # STORE/summaries/<replica>.json, each replaced atomically; outside the state, so
+    # writing one never changes `pointer_stamp`. No lock: each replica writes only its own.
+
+    def write_summary(self, replica: str, summary: dict[str, Any]) -> None:
+        name = check_replica_name(replica)
+        data = encode_summary(summary)
+        if not self.exists():  # never create a store's directories at a typo
+            raise not_a_store(self.location)
+        atomic_write_bytes(self.root / SUMMARIES_DIR / f"{name}{SUMMARY_SUFFIX}", data)
+
+    def summaries(self, *, newer_than: float | None = None) -> list[dict[str, Any]]:
+        if not self.exists():
+            raise not_a_store(self.location)
+        folder = self.root / SUMMARIES_DIR
+        out = []
+        for path in sorted(folder.glob(f"*{SUMMARY_SUFFIX}")) if folder.is_dir() else []:
+            name = path.name.removesuffix(SUMMARY_SUFFIX)
+            if not REPLICA_PATTERN.fullmatch(name) or not path.is_file():  # temp files, a FIFO: never opened
+                continue
+            try:
+                stat = path.stat()
+                if newer_than is not None and stat.st_mtime < newer_than:
+                    continue
+                if stat.st_size > MAX_SUMMARY_BYTES:
+                    out.append(decode_summary(name, None, stat.st_size))
+                    continue
+                with open(path, "rb") as f:
+                    data = f.read(MAX_SUMMARY_BYTES + 1)  # bounded even if it grew since the stat
+            except FileNotFoundError:
+                continue
+            out.append(decode_summary(name, data))
+        return out
 
 
 def _same_content(a: Bundle, b: Bundle) -> bool:

@@ -11,6 +11,8 @@ s3://BUCKET/PREFIX/
                                     never listed
   audit/<seq:012d>.json             one object per audit entry, created with
                                     `If-None-Match: *`: never duplicated, never overwritten
+  summaries/<replica>.json          each service replica's drift windows (`model_store.fleet`),
+                                    plain puts; not part of the pointer state
 ```
 
 Endpoint, credentials and region come from the usual AWS variables (`AWS_ENDPOINT_URL`,
@@ -74,6 +76,9 @@ from model_store.s3client import describe, is_not_found, lost_race, s3_client, s
 from model_store.store import base
 from model_store.store.base import (
     EMPTY_STATE,
+    MAX_SUMMARY_BYTES,
+    REPLICA_PATTERN,
+    SUMMARY_SUFFIX,
     AuditEntry,
     ImportResult,
     Revocation,
@@ -83,8 +88,11 @@ from model_store.store.base import (
     activation_changes,
     check_fraction,
     check_proof,
+    check_replica_name,
     check_version_name,
     committed,
+    decode_summary,
+    encode_summary,
     merge_log,
     new_entry,
     not_a_store,
@@ -606,6 +614,50 @@ class S3Store(Store):
         entry = self._swap(decide)
         assert entry is not None
         return entry
+
+    # --- replicas' window summaries (model_store.fleet) --------------------------------
+    # Plain puts (a PUT replaces an object whole) outside state.json: `pointer_stamp`, its
+    # ETag, never changes for them. Each replica writes only its own object.
+
+    def write_summary(self, replica: str, summary: dict[str, Any]) -> None:
+        name = check_replica_name(replica)
+        data = encode_summary(summary)
+        if not self.exists():
+            raise not_a_store(self.location)
+        self._put(self._key("summaries", f"{name}{SUMMARY_SUFFIX}"), data)
+
+    def summaries(self, *, newer_than: float | None = None) -> list[dict[str, Any]]:
+        if not self.exists():
+            raise not_a_store(self.location)
+        prefix = self._key("summaries") + "/"
+        found: list[tuple[str, str, int]] = []  # (replica, key, size)
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    name = obj["Key"][len(prefix) :].removesuffix(SUMMARY_SUFFIX)
+                    if not obj["Key"].endswith(SUMMARY_SUFFIX) or not REPLICA_PATTERN.fullmatch(name):
+                        continue
+                    if newer_than is not None and obj["LastModified"].timestamp() < newer_than:
+                        continue
+                    found.append((name, obj["Key"], obj["Size"]))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(f"listing {prefix}", exc) from None
+        out = []
+        for name, key, size in sorted(found):
+            if size > MAX_SUMMARY_BYTES:
+                out.append(decode_summary(name, None, size))
+                continue
+            try:
+                body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+                data = body.read(MAX_SUMMARY_BYTES + 1)  # bounded even if it grew since the listing
+            except ClientError as exc:
+                if is_not_found(exc):
+                    continue  # removed since the listing
+                raise self._fail(f"reading {key}", exc) from None
+            except BotoCoreError as exc:
+                raise self._fail(f"reading {key}", exc) from None
+            out.append(decode_summary(name, data))
+        return out
 
 
 def _dump(value: dict[str, Any]) -> bytes:

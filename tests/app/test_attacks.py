@@ -236,11 +236,10 @@ def test_scrapes_compute_drift_once_and_off_the_event_loop(monkeypatch, keys, tm
 
     monkeypatch.setattr(quality, "of_decisions", watched_estimate)
     m = monitor_module.Monitor(window=50, max_stations=400)
-    rows = [tuple(0.5 for _ in mon.FEATURES)] * 50
-    for i in range(300):
-        m.windows[("m1", f"station-{i}")] = monitor_module.Window(
-            deque(rows, maxlen=50), deque([False] * len(rows), maxlen=50), 50
-        )
+    for i in range(300):  # each with its scores and its camera's image features
+        m.windows[("m1", f"station-{i}")] = monitor_module.Window(deque([0.5] * 50), deque([False] * 50), {}, 50)
+        image_features = {f: deque([0.5] * 50) for f in mon.FEATURES if f != "score"}
+        m.windows[(None, f"station-{i}")] = monitor_module.Window(features=image_features, images=50)
     computations = []
     real_gauges = monitor_module._gauges
 

@@ -249,6 +249,9 @@ def test_drift_charts_and_the_quality_estimate_render_for_a_station_after_its_pr
         assert f"{estimate['figures']['cost_per_parcel']:.3f}" in cost and f"{low:.3f} to {high:.3f}" in cost
         # This station's photos are darker than the validated ones: its estimate says not to trust it.
         assert "brightness" in (card.locator(".quality .error").text_content() or "")
+        # Whose windows these are: this replica, live (the fleet's others when there are any).
+        replica = httpx.get(f"{service}/v1/monitoring", headers=admin()).json()["replica"]
+        assert "live" in (page.locator(f'.fleet tr[data-replica="{replica}"]').text_content() or "")
     finally:
         page.close()
     assert seen.errors == []

@@ -117,10 +117,8 @@ def test_the_estimate_leaves_out_images_answered_retake(monitored: Path, keys) -
     (whatever their score) make an estimate on 30 images, none of them flagged."""
     manifest = load_bundle(monitored, keys[1]).manifest
     loaded = Loaded("m1", manifest, "sha", None, 0.0)  # type: ignore[arg-type]
-    score = mon.FEATURES.index("score")
-    judged = [tuple(0.2 if i == score else 1.0 for i in range(len(mon.FEATURES)))] * 30
-    retaken = [tuple(0.99 if i == score else 1.0 for i in range(len(mon.FEATURES)))] * 10
-    window = drift.Window(deque(judged + retaken), deque([False] * 30 + [True] * 10), 40)
+    scores = [0.2] * 30 + [0.99] * 10  # 30 judged intact, then 10 retakes whatever their score
+    window = drift.Window(deque(scores), deque([False] * 30 + [True] * 10), {}, 40)
     [entry] = asyncio.run(drift.Monitor(windows={("m1", "dock"): window}).report(loaded))
     estimate: Any = entry["estimate"]
     assert estimate["images"] == 30

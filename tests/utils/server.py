@@ -25,7 +25,11 @@ ADMIN_TOKEN = "test-admin-token-0123456789"
 
 class LiveServer:
     def __init__(self, store: Path, public_key: Path, **overrides: Any) -> None:
-        values: dict[str, Any] = {"store": str(store), "public_key": public_key, "follow_interval_s": 0.0}
+        # Following and window summaries off unless a test asks: a store that changes only
+        # when the test changes it (tests compare store snapshots around refused requests).
+        values: dict[str, Any] = {
+            "store": str(store), "public_key": public_key, "follow_interval_s": 0.0, "summary_interval_s": 0.0,
+        }  # fmt: skip
         values.update(overrides)
         self.settings = Settings(**values)
         self.app = create_app(self.settings)

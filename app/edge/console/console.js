@@ -318,7 +318,35 @@ async function refreshDrift() {
     parts.push(el("div", { class: "stations" }, m.stations.map((s) => stationCard(s, m.thresholds))));
   }
   if (m.feedback) parts.push(feedbackFacts(m.feedback));
+  parts.push(fleetFacts(m));
   show($("drift-body"), parts);
+}
+
+// Whose windows the stations above merge: every replica's last summary in the store, and
+// how fresh it is (a stale one, stopped or cut off from the store, is left out).
+function fleetFacts(m) {
+  const rows = (m.replicas || []).map((r) =>
+    el(
+      "tr",
+      { dataset: { replica: r.replica } },
+      el("td", {}, r.replica, r.this ? " (this one)" : ""),
+      el("td", {}, r.this ? "live" : `${fmt(r.age_s, 1)} s ago`),
+      el("td", {}, r.stale ? badge("stale: left out", "warn") : badge("merged", "ok")),
+      el("td", {}, r.served ?? "–"),
+      el("td", {}, String(r.windows)),
+    ),
+  );
+  const head = ["replica", "summary", "", "serving", "windows"];
+  return el(
+    "div",
+    { class: "fleet" },
+    el("h4", {}, m.fleet ? "The fleet's windows" : "This replica's windows only"),
+    m.fleet_error ? el("p", { class: "error" }, `Other replicas not shown: ${m.fleet_error}.`) : null,
+    el("table", {}, el("thead", {}, el("tr", {}, head.map((h) => el("th", {}, h)))), el("tbody", {}, rows)),
+    (m.skipped || []).length
+      ? el("p", { class: "error" }, `Skipped summaries: ${m.skipped.map((s) => `${s.replica} (${s.reason})`).join("; ")}.`)
+      : null,
+  );
 }
 
 function stationCard(s, t) {
