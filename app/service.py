@@ -59,7 +59,8 @@ def build_service(settings: Settings, metrics: Metrics, pipeline: Pipeline | Non
 
     def swapped(loaded: Loaded, how: str) -> None:
         telemetry.swapped(loaded, how)
-        monitor.forget({loaded.version})  # windows of versions no longer served
+        canary = host.canary  # it serves its stations still: keep its windows
+        monitor.forget({loaded.version} | ({canary.loaded.version} if canary else set()))  # versions no longer served
 
     host = ModelHost(
         open_store(settings.store, settings.public_key),

@@ -143,6 +143,25 @@ class VersionRevoked(StoreError):
     code = "version_revoked"
 
 
+class CanaryConflict(StoreError):
+    """A canary move that the store's state refuses: none running, one equal to the active
+    version, revoking the canary's version."""
+
+    code = "canary_conflict"
+
+
+class CanaryChanged(CanaryConflict):
+    """The canary ended or changed since the caller evaluated it (`expect_seq`)."""
+
+    code = "canary_changed"
+
+
+class InvalidCanary(StoreError):
+    """Both or neither of stations and fraction, a fraction outside (0, 1], a bad station ID."""
+
+    code = "invalid_canary"
+
+
 class ParityFailed(ModelStoreError):
     """The bundle's reference images do not reproduce the recorded outputs."""
 

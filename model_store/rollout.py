@@ -15,6 +15,10 @@ from typing import Any
 
 from model_store.errors import StoreError
 
+# A station ID, as stations name themselves (`X-Station-ID`) and as a canary lists them: the
+# one rule for the service (app.edge.stations) and the store.
+STATION_PATTERN = r"[A-Za-z0-9._-]{1,64}"
+
 
 def station_share(station: str) -> float:
     """Where `station` falls in [0, 1): the same on every replica, every restart, every Python.

@@ -1,0 +1,99 @@
+"""Station canaries: a stored version answers the requests of some stations, every other
+station keeps the active version.
+
+`PUT /v1/canary` verifies the version and passes its parity on this replica's workers,
+then records it in the store with that proof, so every replica following the store serves
+those stations with it too. `POST /v1/canary/promote` makes it the active version (proven
+again, like an activation); `DELETE /v1/canary` returns its stations to the active version.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field, StringConstraints
+
+from app.edge.deps import AdminDep, ServiceDep
+from app.edge.intake import json_body, read_json, read_optional_json
+from app.edge.schemas import AuditOut, error_responses
+from model_store.manifest import VERSION_PATTERN
+from model_store.rollout import STATION_PATTERN
+
+router = APIRouter(prefix="/v1/canary", tags=["canary"], responses=error_responses(401, 403, 503))
+
+StationID = Annotated[str, StringConstraints(pattern=f"^{STATION_PATTERN}$")]
+
+
+class CanaryRequest(BaseModel):
+    version: str = Field(pattern=VERSION_PATTERN)
+    stations: list[StationID] = Field(
+        default_factory=list, max_length=1000, description="the station IDs it serves (or give `fraction`)"
+    )
+    fraction: float = Field(
+        0.0, ge=0, le=1, description="the share of stations it serves, chosen by a stable hash of the station ID"
+    )
+    reason: str = Field("", max_length=500)
+
+
+class CanaryChange(BaseModel):
+    reason: str = Field("", max_length=500)
+
+
+@router.get("")
+async def canary_status(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
+    """The canary as this replica serves it, per station its comparison with the active
+    version on the same images; `canary` is null when there is none (`refused` names a
+    canary version this replica refused to serve, whose stations keep the active version)."""
+    host = service.host
+    run, served = host.canary, host.current
+    wanted = await host.store_call(host.store.canary)
+    return {
+        "active": served.version if served else None,
+        "canary": run.canary.as_dict() if run else None,
+        "store": wanted.as_dict() if wanted else None,
+        "refused": host.refused.get(wanted.version) if wanted else None,
+        "comparisons": host.canary_comparisons(),
+    }
+
+
+# The bodies are read by the handlers after the token check (`read_json`), never before it.
+@router.put(
+    "",
+    response_model=AuditOut,
+    responses=error_responses(400, 404, 408, 409, 413, 422),
+    openapi_extra={"requestBody": json_body(CanaryRequest)},
+)
+async def put_canary(request: Request, actor: AdminDep, service: ServiceDep) -> AuditOut:
+    """Start a canary (or change the running one): verified and proven here first."""
+    body = await read_json(request, CanaryRequest)
+    entry = await service.host.set_canary(
+        body.version, stations=body.stations, fraction=body.fraction, actor=actor, reason=body.reason
+    )
+    return AuditOut.of(entry)
+
+
+@router.delete(
+    "",
+    response_model=AuditOut,
+    responses=error_responses(400, 408, 409, 413, 422),
+    openapi_extra={"requestBody": json_body(CanaryChange, required=False)},
+)
+async def delete_canary(request: Request, actor: AdminDep, service: ServiceDep) -> AuditOut:
+    """End the canary: its stations return to the active version."""
+    body = await read_optional_json(request, CanaryChange)
+    entry = await service.host.end_canary(actor=actor, reason=body.reason if body else "")
+    return AuditOut.of(entry)
+
+
+@router.post(
+    "/promote",
+    response_model=AuditOut,
+    responses=error_responses(400, 408, 409, 413, 422),
+    openapi_extra={"requestBody": json_body(CanaryChange, required=False)},
+)
+async def promote_canary(request: Request, actor: AdminDep, service: ServiceDep) -> AuditOut:
+    """Make the canary the active version for every station (proven here like an activation)."""
+    body = await read_optional_json(request, CanaryChange)
+    entry, _ = await service.host.promote_canary(actor=actor, reason=body.reason if body else "")
+    return AuditOut.of(entry)
