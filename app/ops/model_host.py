@@ -397,8 +397,12 @@ class ModelHost:
             await self._follow_settings(shadow, canary)
 
     async def _follow_settings(self, shadow: Shadow | None, canary: Canary | None) -> None:
-        await self._follow_shadow(shadow)
-        await self._follow_canary(canary)
+        try:
+            await self._follow_shadow(shadow)
+            await self._follow_canary(canary)
+        except BaseException:
+            self._stamp = None  # a store or worker failure: follow these settings again next time
+            raise
 
     def _refuse(self, version: str, doing: str, revoked: dict[str, Revocation]) -> None:
         """Record that `version` is revoked and will not be used (once per pointer change)."""

@@ -132,8 +132,9 @@ def test_the_canary_answers_its_stations_and_is_compared_with_the_active_version
     ("body", "status", "error"),
     [
         ({"version": "v1", "stations": ["a"]}, 409, "canary_conflict"),  # the active version
-        ({"version": "v2"}, 422, "invalid_canary"),  # neither stations nor fraction
-        ({"version": "v2", "stations": ["a"], "fraction": 0.5}, 422, "invalid_canary"),
+        ({"version": "v2"}, 422, "invalid_request"),  # neither stations nor fraction (the schema says so)
+        ({"version": "v2", "stations": ["a"], "fraction": 0.5}, 422, "invalid_request"),  # both
+        ({"version": "v2", "stations": []}, 422, "invalid_request"),
         ({"version": "v2", "stations": ["dock 1"]}, 422, "invalid_request"),
         ({"version": "v2", "fraction": 2}, 422, "invalid_request"),
         ({"version": "v7", "stations": ["a"]}, 404, "version_not_found"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
 
 from app.edge.deps import AdminDep, ServiceDep
 from app.edge.intake import json_body, read_json, read_optional_json
@@ -25,15 +25,37 @@ router = APIRouter(prefix="/v1/canary", tags=["canary"], responses=error_respons
 StationID = Annotated[str, StringConstraints(pattern=f"^{STATION_PATTERN}$")]
 
 
-class CanaryRequest(BaseModel):
+class _Canary(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # stations and fraction exclude each other
+
     version: str = Field(pattern=VERSION_PATTERN)
-    stations: list[StationID] = Field(
-        default_factory=list, max_length=1000, description="the station IDs it serves (or give `fraction`)"
-    )
-    fraction: float = Field(
-        0.0, ge=0, le=1, description="the share of stations it serves, chosen by a stable hash of the station ID"
-    )
     reason: str = Field("", max_length=500)
+
+
+class CanaryOnStations(_Canary):
+    stations: list[StationID] = Field(min_length=1, max_length=1000, description="the station IDs it serves")
+
+
+class CanaryOnFraction(_Canary):
+    fraction: float = Field(
+        gt=0, le=1, description="the share of stations it serves, chosen by a stable hash of the station ID"
+    )
+
+
+class CanaryRequest(RootModel[CanaryOnStations | CanaryOnFraction]):
+    """A list of stations or a fraction of stations, never both (the schema says so too)."""
+
+
+# Each alternative's schema is self-contained (no $defs) and closed, so "both" and "neither"
+# are schema-invalid: the document states exactly what the route accepts.
+_CANARY_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {"anyOf": [CanaryOnStations.model_json_schema(), CanaryOnFraction.model_json_schema()]}
+        }
+    },
+}
 
 
 class CanaryChange(BaseModel):
@@ -62,13 +84,15 @@ async def canary_status(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
     "",
     response_model=AuditOut,
     responses=error_responses(400, 404, 408, 409, 413, 422),
-    openapi_extra={"requestBody": json_body(CanaryRequest)},
+    openapi_extra={"requestBody": _CANARY_BODY},
 )
 async def put_canary(request: Request, actor: AdminDep, service: ServiceDep) -> AuditOut:
     """Start a canary (or change the running one): verified and proven here first."""
-    body = await read_json(request, CanaryRequest)
+    body = (await read_json(request, CanaryRequest)).root
+    stations = body.stations if isinstance(body, CanaryOnStations) else []
+    fraction = body.fraction if isinstance(body, CanaryOnFraction) else 0.0
     entry = await service.host.set_canary(
-        body.version, stations=body.stations, fraction=body.fraction, actor=actor, reason=body.reason
+        body.version, stations=stations, fraction=fraction, actor=actor, reason=body.reason
     )
     return AuditOut.of(entry)
 
