@@ -14,6 +14,7 @@ from app.edge.errors import JSONLines
 from app.edge.observability import Metrics, RequestObserver, configure_logging
 from app.edge.routes import (
     audit,
+    canary,
     console,
     explain,
     feedback,
@@ -93,6 +94,7 @@ def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastA
         parity.router,
         models.router,
         shadow.router,
+        canary.router,
         monitoring.router,
         feedback.router,
         audit.router,

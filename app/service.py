@@ -61,7 +61,9 @@ def build_service(settings: Settings, metrics: Metrics, pipeline: Pipeline | Non
 
     def swapped(loaded: Loaded, how: str) -> None:
         telemetry.swapped(loaded, how)
-        monitor.forget({loaded.version})  # score windows of versions no longer served; image features stay
+        canary = host.canary  # it serves its stations still: keep its score windows
+        # Score windows of versions no longer served; the stations' image features stay.
+        monitor.forget({loaded.version} | ({canary.loaded.version} if canary else set()))
 
     host = ModelHost(
         open_store(settings.store, settings.public_key),
@@ -69,6 +71,11 @@ def build_service(settings: Settings, metrics: Metrics, pipeline: Pipeline | Non
         on_swap=swapped,
         on_refusal=telemetry.refused,
         on_follow_error=telemetry.follow_error,
+        # The active version's scores on a canary station's images, scored in the background:
+        # its score window there, the evidence a canary's estimated cost is compared with.
+        on_compare=lambda active, station, images, scores: monitor.record(
+            active, station, images, scores, served=False
+        ),
     )
     capture = None
     if settings.capture_fraction > 0:
@@ -80,8 +87,16 @@ def build_service(settings: Settings, metrics: Metrics, pipeline: Pipeline | Non
         )
     bodies = ByteBudget(settings.max_body_bytes_in_flight, settings.retry_after_s)
     tokens = StationTokens.load(settings.station_tokens_file) if settings.station_tokens_file else None
-    # `comparisons`: what the summaries carry besides the windows (the canary's figures, once wired).
-    summaries = Summaries(settings.replica, settings.summary_interval_s, monitor, host, comparisons=lambda: [])
+    # Besides the windows, the summaries carry the canary's agreement with the active version
+    # per station: `canary check` reads every replica's.
+    summaries = Summaries(
+        settings.replica,
+        settings.summary_interval_s,
+        monitor,
+        host,
+        comparisons=host.canary_comparisons,
+        canary=lambda: host.canary.loaded.version if host.canary is not None else None,
+    )
     return Service(
         settings, host, metrics, monitor, capture, bodies, tokens, Receipts.from_settings(settings), summaries
     )

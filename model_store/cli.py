@@ -104,11 +104,126 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--reason", required=True, help="why (kept in the audit log and shown on every refusal)")
     rv.add_argument("--undo", action="store_true", help="un-revoke it (audited too)")
 
+    ca = sub.add_parser("canary", help="serve some stations with a stored version, every other with the active one")
+    _canary_commands(_SubParsers(ca, dest="canary_command"))
+
     sub.add_parser("log", help="the audit log")
 
     rc = sub.add_parser("receipt", help="decision receipts: print the key, verify, replay, find the captured photo")
     _receipt_commands(_SubParsers(rc, dest="receipt_command"))
     return p
+
+
+def _canary_commands(sub: _SubParsers) -> None:
+    st = sub.add_parser("start", help="verify, pass parity, then make VERSION the canary (or change the running one)")
+    st.add_argument("version")
+    which = st.add_mutually_exclusive_group(required=True)
+    which.add_argument("--stations", help="comma-separated station IDs it serves")
+    which.add_argument(
+        "--fraction", type=float, help="the share of stations it serves (0-1], chosen by a stable hash of the ID"
+    )
+    st.add_argument("--reason", default="")
+    e = sub.add_parser("end", help="end the canary: its stations return to the active version")
+    e.add_argument("--reason", default="")
+    p = sub.add_parser("promote", help="verify, pass parity, then make the canary the active version")
+    p.add_argument("--reason", default="")
+    sub.add_parser("show", help="the canary: version, stations, since")
+    po = sub.add_parser("policy", help="show the promotion policy, or set it (audited)")
+    po.add_argument("--set", dest="policy_json", metavar="JSON", help="settings, e.g. '{\"min_images\": 200}'")
+    po.add_argument("--reason", default="")
+    ck = sub.add_parser(
+        "check", help="judge the canary by the policy on every replica's evidence; promote, end, or wait"
+    )
+    ck.add_argument("--dry-run", action="store_true", help="print the verdict, change nothing")
+    ck.add_argument("--capture", help="a capture store (directory or s3://...): inspectors' labels for recall")
+    ck.add_argument(
+        "--cost-margin", type=float, default=0.5, help="the cost alarm's margin, as the service's APP_COST_ALARM_MARGIN"
+    )
+
+
+def _canary(store: Store, args: argparse.Namespace) -> int:
+    from model_store import activation  # the Predictor: torch loads only when needed
+
+    cmd = args.canary_command
+    if cmd == "start":
+        stations = [s.strip() for s in args.stations.split(",") if s.strip()] if args.stations else []
+        if args.stations is not None and not stations:
+            return _usage("--stations needs at least one station ID")
+        e = activation.start_canary(
+            store, args.version, stations=stations, fraction=args.fraction or 0.0, actor=args.actor, reason=args.reason
+        )
+        canary = store.canary()
+        where = canary.describe() if canary is not None and canary.seq == e.seq else "its stations"
+        print(f"canary: {e.to_version} on {where} (was {e.from_version or 'none'}); parity passed")
+    elif cmd == "end":
+        e = store.end_canary(actor=args.actor, reason=args.reason)
+        print(f"canary ended: {e.from_version}'s stations return to the active version")
+    elif cmd == "promote":
+        e = activation.promote_canary(store, actor=args.actor, reason=args.reason)
+        print(f"promoted: active {e.to_version} (was {e.from_version or 'none'}); parity passed; the canary ended")
+    elif cmd == "show":
+        canary = store.canary()
+        if args.json:
+            print(json.dumps(canary.as_dict() if canary else None))
+        elif canary is None:
+            print("no canary")
+        else:
+            print(f"canary: {canary.version} on {canary.describe()} since {canary.since} (seq {canary.seq})")
+    elif cmd == "policy":
+        return _policy(store, args)
+    elif cmd == "check":
+        return _check(store, args)
+    return 0
+
+
+def _policy(store: Store, args: argparse.Namespace) -> int:
+    from model_store.rollout import Policy
+
+    if args.policy_json is not None:
+        try:
+            raw = json.loads(args.policy_json)
+        except ValueError as exc:
+            return _usage(f"--set needs a JSON object of policy settings: {exc}")
+        store.set_policy(Policy.from_dict(raw).to_dict(), actor=args.actor, reason=args.reason)
+    raw = store.policy()
+    policy = Policy.from_dict(raw).to_dict() if raw is not None else None
+    if args.json or policy is None:
+        print(json.dumps(policy) if policy is not None or args.json else "no promotion policy in the store")
+    else:
+        print("promotion policy: " + ", ".join(f"{k}={v}" for k, v in policy.items()))
+    return 0
+
+
+def _check(store: Store, args: argparse.Namespace) -> int:
+    from model_store import rollout_check
+    from model_store.capture import open_capture
+
+    capture = open_capture(args.capture) if args.capture else None
+    checked = rollout_check.check(
+        store, actor=args.actor, act=not args.dry_run, capture=capture, cost_margin=args.cost_margin
+    )
+    if checked is None:
+        print("no canary running: nothing to check")
+        return 0
+    verdict, canary = checked.verdict, checked.canary
+    if args.json:
+        print(json.dumps({**verdict.evidence(checked.policy), "acted": checked.entry is not None}))
+        return 0
+    done = {"promote": "promoted to active", "end": "ended", "wait": "waiting for more evidence"}[verdict.action]
+    if args.dry_run and verdict.action != "wait":
+        done = f"would be {done} (dry run)"
+    print(f"canary {canary.version} on {canary.describe()}: {done}")
+    for reason in verdict.reasons:
+        print(f"  {reason}")
+    for s in verdict.stations:
+        agreement = f"{s.agreement:.1%}" if s.agreement is not None else "-"
+        cost = f"{s.canary_cost:.4g}" if s.canary_cost is not None else "-"
+        active = f"{s.active_cost:.4g}" if s.active_cost is not None else "-"
+        print(
+            f"  {s.station}: {s.images} images, cost {cost} vs active {active} ({s.active_cost_source}), "
+            f"agreement {agreement} on {s.compared}, alarms {', '.join(s.alarms) or 'none'}"
+        )
+    return 0
 
 
 def _receipt_commands(sub: _SubParsers) -> None:
@@ -163,10 +278,19 @@ def _print_entry(e: AuditEntry, as_json: bool) -> None:
     if as_json:
         print(json.dumps(e.to_dict()))
     else:
+        evidence = f"  evidence {_compact(e.evidence)}" if e.evidence else ""
         print(
             f"{e.seq:>5}  {e.time}  {e.actor:<24} {e.action:<9} "
-            f"{e.from_version or '-'} -> {e.to_version or '-'}  {e.reason}"
+            f"{e.from_version or '-'} -> {e.to_version or '-'}  {e.reason}{evidence}"
         )
+
+
+def _compact(evidence: dict[str, Any], limit: int = 200) -> str:
+    """Evidence on one terminal line: compact JSON, escaped (`printable`), cut at `limit`."""
+    from model_store.store.base import printable
+
+    text = printable(json.dumps(evidence, separators=(",", ":"), sort_keys=True))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_receipt(given: str) -> str:
@@ -277,7 +401,8 @@ def run(args: argparse.Namespace) -> int:
         private, public = generate_keypair(args.out)
         print(f"wrote {private} (mode 0600, keep it secret) and {public}")
         return 0
-    if cmd in ("verify", "import", "show", "activate", "rollback") and args.public_key is None:
+    needs_key = cmd == "canary" and args.canary_command in ("start", "promote", "check")
+    if (needs_key or cmd in ("verify", "import", "show", "activate", "rollback")) and args.public_key is None:
         return _usage(f"{cmd} verifies signatures: give --public-key PEM (or env {ENV_PUBLIC_KEY})")
     if cmd == "verify":
         from model_store.bundle import load_bundle
@@ -305,10 +430,12 @@ def run(args: argparse.Namespace) -> int:
         elif not infos:
             print("no versions in the store")
         shadow = store.shadow() if infos else None
+        canary = store.canary() if infos else None
         revoked = store.revoked() if infos else {}
         for i in infos if not args.json else []:
             mark = "*" if i.active else " "
             note = f"  shadow on {shadow.fraction:.0%} of traffic" if shadow and shadow.version == i.version else ""
+            note += f"  canary on {canary.describe()}" if canary and canary.version == i.version else ""
             note += "  REVOKED" if i.version in revoked else ""
             print(f"{mark} {i.version:<20} {i.name:<24} {i.created_at}  {i.manifest_sha256[:12]}{note}")
     elif cmd == "show":
@@ -335,6 +462,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{e.to_version}: no longer revoked; it may be activated again")
         else:
             print(f"revoked: {e.to_version}; activate, rollback and every replica following the store refuse it")
+    elif cmd == "canary":
+        return _canary(store, args)
     elif cmd == "log":
         for e in store.audit_log():
             _print_entry(e, args.json)

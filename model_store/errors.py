@@ -143,6 +143,31 @@ class VersionRevoked(StoreError):
     code = "version_revoked"
 
 
+class CanaryConflict(StoreError):
+    """A canary move that the store's state refuses: none running, one equal to the active
+    version, revoking the canary's version."""
+
+    code = "canary_conflict"
+
+
+class CanaryChanged(CanaryConflict):
+    """The canary ended or changed since the caller evaluated it (`expect_seq`)."""
+
+    code = "canary_changed"
+
+
+class InvalidCanary(StoreError):
+    """Both or neither of stations and fraction, a fraction outside (0, 1], a bad station ID."""
+
+    code = "invalid_canary"
+
+
+class InvalidPolicy(StoreError):
+    """A promotion policy with an unknown setting or a value out of its range."""
+
+    code = "invalid_policy"
+
+
 class ParityFailed(ModelStoreError):
     """The bundle's reference images do not reproduce the recorded outputs."""
 

@@ -52,7 +52,12 @@ MAX_SUMMARY_ROWS = 120_000
 MAX_WINDOWS = 50_000  # per summary: far above 10,000 stations (APP_MAX_STATIONS' bound) times a few versions
 # Decimals kept per value: the score's six keep decisions at a threshold as served (to 1e-6);
 # image features need no more than a histogram bin can tell apart.
-_DECIMALS = {"score": 6, "brightness": 2, "contrast": 2, "sharpness": 2, "width": 0, "height": 0, "aspect": 4}
+# Aspect unrounded: it takes few distinct values (cameras have a fixed frame), and a
+# reference where every photo had one aspect cuts its histogram at exactly that value, so
+# a rounded 4/3 would land outside the bin the exact 4/3 falls in: drift from rounding alone.
+_DECIMALS: dict[str, int | None] = {
+    "score": 6, "brightness": 2, "contrast": 2, "sharpness": 2, "width": 0, "height": 0, "aspect": None
+}  # fmt: skip
 _STATION_MAX = 128  # characters of a station name read from a summary (the edge allows 64)
 
 Key = tuple[str | None, str]  # (version, station); version None: the station's image features
@@ -201,8 +206,10 @@ def _tail(values: Sequence[Any], keep: int | None) -> Sequence[Any]:
 def _rounded(values: Sequence[float], feature: str, keep: int | None) -> list[float]:
     if not values:
         return []
+    array = np.asarray(_tail(values, keep), dtype=np.float64)
+    decimals = _DECIMALS[feature]
     # np.round divides by the power of ten, so each value's shortest repr is the short decimal.
-    rounded: list[float] = np.round(np.asarray(_tail(values, keep), dtype=np.float64), _DECIMALS[feature]).tolist()
+    rounded: list[float] = (array if decimals is None else np.round(array, decimals)).tolist()
     return rounded
 
 

@@ -3,7 +3,7 @@
 A canary is a stored version that answers the requests of some stations (a list, or a
 fraction chosen by a stable hash of the station ID, so a station stays on one side while
 the fraction holds) while every other station is served by the active version. The
-promotion policy is kept in the store beside the pointer; `canary check`
+promotion policy is kept in the store beside the pointer; `model_store.rollout_check` (`canary check`)
 evaluates it on the evidence every replica writes to the store.
 """
 
@@ -15,8 +15,12 @@ from typing import Any
 
 from model_store.capture import CaptureStore
 from model_store.domain import RETAKE
-from model_store.errors import StoreError
+from model_store.errors import InvalidPolicy
 from model_store.manifest import DecisionSpec
+
+# A station ID, as stations name themselves (`X-Station-ID`) and as a canary lists them: the
+# one rule for the service (app.edge.stations) and the store.
+STATION_PATTERN = r"[A-Za-z0-9._-]{1,64}"
 
 
 def station_share(station: str) -> float:
@@ -42,8 +46,8 @@ class Policy:
     # The largest allowed rise of the canary's estimated cost per parcel over the active
     # version's on the same stations, as a fraction of the active's (0.2: 20% higher).
     max_cost_rise: float = 0.2
-    # A drift alarm (images or scores unlike the validated ones) on a canary station blocks
-    # promotion: the estimates rest on the images resembling the validated ones.
+    # An alarm on a canary station (drift of its images or scores, or its cost) holds the
+    # canary: the estimates rest on the images resembling the validated ones.
     block_on_drift: bool = True
     # The least share of canary-station images on which the canary and the active version
     # (scoring the same images in the background) take the same decision.
@@ -60,26 +64,28 @@ class Policy:
         """A policy from JSON (the store, the CLI, the management API); missing fields take
         their defaults, unknown fields and out-of-range values are refused with their name."""
         if not isinstance(raw, dict):
-            raise StoreError("a promotion policy is a JSON object of its settings")
+            raise InvalidPolicy("a promotion policy is a JSON object of its settings")
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(raw) - set(known))
         if unknown:
-            raise StoreError(f"unknown promotion policy setting(s): {', '.join(unknown)} (known: {', '.join(known)})")
+            raise InvalidPolicy(
+                f"unknown promotion policy setting(s): {', '.join(unknown)} (known: {', '.join(known)})"
+            )
         values: dict[str, Any] = {}
         for name, value in raw.items():
             default = getattr(cls, name)
             if isinstance(default, bool):
                 if not isinstance(value, bool):
-                    raise StoreError(f"policy {name} must be true or false, not {value!r}")
+                    raise InvalidPolicy(f"policy {name} must be true or false, not {value!r}")
             elif isinstance(default, int):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise StoreError(f"policy {name} must be a whole number >= 0, not {value!r}")
+                    raise InvalidPolicy(f"policy {name} must be a whole number >= 0, not {value!r}")
             elif isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
-                raise StoreError(f"policy {name} must be a number >= 0, not {value!r}")
+                raise InvalidPolicy(f"policy {name} must be a number >= 0, not {value!r}")
             values[name] = value
         policy = cls(**values)
         if policy.min_agreement > 1 or policy.max_recall_drop > 1:
-            raise StoreError("policy min_agreement and max_recall_drop are shares, at most 1")
+            raise InvalidPolicy("policy min_agreement and max_recall_drop are shares, at most 1")
         return policy
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,10 +134,13 @@ class Verdict:
 
 def judge(policy: Policy, stations: list[StationEvidence], labelled: dict[str, dict[str, Any]]) -> Verdict:
     """Promote when every canary station meets every condition; end as soon as one station
-    with enough images breaks a condition the canary is to blame for; otherwise wait.
+    with enough images breaks a condition that compares the canary with the active version
+    on the same images (cost, agreement) or labels (recall); otherwise wait.
 
-    Image-feature drift only holds the canary (the camera, not the model, changed, and the
-    estimates no longer hold); drifting scores or a cost alarm end it.
+    An alarm at a station (its images or scores unlike the validated ones, or a cost past
+    the bundle's) only holds the canary: the station itself may have changed (a camera, a
+    damage rate), which the active version would see as well, and the estimates no longer
+    hold there. A canary that is itself worse shows in the comparison with the active.
     """
     if not stations:
         return Verdict(WAIT, ("no canary station has sent images yet",), (), labelled)
@@ -150,12 +159,8 @@ def judge(policy: Policy, stations: list[StationEvidence], labelled: dict[str, d
                 )
         elif s.canary_cost is None:
             waits.append(f"{s.station}: no cost estimate yet")
-        blame = [a for a in s.alarms if a in ("score", "cost_per_parcel")]
-        camera = [a for a in s.alarms if a not in blame]
-        if blame and policy.block_on_drift:
-            fails.append(f"{s.station}: alarm on {', '.join(blame)}")
-        if camera and policy.block_on_drift:
-            waits.append(f"{s.station}: the images drifted ({', '.join(camera)}); the estimates do not hold")
+        if s.alarms and policy.block_on_drift:
+            waits.append(f"{s.station}: alarm on {', '.join(s.alarms)}; the estimates do not hold there")
         if s.compared < MIN_COMPARED or s.agreement is None:
             waits.append(f"{s.station}: {s.compared} of {MIN_COMPARED} images compared with the active version")
         elif s.agreement < policy.min_agreement:

@@ -49,6 +49,9 @@ _STATUS: list[tuple[type[E.ModelStoreError], int]] = [
     (E.InvalidVersionName, 422),
     (E.NothingToRollBack, 409),
     (E.VersionRevoked, 409),
+    (E.CanaryConflict, 409),
+    (E.InvalidCanary, 422),
+    (E.InvalidPolicy, 422),
     (E.ParityFailed, 409),
     (E.BundleError, 422),
     (E.StoreError, 503),  # the store is unreachable or inconsistent: not the client's doing

@@ -164,6 +164,9 @@ class AuditOut(BaseModel):
     from_version: str | None
     to_version: str | None
     reason: str
+    evidence: dict[str, Any] | None = Field(
+        None, description="what the decision rested on (a canary's end or promotion, a policy change); else null"
+    )
 
     @classmethod
     def of(cls, entry: AuditEntry) -> AuditOut:

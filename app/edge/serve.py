@@ -2,15 +2,17 @@
 Inference Protocol's `/v2/.../infer`, and `/v1/explain` for one image): each door reads its
 own body format and writes its own answer; everything between is here, once.
 
-1. **pin** the served version and **admit** (`prediction`): shed at once when the queue is
-   full, before a byte of the body is read; the body's bytes then count in the byte budget;
+1. **pin** the version that serves the station (a canary's stations: the canary) and
+   **admit** (`prediction`): shed at once when the queue is full, before a byte of the
+   body is read; the body's bytes then count in the byte budget;
    the request's **deadline** (its own `X-Request-Timeout-Ms` or `APP_REQUEST_TIMEOUT_MS`,
    from its arrival) is checked after each step, and work past it is dropped with a 504;
 2. **check** every image's header (bounded work, in the inspect threads) and **score** it
    (queue, batch, decode and forward in a worker, decide), then **record** drift and
    metrics (`Prediction.score`);
 3. with receipts on, **sign** one per image, stating what the answer carries (`Prediction.receipts`);
-4. **after** the answer is sent: shadow scoring and capture (`Prediction.after`).
+4. **after** the answer is sent: shadow scoring, the canary's comparison with the active
+   version, and capture (`Prediction.after`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from starlette.requests import Request
 from app.edge.deps import identify_station
 from app.edge.errors import APIError
 from app.edge.intake import BodyHold
+from app.ops.drift import UNASSIGNED
 from app.ops.model_host import Loaded
 from app.service import Service
 from app.serving.pipeline import DeadlineExceeded, Explained, Overloaded, RequestTooLarge, Scored, WorkerFailed
@@ -121,9 +124,13 @@ class Prediction:
         return receipts.sign(self.request_id, self.station, self.loaded, self.checked, self.scores)
 
     def after(self) -> BackgroundTasks | None:
-        """Shadow scoring and capture, to run once the answer is sent (never before it)."""
+        """Shadow scoring, the canary comparison and capture, to run once the answer is sent
+        (never before it)."""
         service = self.service
-        jobs = [service.host.shadow_job(self.loaded, self.checked, self.scores)]
+        jobs = [
+            service.host.shadow_job(self.loaded, self.checked, self.scores),
+            service.host.canary_job(self.loaded, self.station, self.checked, self.scores),
+        ]
         if service.capture is not None:
             jobs.append(service.capture.job(self.request_id, self.station, self.loaded, self.checked, self.scores))
         tasks = [job for job in jobs if job is not None]
@@ -137,12 +144,13 @@ class Prediction:
 
 @contextlib.asynccontextmanager
 async def prediction(request: Request, service: Service) -> AsyncIterator[Prediction]:
-    """Pin the served version and admit the request (before its body is read); the body's
-    bytes count against the budget of all requests until the block ends."""
+    """Pin the version that serves the request's station and admit the request (before its
+    body is read); the body's bytes count against the budget of all requests until the block
+    ends. A request that names no station is served by the active version, never a canary."""
     station = identify_station(request, service)  # the token before a byte of the body
     budget_ms = request_budget_ms(request, service.settings.request_timeout_ms)
     deadline = _arrival(request) + budget_ms / 1000 if budget_ms else None
-    with service.host.pinned() as loaded:
+    with service.host.pinned(None if station == UNASSIGNED else station) as loaded:
         request.state.version = loaded.version
         try:
             service.host.pipeline.refuse_if_full(deadline)

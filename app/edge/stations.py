@@ -28,11 +28,12 @@ from starlette.requests import Request
 
 from app.edge.errors import APIError
 from app.ops.drift import UNASSIGNED
+from model_store.rollout import STATION_PATTERN
 
 log = logging.getLogger("app.edge.stations")
 STATION_HEADER = "x-station-id"
-_STATION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_LINE = re.compile(r"^([A-Za-z0-9._-]{1,64})\s+([0-9a-f]{64})$")
+_STATION = re.compile(rf"^{STATION_PATTERN}$")
+_LINE = re.compile(rf"^({STATION_PATTERN})\s+([0-9a-f]{{64}})$")
 RELOAD_S = 1.0  # how often the file's stamp is looked at (on a request; one stat call)
 
 

@@ -8,6 +8,11 @@ That parity report is the `ParityProof` the store needs to move its pointer.
 Requests pin the version that was served when they arrived (`pin`/`unpin`); a swap only
 changes which version new requests pin, so in-flight requests finish on the old one, which
 the workers unload once its last request is answered.
+
+A station canary (`Canary` in the store) is followed like the shadow; it answers the
+requests of its stations, pinned the same way, so starting, ending or promoting it fails
+no request either. After each canary answer the active version scores the same images in
+the background, for the comparison `canary_comparisons` reports.
 """
 
 from __future__ import annotations
@@ -21,16 +26,16 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 from app.serving.pipeline import Overloaded, Pipeline, Scored
 from model_store.domain import RETAKE
-from model_store.errors import BundleError, ModelStoreError, ParityFailed, VersionRevoked
+from model_store.errors import BundleError, CanaryConflict, ModelStoreError, ParityFailed, VersionRevoked
 from model_store.manifest import Manifest
 from model_store.parity import ParityReport
 from model_store.preprocessing import ImageInfo
-from model_store.store.base import AuditEntry, Revocation, Shadow, Store, refuse_revoked
+from model_store.store.base import AuditEntry, Canary, Revocation, Shadow, Store, canary_stations, refuse_revoked
 
 log = logging.getLogger("app.model")
 # Anonymous /v1/parity reuses a result this young: parity frames go to the workers ahead of
@@ -43,6 +48,9 @@ PARITY_CACHE_S = 10.0
 # follow loop and a few management calls going; more calls wait their turn here, each
 # bounded by the S3 client's timeouts (model_store.s3client).
 STORE_THREADS = 4
+# Stations a canary's comparison keeps apart; a fraction canary could otherwise be sent any
+# number of made-up station IDs. Beyond it, new stations are answered but not compared.
+MAX_CANARY_STATIONS = 1000
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -115,6 +123,28 @@ class ShadowRun:
 
 
 @dataclass
+class CanaryStats:
+    """At one canary station: the canary's answers against the active version's, which scores
+    the same images in the background after each answer."""
+
+    images: int = 0
+    agree: int = 0
+    to_positive: int = 0  # the active said negative, the canary positive
+    to_negative: int = 0  # the active said positive, the canary negative
+    retake: int = 0  # one of the two answered retake, the other judged
+    dropped: int = 0  # requests not compared: the background queue was full (station work first)
+    failed: int = 0
+
+
+@dataclass
+class CanaryRun:
+    loaded: Loaded
+    canary: Canary
+    against: str  # the active version the stats compare with
+    stats: dict[str, CanaryStats] = field(default_factory=dict)  # per station
+
+
+@dataclass
 class FollowStatus:
     """How following the store goes; shown in /readyz and /metrics."""
 
@@ -134,6 +164,8 @@ class ModelHost:
         on_swap: Callable[[Loaded, str], None] | None = None,
         on_refusal: Callable[[str], None] | None = None,
         on_follow_error: Callable[[], None] | None = None,
+        on_compare: Callable[[Loaded, str, Sequence[tuple[str, bytes, ImageInfo]], Sequence[Scored]], None]
+        | None = None,
     ) -> None:
         self.store = store
         self.pipeline = pipeline
@@ -145,7 +177,10 @@ class ModelHost:
         self._on_refusal = on_refusal or (lambda code: None)
         self._on_follow_error = on_follow_error or (lambda: None)
         self._refused: dict[str, ModelStoreError] = {}  # so following does not retry a bad bundle forever
+        # (active version, station, images, its scores) after each canary comparison.
+        self._on_compare = on_compare or (lambda loaded, station, images, scores: None)
         self.shadow: ShadowRun | None = None
+        self.canary: CanaryRun | None = None
         self._stamp: str | None = None  # the store's pointer stamp when it was last read
         self._parity: dict[str, tuple[float, ParityReport]] = {}  # version -> (monotonic time, report)
         self._parity_runs: dict[str, asyncio.Future[ParityReport]] = {}
@@ -172,17 +207,23 @@ class ModelHost:
             raise NotReady(self.reason)
         return loaded
 
-    def pin(self) -> Loaded:
-        """The served version, kept loaded until `unpin` (no await in between: no swap race)."""
+    def pin(self, station: str | None = None) -> Loaded:
+        """The version that serves `station` (the canary's stations: the canary; any other,
+        and requests naming none: the active one), kept loaded until `unpin` (no await in
+        between: no swap race)."""
         loaded = self.require()
+        run = self.canary
+        if station is not None and run is not None and run.canary.serves(station):
+            loaded = run.loaded
         self.pipeline.pin(loaded.version)
         return loaded
 
     @contextlib.contextmanager
-    def pinned(self) -> Iterator[Loaded]:
-        """The served version for one request, kept loaded until the block ends: every route
-        that serves a request pins this way. `NotReady` (503) when nothing is served yet."""
-        loaded = self.pin()
+    def pinned(self, station: str | None = None) -> Iterator[Loaded]:
+        """The version that serves one request (see `pin`), kept loaded until the block ends:
+        every route that serves a request pins this way. `NotReady` (503) when nothing is
+        served yet."""
+        loaded = self.pin(station)
         try:
             yield loaded
         finally:
@@ -265,6 +306,8 @@ class ModelHost:
         if self.shadow is not None:  # compare against what is served now, from zero
             s = self.shadow.stats
             self.shadow.stats = ShadowStats(s.version, loaded.version, s.fraction)
+        if self.canary is not None:  # likewise
+            self.canary = CanaryRun(self.canary.loaded, self.canary.canary, loaded.version)
         self._on_swap(loaded, how)
         log.info("serving %s (was %s) after %s", loaded.version, previous.version if previous else "none", how)
 
@@ -311,27 +354,33 @@ class ModelHost:
                 return
             wanted = await self.store_call(self.store.active_version)
             shadow = await self.store_call(self.store.shadow)
+            canary = await self.store_call(self.store.canary)
             revoked = await self.store_call(self.store.revoked)
             self._stamp = stamp
-            self._refused = {v: e for v, e in self._refused.items() if v == wanted}
+            # A refused canary stays refused while it is the canary (its bundle cannot change).
+            keep = {wanted, canary.version if canary else None}
+            self._refused = {v: e for v, e in self._refused.items() if v in keep}
             if shadow is not None and shadow.version in revoked:
                 self._refuse(shadow.version, "shadow", revoked)
                 shadow = None
+            if canary is not None and canary.version in revoked:
+                self._refuse(canary.version, "serve as the canary", revoked)
+                canary = None
             if wanted is not None and wanted in revoked:
                 # Only a store written by a tool that predates revocation (or by hand) points
                 # at a revoked version: keep serving what we have, and say so.
                 self._refuse(wanted, "serve", revoked)
                 if self.current is None:
                     self.reason = f"active version {wanted} refused (version_revoked)"
-                await self._follow_shadow(shadow)
+                await self._follow_settings(shadow, canary)
                 return
             if wanted is None:
                 if self.current is None:
                     self.reason = "no active version in the store"
-                await self._follow_shadow(shadow)
+                await self._follow_settings(shadow, canary)
                 return
             if (self.current is not None and self.current.version == wanted) or wanted in self._refused:
-                await self._follow_shadow(shadow)
+                await self._follow_settings(shadow, canary)
                 return
             try:
                 loaded = await self.load(wanted)
@@ -345,7 +394,15 @@ class ModelHost:
                 self._stamp = None  # a store or worker failure: read the pointer again next time
                 raise
             self._swap(loaded, "store pointer change")
+            await self._follow_settings(shadow, canary)
+
+    async def _follow_settings(self, shadow: Shadow | None, canary: Canary | None) -> None:
+        try:
             await self._follow_shadow(shadow)
+            await self._follow_canary(canary)
+        except BaseException:
+            self._stamp = None  # a store or worker failure: follow these settings again next time
+            raise
 
     def _refuse(self, version: str, doing: str, revoked: dict[str, Revocation]) -> None:
         """Record that `version` is revoked and will not be used (once per pointer change)."""
@@ -439,6 +496,170 @@ class ModelHost:
                     stats.to_positive += 1
                 else:
                     stats.to_negative += 1
+
+        return job
+
+    # --- canary ------------------------------------------------------------------------
+
+    async def set_canary(
+        self, version: str, *, stations: Sequence[str] = (), fraction: float = 0.0, actor: str, reason: str
+    ) -> AuditEntry:
+        """Start (or change) a canary: verify and prove `version` here first, then record it
+        in the store with that proof (every replica follows, proving it too)."""
+        canary_stations(stations, fraction)  # what the store would refuse, before any parity
+        async with self._swap_lock:
+            if self.current is not None and self.current.version == version:
+                raise CanaryConflict(
+                    f"version {version} is the active version already: a canary must be another version"
+                )
+            await self.store_call(self.store.refuse_revoked, version, "make it the canary")
+            loaded = await self.load(version)
+            try:
+                proof = loaded.parity.require_pass()
+                entry = await self.store_call(
+                    self.store.set_canary,
+                    version,
+                    stations=tuple(stations),
+                    fraction=fraction,
+                    actor=actor,
+                    reason=reason,
+                    proof=proof,
+                )
+                canary = await self.store_call(self.store.canary)
+            except BaseException:
+                self.unpin(loaded)
+                raise
+            if canary is not None and canary.seq == entry.seq:
+                self._set_canary_run(loaded, canary)
+            else:  # another writer changed it meanwhile: the follow loop serves what the store says
+                self.unpin(loaded)
+            return entry
+
+    async def end_canary(
+        self, *, actor: str, reason: str, expect_seq: int | None = None, evidence: dict[str, Any] | None = None
+    ) -> AuditEntry:
+        """End the canary in the store; its stations return to the active version here at once."""
+        async with self._swap_lock:
+            entry = await self.store_call(
+                self.store.end_canary, actor=actor, reason=reason, expect_seq=expect_seq, evidence=evidence
+            )
+            self._set_canary_run(None, None)
+            return entry
+
+    async def promote_canary(
+        self, *, actor: str, reason: str, expect_seq: int | None = None, evidence: dict[str, Any] | None = None
+    ) -> tuple[AuditEntry, Loaded]:
+        """Make the canary the active version: proven here like an activation, then the store,
+        then this replica serves it to every station (no await in between: no request fails)."""
+        async with self._swap_lock:
+            canary = await self.store_call(self.store.canary)
+            if canary is None:
+                raise CanaryConflict("there is no canary")
+            loaded = await self.load(canary.version)
+            try:
+                proof = loaded.parity.require_pass()
+                entry = await self.store_call(
+                    self.store.promote_canary,
+                    actor=actor,
+                    reason=reason,
+                    proof=proof,
+                    # The canary just read: if it changes before the store writes, refused.
+                    expect_seq=canary.seq if expect_seq is None else expect_seq,
+                    evidence=evidence,
+                )
+            except BaseException:
+                self.unpin(loaded)
+                raise
+            self._swap(loaded, "promote")
+            self._set_canary_run(None, None)
+            return entry, loaded
+
+    async def _follow_canary(self, wanted: Canary | None) -> None:
+        current = self.canary
+        if wanted is None or (self.current is not None and wanted.version == self.current.version):
+            self._set_canary_run(None, None)
+        elif current is not None and current.loaded.version == wanted.version:
+            if current.canary != wanted:  # other stations: a new run, compared from zero
+                self.canary = CanaryRun(current.loaded, wanted, current.against)
+        elif wanted.version in self._refused:
+            self._set_canary_run(None, None)  # its stations keep the active version
+        else:
+            try:
+                loaded = await self.load(wanted.version)
+            except (BundleError, ParityFailed) as exc:
+                self._refused[wanted.version] = exc
+                self._set_canary_run(None, None)
+                log.error(
+                    "refusing to serve %s as the canary: %s; its stations keep the active version", wanted.version, exc
+                )
+                return
+            self._set_canary_run(loaded, wanted)
+
+    def _set_canary_run(self, loaded: Loaded | None, canary: Canary | None) -> None:
+        previous = self.canary
+        if previous is not None and (loaded is None or previous.loaded is not loaded):
+            self.unpin(previous.loaded)  # unloaded once the requests pinned to it are answered
+        against = self.current.version if self.current else "none"
+        self.canary = CanaryRun(loaded, canary, against) if loaded is not None and canary is not None else None
+        if (previous.canary if previous else None) != canary:
+            log.info(
+                "canary: %s (was %s)",
+                canary.version if canary else "none",
+                previous.canary.version if previous else "none",
+            )
+
+    def canary_comparisons(self) -> list[dict[str, Any]]:
+        """Per canary station: how the canary decided against the active version on the same images."""
+        run = self.canary
+        if run is None:
+            return []
+        return [
+            {"version": run.loaded.version, "against": run.against, "station": station, **asdict(stats)}
+            for station, stats in sorted(run.stats.items())
+        ]
+
+    def canary_job(
+        self, served: Loaded, station: str, images: Sequence[tuple[str, bytes, ImageInfo]], scores: Sequence[Scored]
+    ) -> Callable[[], Awaitable[None]] | None:
+        """For a request the canary answered: the active version's scoring of the same images,
+        to run after the response is sent, at shadow priority (dropped when that queue is
+        full). None for any other request."""
+        run, active = self.canary, self.current
+        if run is None or active is None or served.version != run.loaded.version or run.against != active.version:
+            return None
+        stats = run.stats.get(station)
+        if stats is None:
+            if len(run.stats) >= MAX_CANARY_STATIONS:
+                return None
+            stats = run.stats[station] = CanaryStats()
+        self.pipeline.pin(active.version)  # a swap meanwhile cannot unload it mid-job
+
+        async def job() -> None:
+            try:
+                theirs = await self.pipeline.predict(active.version, images, shadow=True)
+            except Overloaded:
+                stats.dropped += 1
+                return
+            except Exception:  # a bad image or a worker restart: not the canary's verdict
+                stats.failed += 1
+                return
+            finally:
+                self.pipeline.release(active.version)
+            positive = active.manifest.decision.positive_label
+            for mine, active_score in zip(scores, theirs, strict=True):
+                stats.images += 1
+                if mine.decision == active_score.decision:
+                    stats.agree += 1
+                elif RETAKE in (mine.decision, active_score.decision):
+                    stats.retake += 1
+                elif mine.decision == positive:
+                    stats.to_positive += 1
+                else:
+                    stats.to_negative += 1
+            try:
+                self._on_compare(active, station, images, theirs)
+            except Exception:  # monitoring's trouble: the comparison above stands
+                log.exception("recording a canary comparison failed")
 
         return job
 

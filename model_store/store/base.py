@@ -8,6 +8,7 @@ import json
 import os
 import re
 import socket
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,11 +16,21 @@ from typing import Any, Literal
 
 from model_store import faults
 from model_store.bundle import Bundle
-from model_store.errors import InvalidVersionName, NotAStore, NothingToRollBack, StoreError, VersionRevoked
+from model_store.errors import (
+    CanaryChanged,
+    CanaryConflict,
+    InvalidCanary,
+    InvalidVersionName,
+    NotAStore,
+    NothingToRollBack,
+    StoreError,
+    VersionRevoked,
+)
 from model_store.manifest import VERSION_PATTERN, Manifest
 from model_store.parity import ParityProof
+from model_store.rollout import STATION_PATTERN, Policy, station_share
 
-Action = Literal["import", "activate", "rollback", "shadow", "revoke", "unrevoke"]
+Action = Literal["import", "activate", "rollback", "shadow", "revoke", "unrevoke", "canary", "promote", "policy"]
 
 # The pointer state both backends keep, one JSON object:
 #   active            the active version, or None
@@ -31,10 +42,14 @@ Action = Literal["import", "activate", "rollback", "shadow", "revoke", "unrevoke
 #   shadow            the version in shadow and its share of traffic, or None (absent in old stores)
 #   revoked           version -> who revoked it, why, when (absent in old stores): never
 #                     activated, rolled back to, shadowed or served again until un-revoked
+#   canary            the version serving some stations, which ones, and the seq and time of
+#                     the entry that started or changed it, or None (absent in old stores)
+#   policy            the promotion policy's settings (`rollout.Policy`), or None (absent in old stores)
 EMPTY_STATE: dict[str, Any] = {"active": None, "history": [], "seq": 0, "last": None, "pending_import": None}
 
 # `fullmatch`, not `match`: `$` would accept a trailing newline ("v1\n").
 _VERSION = re.compile(VERSION_PATTERN)
+_STATION = re.compile(STATION_PATTERN)
 
 
 def printable(text: str) -> str:
@@ -97,6 +112,9 @@ class AuditEntry:
     from_version: str | None
     to_version: str | None
     reason: str
+    # What a decision rested on (a canary's end or promotion: the numbers it was judged on;
+    # a policy change: the policy). Absent from entries written before it existed.
+    evidence: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,6 +156,7 @@ def new_entry(
     from_version: str | None,
     to_version: str | None,
     time: str | None = None,
+    evidence: dict[str, Any] | None = None,
 ) -> AuditEntry:
     """The audit entry that commits on top of `state`."""
     return AuditEntry(
@@ -148,6 +167,7 @@ def new_entry(
         from_version=from_version,
         to_version=to_version,
         reason=printable(reason),
+        evidence=evidence,
     )
 
 
@@ -162,7 +182,15 @@ def activation_changes(state: dict[str, Any], version: str) -> dict[str, Any]:
     history = list(state["history"])
     if current is not None and current != version:
         history.append(current)
-    return {"active": version, "history": history}
+    return {"active": version, "history": history, **_canary_after_activating(state, version)}
+
+
+def _canary_after_activating(state: dict[str, Any], version: str) -> dict[str, Any]:
+    """A running canary survives an activation or rollback of another version (its stations
+    stay on it; every other station moves to the new active version), and ends when its own
+    version becomes active: it would be a canary of itself."""
+    canary = canary_of(state)
+    return {"canary": None} if canary is not None and canary.version == version else {}
 
 
 def rollback_target(state: dict[str, Any], proof: ParityProof) -> tuple[str, dict[str, Any]]:
@@ -179,7 +207,7 @@ def rollback_target(state: dict[str, Any], proof: ParityProof) -> tuple[str, dic
     refuse_revoked(revoked_of(state), target, "roll back to it")
     if proof.version != target:
         raise StoreError(f"the store would roll back to {target}, not {proof.version}: its history changed; try again")
-    return target, {"active": target, "history": history}
+    return target, {"active": target, "history": history, **_canary_after_activating(state, target)}
 
 
 @dataclass(frozen=True)
@@ -228,6 +256,9 @@ def revocation_entry(
     shadow = shadow_of(state)
     if shadow is not None and shadow.version == version:
         raise StoreError(f"version {version} is in shadow: stop the shadow first (`shadow --off`), then revoke it")
+    canary = canary_of(state)
+    if canary is not None and canary.version == version:
+        raise CanaryConflict(f"version {version} is the canary: end the canary first (`canary end`), then revoke it")
     entry = new_entry(state, "revoke", actor, reason, None, version)
     revoked[version] = {"actor": entry.actor, "reason": entry.reason, "time": entry.time}
     return entry, {"revoked": revoked}
@@ -261,6 +292,136 @@ def shadow_entry(
     note = f"[{fraction:.3g} of traffic] " if version is not None else ""
     entry = new_entry(state, "shadow", actor, note + reason, previous.version if previous else None, version)
     return entry, {"shadow": {"version": version, "fraction": fraction} if version is not None else None}
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A stored version that answers the requests of some stations, while every other station
+    is served by the active version; every replica following the store serves it so."""
+
+    version: str
+    stations: tuple[str, ...]  # explicit station IDs (empty when by fraction)
+    fraction: float  # share of stations by `rollout.station_share` (0.0 when a list)
+    seq: int  # seq of the audit entry that started or changed it: identifies this canary run
+    since: str  # that entry's time
+
+    def serves(self, station: str) -> bool:
+        """Whether this canary answers `station`'s requests (the same answer on every replica)."""
+        if self.stations:
+            return station in self.stations
+        return station_share(station) < self.fraction
+
+    def describe(self) -> str:
+        """Which stations, in a few words: `stations a, b` or `25% of stations`."""
+        if self.stations:
+            shown = ", ".join(self.stations[:5]) + (
+                f" (+{len(self.stations) - 5} more)" if len(self.stations) > 5 else ""
+            )
+            return f"stations {shown}"
+        return f"{self.fraction:.3g} of stations"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "stations": list(self.stations)}
+
+
+def canary_of(state: dict[str, Any]) -> Canary | None:
+    raw = state.get("canary")
+    if not raw:
+        return None
+    return Canary(raw["version"], tuple(raw["stations"]), float(raw["fraction"]), int(raw["seq"]), raw["since"])
+
+
+def check_station_id(station: str) -> str:
+    if not isinstance(station, str) or not _STATION.fullmatch(station):
+        raise InvalidCanary(f"invalid station ID {station!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    return station
+
+
+def canary_stations(stations: Sequence[str], fraction: float) -> tuple[tuple[str, ...], float]:
+    """The stations of a canary, checked: a list (each ID once, in order) or a fraction in
+    (0, 1], not both. Callers about to prove a bundle check this first, the store again."""
+    if bool(stations) == bool(fraction):
+        raise InvalidCanary("a canary serves a list of stations or a fraction of stations: give one, not both")
+    if not stations and not 0 < fraction <= 1:
+        raise InvalidCanary(f"a canary's fraction of stations must be in (0, 1], not {fraction}")
+    return tuple(dict.fromkeys(check_station_id(s) for s in stations)), float(fraction)
+
+
+def canary_entry(
+    state: dict[str, Any], version: str, stations: tuple[str, ...], fraction: float, actor: str, reason: str
+) -> tuple[AuditEntry, dict[str, Any]]:
+    """The audit entry and state change for starting a canary of `version` (or changing the
+    running one: another version, other stations). The proof is checked by the backend."""
+    listed, fraction = canary_stations(stations, fraction)
+    refuse_revoked(revoked_of(state), version, "make it the canary")
+    if state["active"] is None:
+        raise CanaryConflict("there is no active version to compare a canary with: activate one first")
+    if state["active"] == version:
+        raise CanaryConflict(f"version {version} is the active version already: a canary must be another version")
+    previous = canary_of(state)
+    shown = Canary(version, listed, fraction, 0, "")
+    entry = new_entry(
+        state, "canary", actor, f"[{shown.describe()}] {reason}", previous.version if previous else None, version
+    )
+    canary = {
+        "version": version,
+        "stations": list(listed),
+        "fraction": shown.fraction,
+        "seq": entry.seq,
+        "since": entry.time,
+    }
+    return entry, {"canary": canary}
+
+
+def running_canary(state: dict[str, Any], expect_seq: int | None) -> Canary:
+    """The running canary, checked inside the atomic update: when `expect_seq` is given and
+    the canary ended or changed since the caller judged it, refused (so two evaluators
+    running at once cannot both act on it)."""
+    canary = canary_of(state)
+    if expect_seq is not None and (canary is None or canary.seq != expect_seq):
+        now_ = f"seq {canary.seq}" if canary is not None else "no canary"
+        raise CanaryChanged(
+            f"the canary changed since it was evaluated (it was seq {expect_seq}, now {now_}); evaluate it again"
+        )
+    if canary is None:
+        raise CanaryConflict("there is no canary")
+    return canary
+
+
+def end_canary_entry(
+    state: dict[str, Any], actor: str, reason: str, expect_seq: int | None, evidence: dict[str, Any] | None
+) -> tuple[AuditEntry, dict[str, Any]]:
+    canary = running_canary(state, expect_seq)
+    entry = new_entry(state, "canary", actor, reason, canary.version, None, evidence=evidence)
+    return entry, {"canary": None}
+
+
+def promote_entry(
+    state: dict[str, Any],
+    proof: ParityProof,
+    actor: str,
+    reason: str,
+    expect_seq: int | None,
+    evidence: dict[str, Any] | None,
+) -> tuple[AuditEntry, dict[str, Any]]:
+    """The audit entry and state change for making the canary the active version (the
+    backend checks the proof against the stored bundle)."""
+    canary = running_canary(state, expect_seq)
+    refuse_revoked(revoked_of(state), canary.version, "promote it")
+    if proof.version != canary.version:
+        raise CanaryChanged(f"the canary is {canary.version}, not {proof.version}: it changed; try again")
+    entry = new_entry(state, "promote", actor, reason, state["active"], canary.version, evidence=evidence)
+    return entry, activation_changes(state, canary.version)  # which ends the canary
+
+
+def policy_entry(
+    state: dict[str, Any], policy: dict[str, Any], actor: str, reason: str
+) -> tuple[AuditEntry, dict[str, Any]]:
+    """Validated before it is stored (`rollout.Policy.from_dict` names a bad setting); the
+    entry keeps the policy as its evidence, so the log shows what was in force when."""
+    Policy.from_dict(policy)
+    entry = new_entry(state, "policy", actor, reason, None, None, evidence={"policy": dict(policy)})
+    return entry, {"policy": dict(policy)}
 
 
 def pending_import_entry(state: dict[str, Any]) -> AuditEntry | None:
@@ -357,6 +518,56 @@ class Store(abc.ABC):
         No parity proof is needed: a shadow never answers a request, and every replica
         verifies it and runs its parity before it scores anything.
         """
+
+    @abc.abstractmethod
+    def canary(self) -> Canary | None:
+        """The running canary, if any."""
+
+    @abc.abstractmethod
+    def set_canary(
+        self,
+        version: str,
+        *,
+        stations: tuple[str, ...] | list[str] = (),
+        fraction: float = 0.0,
+        actor: str,
+        reason: str = "",
+        proof: ParityProof,
+    ) -> AuditEntry:
+        """Start a canary of `version` on `stations` or a `fraction` of stations, or change
+        the running one (action "canary"). It answers requests, so `proof` must be about
+        its stored bundle, as for `activate`."""
+
+    @abc.abstractmethod
+    def end_canary(
+        self, *, actor: str, reason: str = "", expect_seq: int | None = None, evidence: dict[str, Any] | None = None
+    ) -> AuditEntry:
+        """End the canary (action "canary", to None): its stations return to the active version.
+
+        No proof: the active version they return to was proven when it was activated.
+        `expect_seq`: refused (`CanaryChanged`) unless the canary is still that run.
+        """
+
+    @abc.abstractmethod
+    def promote_canary(
+        self,
+        *,
+        actor: str,
+        reason: str = "",
+        proof: ParityProof,
+        expect_seq: int | None = None,
+        evidence: dict[str, Any] | None = None,
+    ) -> AuditEntry:
+        """Make the canary the active version (action "promote", history as `activate`) and
+        end the canary; `proof` is about its stored bundle. `expect_seq` as for `end_canary`."""
+
+    @abc.abstractmethod
+    def policy(self) -> dict[str, Any] | None:
+        """The stored promotion policy (validate with `rollout.Policy.from_dict`), if any."""
+
+    @abc.abstractmethod
+    def set_policy(self, policy: dict[str, Any], *, actor: str, reason: str = "") -> AuditEntry:
+        """Store the promotion policy (action "policy"); refused when a setting is invalid."""
 
     @abc.abstractmethod
     def revoked(self) -> dict[str, Revocation]:

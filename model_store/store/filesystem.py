@@ -56,12 +56,15 @@ from model_store.store.base import (
     REPLICA_PATTERN,
     SUMMARY_SUFFIX,
     AuditEntry,
+    Canary,
     ImportResult,
     Revocation,
     Shadow,
     Store,
     VersionInfo,
     activation_changes,
+    canary_entry,
+    canary_of,
     check_fraction,
     check_proof,
     check_replica_name,
@@ -69,11 +72,14 @@ from model_store.store.base import (
     committed,
     decode_summary,
     encode_summary,
+    end_canary_entry,
     merge_log,
     new_entry,
     not_a_store,
     now,
     pending_import_entry,
+    policy_entry,
+    promote_entry,
     refuse_revoked,
     revocation_entry,
     revoked_of,
@@ -354,6 +360,60 @@ class FilesystemStore(Store):
                 self._version_dir(version)  # it must be stored
                 refuse_revoked(revoked_of(state), version, "put it in shadow")
             entry, changes = shadow_entry(state, version, fraction, actor, reason)
+            self._commit(state, entry, **changes)
+            return entry
+
+    def canary(self) -> Canary | None:
+        return canary_of(self._state())
+
+    def set_canary(
+        self,
+        version: str,
+        *,
+        stations: tuple[str, ...] | list[str] = (),
+        fraction: float = 0.0,
+        actor: str,
+        reason: str = "",
+        proof: ParityProof,
+    ) -> AuditEntry:
+        with self._locked() as state:
+            check_proof(proof, version, self._stored_manifest_sha256(version))
+            entry, changes = canary_entry(state, version, tuple(stations), fraction, actor, reason)
+            self._commit(state, entry, **changes)
+            return entry
+
+    def end_canary(
+        self, *, actor: str, reason: str = "", expect_seq: int | None = None, evidence: dict[str, Any] | None = None
+    ) -> AuditEntry:
+        # No proof: the canary's stations return to the active version, proven when activated.
+        with self._locked() as state:
+            entry, changes = end_canary_entry(state, actor, reason, expect_seq, evidence)
+            self._commit(state, entry, **changes)
+            return entry
+
+    def promote_canary(
+        self,
+        *,
+        actor: str,
+        reason: str = "",
+        proof: ParityProof,
+        expect_seq: int | None = None,
+        evidence: dict[str, Any] | None = None,
+    ) -> AuditEntry:
+        with self._locked() as state:
+            entry, changes = promote_entry(state, proof, actor, reason, expect_seq, evidence)
+            assert entry.to_version is not None
+            check_proof(proof, entry.to_version, self._stored_manifest_sha256(entry.to_version))
+            self._commit(state, entry, **changes)
+            return entry
+
+    def policy(self) -> dict[str, Any] | None:
+        policy: dict[str, Any] | None = self._state().get("policy")
+        return policy
+
+    def set_policy(self, policy: dict[str, Any], *, actor: str, reason: str = "") -> AuditEntry:
+        with self._locked() as state:
+            entry, changes = policy_entry(state, policy, actor, reason)
             self._commit(state, entry, **changes)
             return entry
 

@@ -80,12 +80,15 @@ from model_store.store.base import (
     REPLICA_PATTERN,
     SUMMARY_SUFFIX,
     AuditEntry,
+    Canary,
     ImportResult,
     Revocation,
     Shadow,
     Store,
     VersionInfo,
     activation_changes,
+    canary_entry,
+    canary_of,
     check_fraction,
     check_proof,
     check_replica_name,
@@ -93,11 +96,14 @@ from model_store.store.base import (
     committed,
     decode_summary,
     encode_summary,
+    end_canary_entry,
     merge_log,
     new_entry,
     not_a_store,
     now,
     pending_import_entry,
+    policy_entry,
+    promote_entry,
     refuse_revoked,
     revocation_entry,
     revoked_of,
@@ -595,6 +601,78 @@ class S3Store(Store):
             if version is not None:
                 refuse_revoked(revoked_of(state), version, "put it in shadow")
             entry, changes = shadow_entry(state, version, fraction, actor, reason)
+            return committed(state, entry, **changes), entry
+
+        entry = self._swap(decide)
+        assert entry is not None
+        return entry
+
+    def canary(self) -> Canary | None:
+        return canary_of(self._read_state()[0])
+
+    def set_canary(
+        self,
+        version: str,
+        *,
+        stations: tuple[str, ...] | list[str] = (),
+        fraction: float = 0.0,
+        actor: str,
+        reason: str = "",
+        proof: ParityProof,
+    ) -> AuditEntry:
+        check_proof(proof, version, self._stored_manifest_sha256(version))  # immutable once stored
+
+        def decide(state: dict[str, Any]) -> tuple[dict[str, Any], AuditEntry]:
+            entry, changes = canary_entry(state, version, tuple(stations), fraction, actor, reason)
+            return committed(state, entry, **changes), entry
+
+        entry = self._swap(decide)
+        assert entry is not None
+        return entry
+
+    def end_canary(
+        self, *, actor: str, reason: str = "", expect_seq: int | None = None, evidence: dict[str, Any] | None = None
+    ) -> AuditEntry:
+        # No proof: the canary's stations return to the active version, proven when activated.
+        def decide(state: dict[str, Any]) -> tuple[dict[str, Any], AuditEntry]:
+            entry, changes = end_canary_entry(state, actor, reason, expect_seq, evidence)
+            return committed(state, entry, **changes), entry
+
+        entry = self._swap(decide)
+        assert entry is not None
+        return entry
+
+    def promote_canary(
+        self,
+        *,
+        actor: str,
+        reason: str = "",
+        proof: ParityProof,
+        expect_seq: int | None = None,
+        evidence: dict[str, Any] | None = None,
+    ) -> AuditEntry:
+        digests: dict[str, str] = {}
+
+        def decide(state: dict[str, Any]) -> tuple[dict[str, Any], AuditEntry]:
+            entry, changes = promote_entry(state, proof, actor, reason, expect_seq, evidence)  # on every attempt
+            version = entry.to_version
+            assert version is not None
+            if version not in digests:
+                digests[version] = self._stored_manifest_sha256(version)
+            check_proof(proof, version, digests[version])
+            return committed(state, entry, **changes), entry
+
+        entry = self._swap(decide)
+        assert entry is not None
+        return entry
+
+    def policy(self) -> dict[str, Any] | None:
+        policy: dict[str, Any] | None = self._read_state()[0].get("policy")
+        return policy
+
+    def set_policy(self, policy: dict[str, Any], *, actor: str, reason: str = "") -> AuditEntry:
+        def decide(state: dict[str, Any]) -> tuple[dict[str, Any], AuditEntry]:
+            entry, changes = policy_entry(state, policy, actor, reason)
             return committed(state, entry, **changes), entry
 
         entry = self._swap(decide)

@@ -151,6 +151,9 @@ def _raw(port: int, head: bytes, wait: float = 5.0) -> bytes:
     [
         ("PUT", "/v1/shadow"),
         ("DELETE", "/v1/shadow"),
+        ("PUT", "/v1/canary"),
+        ("DELETE", "/v1/canary"),
+        ("POST", "/v1/canary/promote"),
         ("POST", "/v1/models/v2/activate"),
         ("POST", "/v1/models/rollback"),
     ],

@@ -23,6 +23,7 @@ from tests.utils.browser import chromium, require_chromium, upload
 from tests.utils.deploy import ROOT
 from tests.utils.factories import make_monitored_bundle, parcel_photo
 from tests.utils.server import ADMIN_TOKEN, ServiceProcess, admin
+from tests.utils.waiting import eventually
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -254,6 +255,36 @@ def test_drift_charts_and_the_quality_estimate_render_for_a_station_after_its_pr
         assert "live" in (page.locator(f'.fleet tr[data-replica="{replica}"]').text_content() or "")
     finally:
         page.close()
+    assert seen.errors == []
+
+
+@pytest.mark.slow
+def test_the_canary_shows_its_stations_and_its_comparison_with_the_active_version(
+    service, browser, console_store
+) -> None:
+    candidate = other_version(console_store)
+    with httpx.Client(base_url=service, timeout=60, headers=admin()) as c:
+        body = {"version": candidate, "stations": ["dock-9"], "reason": "console test"}
+        assert c.put("/v1/canary", json=body, timeout=SWAP_S).status_code == 200
+        for seed in range(3):
+            headers = {"Content-Type": "image/jpeg", "X-Station-ID": "dock-9"}
+            assert c.post("/v1/predict", content=parcel_photo(7000 + seed), headers=headers).status_code == 200
+        # The active version scores the same images after each answer: wait for all three.
+        eventually(lambda: [r["images"] for r in c.get("/v1/canary").json()["comparisons"]] == [3], what="compared")
+    page, seen = open_console(browser, service)
+    try:
+        use_token(page, ADMIN_TOKEN)
+        page.locator("#canary-version", has_text=candidate).wait_for()
+        text = page.text_content("#canary-body") or ""
+        assert "dock-9" in text and str(console_store.active_version()) in text
+        row = page.locator('#canary-table tr[data-station="dock-9"]')
+        row.wait_for()
+        assert row.locator("td").nth(1).text_content() == "3"  # images compared
+        # The audit log shows the canary's start next to the activations.
+        page.locator("#audit-table td", has_text="[stations dock-9] console test").wait_for()
+    finally:
+        page.close()
+        assert httpx.request("DELETE", f"{service}/v1/canary", headers=admin()).status_code == 200
     assert seen.errors == []
 
 

@@ -67,3 +67,60 @@ def test_swap_under_load_drops_nothing_and_never_mixes_versions(server: LiveServ
         assert all(abs(p - expected[version][j]) <= tolerance for j, p in zip(idx, probs, strict=True))
     after = [r for r in records if r[0] > final_swap_done]
     assert after and all(r[3] == "v2" for r in after)
+
+
+def test_starting_ending_and_promoting_a_canary_under_load_fails_no_request(server: LiveServer, bundles, keys) -> None:
+    both = {v: Predictor(load_bundle(bundles[v], keys[1])).predict(CANDIDATES) for v in ("v1", "v2")}
+    keep = [i for i in range(len(CANDIDATES)) if abs(both["v1"][i].probability - both["v2"][i].probability) > 0.01]
+    assert len(keep) >= 4
+    images = [CANDIDATES[i] for i in keep]
+    expected = {v: [both[v][i].probability for i in keep] for v in both}
+    stations = ["dock-1", "dock-2", None]  # the canary's station, another, and none named
+    records: list[tuple[float, int, str | None, str | None, int, float | None]] = []
+    stop = asyncio.Event()
+
+    async def client_loop(client: httpx.AsyncClient, worker: int) -> None:
+        station, i = stations[worker % 3], 0
+        while not stop.is_set():
+            j = (worker + i) % len(images)
+            headers = {"Content-Type": "image/jpeg", **({"X-Station-ID": station} if station else {})}
+            start = time.monotonic()
+            r = await client.post("/v1/predict", content=images[j], headers=headers)
+            body = r.json() if r.status_code == 200 else {}
+            prob = body["results"][0]["probability"] if body else None
+            records.append((start, r.status_code, station, body.get("model", {}).get("version"), j, prob))
+            i += 1
+
+    async def scenario() -> dict[str, float]:
+        moments: dict[str, float] = {}
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            workers = [asyncio.create_task(client_loop(client, w)) for w in range(6)]
+            await asyncio.sleep(0.5)
+            start = {"version": "v2", "stations": ["dock-1"]}
+            for name, method, path, body in (
+                ("start", "PUT", "/v1/canary", start),
+                ("end", "DELETE", "/v1/canary", None),
+                ("restart", "PUT", "/v1/canary", start),
+                ("promote", "POST", "/v1/canary/promote", None),
+            ):
+                r = await client.request(method, path, json=body, headers=admin())
+                assert r.status_code == 200, (name, r.text)
+                moments[name] = time.monotonic()
+                await asyncio.sleep(0.4)
+            await asyncio.sleep(0.4)
+            stop.set()
+            await asyncio.gather(*workers)
+        return moments
+
+    moments = asyncio.run(scenario())
+    assert len(records) > 30
+    assert [r for r in records if r[1] != 200] == []  # zero failed requests
+    for _, _, _, version, j, prob in records:
+        assert version is not None and prob is not None
+        assert abs(prob - expected[version][j]) <= 1e-4  # the answer came from the version it names
+    # Before the promotion only the canary's station ever saw v2, and it did see it.
+    before = [r for r in records if r[0] < moments["restart"]]
+    assert {r[3] for r in before if r[2] != "dock-1"} == {"v1"}
+    assert "v2" in {r[3] for r in records if r[2] == "dock-1" and moments["start"] < r[0] < moments["end"]}
+    after = [r for r in records if r[0] > moments["promote"]]
+    assert after and all(r[3] == "v2" for r in after)  # every station, once promoted

@@ -202,3 +202,38 @@ def test_revoke_from_the_command_line(tmp_path: Path, bundles, keys, other_keys)
     assert "revoke" in cli("log", env=env).stdout.splitlines()[-1]
     assert cli("revoke", "v1", "--undo", "--reason", "false alarm", env=env).returncode == 0
     assert store.revoked() == {} and store.active_version() == "v2"
+
+
+def test_a_canary_from_the_command_line(tmp_path: Path, bundles, keys) -> None:
+    env = {"MODEL_STORE": str(tmp_path / "store"), "MODEL_STORE_PUBLIC_KEY": str(keys[1])}
+    store = FilesystemStore(tmp_path / "store", keys[1])
+    for v in ("v1", "v2"):
+        store.import_bundle(bundles[v], actor="t")
+    store.activate("v1", actor="t", proof=proof_for(bundles["v1"], keys[1]))
+
+    assert cli("canary", "show", env=env).stdout.strip() == "no canary"
+    started = cli("canary", "start", "v2", "--stations", "dock-1,dock-2", "--reason", "try", env=env)
+    assert started.returncode == 0, started.stderr
+    assert "canary: v2 on stations dock-1, dock-2 (was none); parity passed" in started.stdout
+    shown = json.loads(cli("canary", "show", "--json", env=env).stdout)
+    assert (shown["version"], shown["stations"], shown["fraction"]) == ("v2", ["dock-1", "dock-2"], 0.0)
+    assert "canary on stations dock-1, dock-2" in cli("list", env=env).stdout
+    # Both, or neither, is a usage error; a canary of the active version is refused in one line.
+    assert cli("canary", "start", "v2", "--stations", "a", "--fraction", "0.5", env=env).returncode == 2
+    assert "v1 is the active version already" in refused(cli("canary", "start", "v1", "--fraction", "0.2", env=env))
+
+    ended = cli("canary", "end", "--reason", "enough", env=env)
+    assert ended.returncode == 0 and "v2's stations return to the active version" in ended.stdout
+    assert "there is no canary" in refused(cli("canary", "end", env=env))
+
+    assert cli("canary", "start", "v2", "--fraction", "0.25", env=env).returncode == 0
+    assert "on 0.25 of stations since" in cli("canary", "show", env=env).stdout
+    promoted = cli("canary", "promote", "--reason", "good", env=env)
+    assert promoted.returncode == 0, promoted.stderr
+    assert "promoted: active v2 (was v1)" in promoted.stdout
+    assert store.active_version() == "v2" and store.canary() is None
+    log = cli("log", env=env).stdout.splitlines()
+    assert [line.split()[3] for line in log[-4:]] == ["canary", "canary", "canary", "promote"]
+    store.set_canary("v1", stations=["a"], actor="t", proof=proof_for(bundles["v1"], keys[1]))
+    store.end_canary(actor="policy", evidence={"images": 300, "agreement": 0.8})
+    assert cli("log", env=env).stdout.splitlines()[-1].endswith('evidence {"agreement":0.8,"images":300}')

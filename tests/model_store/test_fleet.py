@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from model_store import fleet
+from model_store import monitoring as mon
 from model_store.errors import NotAStore, StoreError
 from model_store.fleet import IMAGE_FEATURES, Window
 from model_store.store.base import MAX_SUMMARY_BYTES, Store
@@ -50,6 +51,17 @@ def test_a_summary_round_trips_through_json_rounded_and_in_order() -> None:
     assert list(back.windows[("v1", "dock-1")].retakes) == [False, True]
     assert list(back.windows[(None, "dock-1")].features["brightness"]) == [100.12]
     assert back.windows[(None, "dock-1")].images == 1
+
+
+def test_a_fixed_camera_frame_read_back_from_a_summary_is_no_aspect_drift() -> None:
+    """Every validation photo 160x120: the reference cuts its aspect histogram at exactly 4/3.
+    Read back from the store, the same frames must land in that bin (a rounded 1.3333 did
+    not, and raised an aspect alarm on a healthy station of a replica's summary)."""
+    reference = mon.fit_histogram([160 / 120] * 50)
+    live = _camera([100.0] * 40)
+    live.features["aspect"] = deque([160 / 120] * 40)
+    back = _summary("a", {(None, "dock-1"): live}).windows[(None, "dock-1")]
+    assert mon.psi(reference, back.column("aspect")) == pytest.approx(0.0)
 
 
 def test_a_replica_with_more_rows_than_the_bound_keeps_each_windows_most_recent() -> None:

@@ -53,6 +53,11 @@ function badge(text, kind) {
 const fmt = (x, digits = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(digits));
 const pct = (x) => (x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)}%`);
 const short = (sha) => (sha ? sha.slice(0, 12) : "–");
+// An audit entry's evidence on one line, cut short (the full entry: GET /v1/audit).
+const compactJSON = (value, limit = 160) => {
+  const text = JSON.stringify(value);
+  return text.length <= limit ? text : `${text.slice(0, limit - 1)}…`;
+};
 
 // ------------------------------------------------------------------ the API
 
@@ -268,9 +273,10 @@ async function refreshAudit() {
         el("td", {}, `${e.from_version ?? "–"} → ${e.to_version ?? "–"}`),
         el("td", {}, e.actor),
         el("td", {}, e.reason),
+        el("td", { class: "evidence" }, e.evidence ? compactJSON(e.evidence) : ""),
       ),
     );
-  const head = ["#", "time", "action", "from → to", "who", "reason"];
+  const head = ["#", "time", "action", "from → to", "who", "reason", "evidence"];
   show(
     $("audit-body"),
     rows.length
@@ -536,6 +542,61 @@ async function refreshShadow() {
   );
 }
 
+// ------------------------------------------------------------------ canary (token)
+
+async function refreshCanary() {
+  if (!token) {
+    show($("canary-body"), needsToken("the canary"));
+    return;
+  }
+  const r = await api("/v1/canary", { admin: true });
+  if (!r.ok) {
+    show($("canary-body"), errorBox(r));
+    return;
+  }
+  const c = r.body.canary;
+  if (!c) {
+    const refused = r.body.store && r.body.refused;
+    show(
+      $("canary-body"),
+      refused
+        ? el("p", { class: "error" }, `Canary ${r.body.store.version} refused here (${r.body.refused}): its stations keep the active version.`)
+        : el("p", { class: "muted" }, "No canary. Start one with PUT /v1/canary or python -m model_store canary start."),
+    );
+    return;
+  }
+  const which = c.stations.length ? c.stations.join(", ") : `${pct(c.fraction)} of stations (by station ID hash)`;
+  const rows = r.body.comparisons.map((s) =>
+    el(
+      "tr",
+      { dataset: { station: s.station } },
+      el("td", {}, s.station),
+      el("td", {}, String(s.images)),
+      el("td", {}, pct(s.images ? s.agree / s.images : null)),
+      el("td", {}, `${s.to_positive} / ${s.to_negative} / ${s.retake}`),
+      el("td", {}, `${s.dropped} / ${s.failed}`),
+    ),
+  );
+  const head = ["station", "images", "same decision", "flips to positive / negative / retake", "dropped / failed"];
+  show(
+    $("canary-body"),
+    facts([
+      ["canary", el("strong", { id: "canary-version" }, c.version)],
+      ["active (every other station)", r.body.active ?? "–"],
+      ["stations", which],
+      ["since", `${c.since} (audit entry #${c.seq})`],
+    ]),
+    rows.length
+      ? el(
+          "table",
+          { id: "canary-table" },
+          el("thead", {}, el("tr", {}, head.map((h) => el("th", {}, h)))),
+          el("tbody", {}, rows),
+        )
+      : el("p", { class: "muted" }, "No canary-station images compared with the active version yet."),
+  );
+}
+
 // ------------------------------------------------------------------ try an image (no token; sent when typed in)
 
 async function tryImage(event) {
@@ -611,7 +672,7 @@ async function refreshAll() {
   refreshing = true;
   try {
     await refreshServing();
-    const [versions] = await Promise.all([refreshVersions(), refreshAudit(), refreshDrift(), refreshShadow()]);
+    const [versions] = await Promise.all([refreshVersions(), refreshAudit(), refreshDrift(), refreshShadow(), refreshCanary()]);
     const state = $("auth-state");
     if (!token) state.textContent = "no token: read-only view";
     else if (versions && !versions.ok) state.textContent = `token refused (${versions.status} ${versions.body?.error ?? ""})`;

@@ -1,0 +1,153 @@
+"""Station canaries: a stored version answers the requests of some stations, every other
+station keeps the active version.
+
+`PUT /v1/canary` verifies the version and passes its parity on this replica's workers,
+then records it in the store with that proof, so every replica following the store serves
+those stations with it too. `POST /v1/canary/promote` makes it the active version (proven
+again, like an activation); `DELETE /v1/canary` returns its stations to the active version.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
+
+from app.edge.deps import AdminDep, ServiceDep
+from app.edge.intake import json_body, read_json, read_optional_json
+from app.edge.schemas import AuditOut, error_responses
+from model_store.manifest import VERSION_PATTERN
+from model_store.rollout import STATION_PATTERN, Policy
+
+router = APIRouter(prefix="/v1/canary", tags=["canary"], responses=error_responses(401, 403, 503))
+
+StationID = Annotated[str, StringConstraints(pattern=f"^{STATION_PATTERN}$")]
+
+
+class _Canary(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # stations and fraction exclude each other
+
+    version: str = Field(pattern=VERSION_PATTERN)
+    reason: str = Field("", max_length=500)
+
+
+class CanaryOnStations(_Canary):
+    stations: list[StationID] = Field(min_length=1, max_length=1000, description="the station IDs it serves")
+
+
+class CanaryOnFraction(_Canary):
+    fraction: float = Field(
+        gt=0, le=1, description="the share of stations it serves, chosen by a stable hash of the station ID"
+    )
+
+
+class CanaryRequest(RootModel[CanaryOnStations | CanaryOnFraction]):
+    """A list of stations or a fraction of stations, never both (the schema says so too)."""
+
+
+# Each alternative's schema is self-contained (no $defs) and closed, so "both" and "neither"
+# are schema-invalid: the document states exactly what the route accepts.
+_CANARY_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {"anyOf": [CanaryOnStations.model_json_schema(), CanaryOnFraction.model_json_schema()]}
+        }
+    },
+}
+
+
+class CanaryChange(BaseModel):
+    reason: str = Field("", max_length=500)
+
+
+class PolicyChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    policy: dict[str, Any] = Field(
+        description="promotion policy settings (`model_store.rollout.Policy`); missing ones take their defaults"
+    )
+    reason: str = Field("", max_length=500)
+
+
+@router.get("")
+async def canary_status(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
+    """The canary as this replica serves it, per station its comparison with the active
+    version on the same images; `canary` is null when there is none (`refused` names a
+    canary version this replica refused to serve, whose stations keep the active version)."""
+    host = service.host
+    run, served = host.canary, host.current
+    wanted = await host.store_call(host.store.canary)
+    return {
+        "active": served.version if served else None,
+        "canary": run.canary.as_dict() if run else None,
+        "store": wanted.as_dict() if wanted else None,
+        "refused": host.refused.get(wanted.version) if wanted else None,
+        "comparisons": host.canary_comparisons(),
+    }
+
+
+# The bodies are read by the handlers after the token check (`read_json`), never before it.
+@router.put(
+    "",
+    response_model=AuditOut,
+    responses=error_responses(400, 404, 408, 409, 413, 422),
+    openapi_extra={"requestBody": _CANARY_BODY},
+)
+async def put_canary(request: Request, actor: AdminDep, service: ServiceDep) -> AuditOut:
+    """Start a canary (or change the running one): verified and proven here first."""
+    body = (await read_json(request, CanaryRequest)).root
+    stations = body.stations if isinstance(body, CanaryOnStations) else []
+    fraction = body.fraction if isinstance(body, CanaryOnFraction) else 0.0
+    entry = await service.host.set_canary(
+        body.version, stations=stations, fraction=fraction, actor=actor, reason=body.reason
+    )
+    return AuditOut.of(entry)
+
+
+@router.delete(
+    "",
+    response_model=AuditOut,
+    responses=error_responses(400, 408, 409, 413, 422),
+    openapi_extra={"requestBody": json_body(CanaryChange, required=False)},
+)
+async def delete_canary(request: Request, actor: AdminDep, service: ServiceDep) -> AuditOut:
+    """End the canary: its stations return to the active version."""
+    body = await read_optional_json(request, CanaryChange)
+    entry = await service.host.end_canary(actor=actor, reason=body.reason if body else "")
+    return AuditOut.of(entry)
+
+
+@router.post(
+    "/promote",
+    response_model=AuditOut,
+    responses=error_responses(400, 408, 409, 413, 422),
+    openapi_extra={"requestBody": json_body(CanaryChange, required=False)},
+)
+async def promote_canary(request: Request, actor: AdminDep, service: ServiceDep) -> AuditOut:
+    """Make the canary the active version for every station (proven here like an activation)."""
+    body = await read_optional_json(request, CanaryChange)
+    entry, _ = await service.host.promote_canary(actor=actor, reason=body.reason if body else "")
+    return AuditOut.of(entry)
+
+
+@router.get("/policy")
+async def get_policy(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
+    """The promotion policy `canary check` judges a canary by (null when none is set), every setting shown."""
+    raw = await service.host.store_call(service.host.store.policy)
+    return {"policy": Policy.from_dict(raw).to_dict() if raw is not None else None}
+
+
+@router.put(
+    "/policy",
+    response_model=AuditOut,
+    responses=error_responses(400, 408, 413, 422),
+    openapi_extra={"requestBody": json_body(PolicyChange)},
+)
+async def put_policy(request: Request, actor: AdminDep, service: ServiceDep) -> AuditOut:
+    """Set the promotion policy (audited; every setting not given takes its default)."""
+    body = await read_json(request, PolicyChange)
+    policy = Policy.from_dict(body.policy).to_dict()  # 422 naming an unknown or out-of-range setting
+    entry = await service.host.store_call(service.host.store.set_policy, policy, actor=actor, reason=body.reason)
+    return AuditOut.of(entry)

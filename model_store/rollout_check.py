@@ -1,0 +1,156 @@
+"""`canary check`: judge the running canary by the store's promotion policy on the fleet's
+evidence (every replica's window summaries in the store, `model_store.fleet`) and promote
+or end it, the verdict in the audit entry (`model_store.rollout` holds the policy and the
+verdict's rules). Runs as a CLI command (a Kubernetes CronJob) anywhere the store is
+reachable: the service's memory is not needed, and two checks at once cannot both act.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from model_store import fleet
+from model_store.bundle import Bundle
+from model_store.capture import CaptureStore
+from model_store.errors import StoreError
+from model_store.parity import ParityProof
+from model_store.rollout import END, PROMOTE, Policy, StationEvidence, Verdict, judge, labelled_figures
+from model_store.store.base import AuditEntry, Canary, Store
+
+# The cost alarm's margin over the bundle's expected cost, as the service's default
+# (APP_COST_ALARM_MARGIN): a cost alarm on a canary station ends the canary.
+DEFAULT_COST_MARGIN = 0.5
+
+
+def gather(
+    store: Store,
+    canary: Canary,
+    active: str,
+    policy: Policy,
+    *,
+    now: float,
+    capture: CaptureStore | None = None,
+    cost_margin: float = DEFAULT_COST_MARGIN,
+) -> tuple[list[StationEvidence], dict[str, dict[str, Any]]]:
+    """Each canary station's evidence from every replica's summary in the store (not one
+    replica's memory), and the labelled recall of both versions there when `capture` is given.
+
+    A canary on a list of stations is judged on every listed station (one that sends nothing
+    keeps it waiting); one on a fraction, on the stations it has served so far.
+    """
+    summaries, _ = fleet.parse_summaries(store.summaries())
+    fresh = [s for s in fleet.latest(summaries) if now - s.written_at <= policy.max_summary_age_s]
+    windows = fleet.merge(fresh, now=now, max_age_s=policy.max_summary_age_s)
+    if canary.stations:
+        stations = sorted(canary.stations)
+    else:
+        stations = sorted({s for v, s in windows if v == canary.version and canary.serves(s)})
+    compared: dict[str, list[int]] = {}  # station -> [images, agree]
+    for summary in fresh:
+        for c in summary.comparisons:
+            if c.get("version") == canary.version and c.get("against") == active and c.get("station") in stations:
+                counts = compared.setdefault(c["station"], [0, 0])
+                counts[0] += int(c.get("images", 0))
+                counts[1] += int(c.get("agree", 0))
+    canary_manifest, active_manifest = store.manifest(canary.version), store.manifest(active)
+    evidence = []
+    for station in stations:
+        mine = windows.get((canary.version, station), fleet.Window())
+        report = fleet.station_report(
+            canary_manifest, canary.version, station, mine, cost_margin, windows.get((None, station))
+        )
+        theirs = windows.get((active, station))
+        active_cost, source = active_manifest.decision.expected_cost, "bundle"
+        if theirs is not None:
+            active_report = fleet.station_report(active_manifest, active, station, theirs, cost_margin)
+            if active_report["estimate"] is not None:
+                active_cost, source = active_report["estimate"]["figures"]["cost_per_parcel"], "window"
+        images, agree = compared.get(station, [0, 0])
+        estimate = report["estimate"]
+        evidence.append(
+            StationEvidence(
+                station=station,
+                images=mine.images,
+                canary_cost=estimate["figures"]["cost_per_parcel"] if estimate is not None else None,
+                active_cost=active_cost,
+                active_cost_source=source,
+                compared=images,
+                agreement=agree / images if images else None,
+                alarms=tuple(report["alarms"]),
+            )
+        )
+    labelled: dict[str, dict[str, Any]] = {}
+    if capture is not None:
+        roles = {"canary": (canary.version, canary_manifest.decision), "active": (active, active_manifest.decision)}
+        labelled = labelled_figures(capture, set(stations), roles)
+    return evidence, labelled
+
+
+@dataclass(frozen=True)
+class Checked:
+    canary: Canary
+    active: str
+    policy: Policy
+    verdict: Verdict
+    entry: AuditEntry | None  # the promotion or the end, when the check acted
+
+
+def check(
+    store: Store,
+    *,
+    actor: str,
+    act: bool = True,
+    capture: CaptureStore | None = None,
+    cost_margin: float = DEFAULT_COST_MARGIN,
+    prove: Callable[[Bundle], ParityProof] | None = None,
+    now: float | None = None,
+) -> Checked | None:
+    """Judge the running canary by the stored policy on the fleet's evidence and, with `act`,
+    promote it (after verifying and proving its bundle, as any activation) or end it, the
+    verdict written into the audit entry. None when no canary runs.
+
+    The store writes only if the canary is still the one judged (`expect_seq`): of two
+    checks at once, one acts and the other fails with `StoreError`, changing nothing.
+    """
+    canary = store.canary()
+    if canary is None:
+        return None
+    raw = store.policy()
+    if raw is None:
+        raise StoreError(
+            "no promotion policy in the store: set one first "
+            "(`python -m model_store canary policy --set '{\"min_images\": 200}'`, or PUT /v1/canary/policy)"
+        )
+    policy = Policy.from_dict(raw)
+    active = store.active_version()
+    if active is None:
+        raise StoreError("the store has no active version to compare the canary with")
+    stations, labelled = gather(
+        store, canary, active, policy, now=time.time() if now is None else now, capture=capture, cost_margin=cost_margin
+    )
+    verdict = judge(policy, stations, labelled)
+    entry = None
+    if act and verdict.action == PROMOTE:
+        if prove is None:
+            from model_store import activation  # torch loads only when a promotion needs it
+
+            prove = activation.prove
+        proof = prove(store.load(canary.version))
+        entry = store.promote_canary(
+            actor=actor,
+            reason=f"policy: {verdict.reasons[0]}",
+            proof=proof,
+            expect_seq=canary.seq,
+            evidence=verdict.evidence(policy),
+        )
+    elif act and verdict.action == END:
+        entry = store.end_canary(
+            actor=actor,
+            reason="policy: " + "; ".join(verdict.reasons),
+            expect_seq=canary.seq,
+            evidence=verdict.evidence(policy),
+        )
+    return Checked(canary, active, policy, verdict, entry)
