@@ -10,12 +10,14 @@ evaluates it on the evidence every replica writes to the store.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model_store.capture import CaptureStore
 from model_store.domain import RETAKE
-from model_store.errors import InvalidPolicy
+from model_store.errors import InvalidPolicy, describe_validation_errors
 from model_store.manifest import DecisionSpec
 
 # A station ID, as stations name themselves (`X-Station-ID`) and as a canary lists them: the
@@ -32,32 +34,49 @@ def station_share(station: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(BaseModel):
     """When a canary is promoted to active or ended (rolled back), judged per canary station
     on the fleet's windows (every replica's summaries in the store).
 
     Promoted when every condition holds on every canary station; ended as soon as any
     station with enough images breaks one; otherwise the check waits for more evidence.
+    One definition for the store, the CLI and the management API (its JSON schema too).
     """
 
-    # Judged images (not answered retake) the canary must have decided at each canary station.
-    min_images: int = 200
-    # The largest allowed rise of the canary's estimated cost per parcel over the active
-    # version's on the same stations, as a fraction of the active's (0.2: 20% higher).
-    max_cost_rise: float = 0.2
-    # An alarm on a canary station (drift of its images or scores, or its cost) holds the
-    # canary: the estimates rest on the images resembling the validated ones.
-    block_on_drift: bool = True
-    # The least share of canary-station images on which the canary and the active version
-    # (scoring the same images in the background) take the same decision.
-    min_agreement: float = 0.9
-    # With at least `min_labelled_damaged` inspector-labelled damaged parcels for both
-    # versions, the canary's labelled recall may be at most this much below the active's.
-    max_recall_drop: float = 0.05
-    min_labelled_damaged: int = 20
-    # Summaries older than this are not evidence (a replica that stopped writing).
-    max_summary_age_s: float = 600.0
+    # strict: `true` is not 1, "200" is not 200; a float field still takes a whole number.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    min_images: int = Field(200, ge=0, description="images the canary must have decided at each canary station")
+    max_cost_rise: float = Field(
+        0.2,
+        ge=0,
+        allow_inf_nan=False,
+        description="the canary's estimated cost per parcel at most this fraction above the active version's "
+        "on the same stations (0.2: 20% higher)",
+    )
+    block_on_drift: bool = Field(
+        True,
+        description="an alarm at a canary station (drift of its images or scores, or its cost) holds the canary: "
+        "the estimates rest on the images resembling the validated ones",
+    )
+    min_agreement: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="the least share of canary-station images on which the canary and the active version "
+        "(scoring the same images in the background) take the same decision",
+    )
+    max_recall_drop: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="with min_labelled_damaged labelled damaged parcels for both versions, the canary's "
+        "labelled recall at most this much below the active's",
+    )
+    min_labelled_damaged: int = Field(20, ge=0, description="labelled damaged parcels before recall counts")
+    max_summary_age_s: float = Field(
+        600.0, ge=0, allow_inf_nan=False, description="replica summaries older than this are not evidence"
+    )
 
     @classmethod
     def from_dict(cls, raw: Any) -> Policy:
@@ -65,31 +84,13 @@ class Policy:
         their defaults, unknown fields and out-of-range values are refused with their name."""
         if not isinstance(raw, dict):
             raise InvalidPolicy("a promotion policy is a JSON object of its settings")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise InvalidPolicy(
-                f"unknown promotion policy setting(s): {', '.join(unknown)} (known: {', '.join(known)})"
-            )
-        values: dict[str, Any] = {}
-        for name, value in raw.items():
-            default = getattr(cls, name)
-            if isinstance(default, bool):
-                if not isinstance(value, bool):
-                    raise InvalidPolicy(f"policy {name} must be true or false, not {value!r}")
-            elif isinstance(default, int):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise InvalidPolicy(f"policy {name} must be a whole number >= 0, not {value!r}")
-            elif isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
-                raise InvalidPolicy(f"policy {name} must be a number >= 0, not {value!r}")
-            values[name] = value
-        policy = cls(**values)
-        if policy.min_agreement > 1 or policy.max_recall_drop > 1:
-            raise InvalidPolicy("policy min_agreement and max_recall_drop are shares, at most 1")
-        return policy
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise InvalidPolicy(describe_validation_errors(exc.errors(), "policy")) from None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
 
 PROMOTE, END, WAIT = "promote", "end", "wait"

@@ -264,6 +264,8 @@ def test_the_canary_shows_its_stations_and_its_comparison_with_the_active_versio
 ) -> None:
     candidate = other_version(console_store)
     with httpx.Client(base_url=service, timeout=60, headers=admin()) as c:
+        policy = {"policy": {"min_images": 200}, "reason": "console test"}
+        assert c.put("/v1/canary/policy", json=policy).status_code == 200
         body = {"version": candidate, "stations": ["dock-9"], "reason": "console test"}
         assert c.put("/v1/canary", json=body, timeout=SWAP_S).status_code == 200
         for seed in range(3):
@@ -280,6 +282,12 @@ def test_the_canary_shows_its_stations_and_its_comparison_with_the_active_versio
         row = page.locator('#canary-table tr[data-station="dock-9"]')
         row.wait_for()
         assert row.locator("td").nth(1).text_content() == "3"  # images compared
+        # What `canary check` would decide: this replica writes no summaries here, so the
+        # fleet's evidence holds none of dock-9's images yet, and the policy waits.
+        verdict = page.locator("#canary-verdict", has_text="Policy verdict: wait")
+        verdict.wait_for()
+        assert "dock-9: 0 of 200 images" in (verdict.text_content() or "")
+        page.locator('#canary-evidence tr[data-station="dock-9"]').wait_for()
         # The audit log shows the canary's start next to the activations.
         page.locator("#audit-table td", has_text="[stations dock-9] console test").wait_for()
     finally:

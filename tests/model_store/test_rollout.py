@@ -95,7 +95,7 @@ def test_an_alarm_at_a_canary_station_holds_the_canary_instead_of_judging_it(ala
     """The station changed (a camera, its damage rate): the estimates do not hold there."""
     v = judge(POLICY, [good(alarms=(alarm,))], {})
     assert v.action == WAIT and f"dock-1: alarm on {alarm}" in v.reasons[0]
-    relaxed = dataclasses.replace(POLICY, block_on_drift=False)
+    relaxed = POLICY.model_copy(update={"block_on_drift": False})
     assert judge(relaxed, [good(alarms=(alarm,))], {}).action == PROMOTE
 
 

@@ -594,6 +594,48 @@ async function refreshCanary() {
           el("tbody", {}, rows),
         )
       : el("p", { class: "muted" }, "No canary-station images compared with the active version yet."),
+    policyCheck(r.body.policy_check),
+  );
+}
+
+// What `canary check` would decide now, on every replica's evidence: the canary's estimated
+// cost per parcel beside the active version's on the same stations' images.
+function policyCheck(pc) {
+  if (!pc || !pc.verdict) {
+    return el("p", { class: "muted", id: "canary-verdict" }, `Promotion policy: ${pc ? pc.error : "–"}`);
+  }
+  const v = pc.verdict;
+  const cost = (x) => (x === null || x === undefined ? "–" : x.toFixed(3));
+  const rows = v.stations.map((s) =>
+    el(
+      "tr",
+      { dataset: { station: s.station } },
+      el("td", {}, s.station),
+      el("td", {}, String(s.images)),
+      el("td", {}, cost(s.canary_cost)),
+      el("td", {}, `${cost(s.active_cost)} (${s.active_cost_source})`),
+      el("td", {}, `${pct(s.agreement)} of ${s.compared}`),
+      el("td", {}, s.alarms.length ? s.alarms.join(", ") : "none"),
+    ),
+  );
+  const head = ["station", "images (fleet)", "canary cost / parcel", "active cost / parcel", "same decision", "alarms"];
+  return el(
+    "div",
+    {},
+    el(
+      "p",
+      { id: "canary-verdict", class: v.action === "end" ? "error" : "" },
+      el("strong", {}, `Policy verdict: ${v.action}`),
+      ` — ${v.reasons.join("; ")}`,
+    ),
+    rows.length
+      ? el(
+          "table",
+          { id: "canary-evidence" },
+          el("thead", {}, el("tr", {}, head.map((h) => el("th", {}, h)))),
+          el("tbody", {}, rows),
+        )
+      : null,
   );
 }
 

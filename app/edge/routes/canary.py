@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
 from app.edge.deps import AdminDep, ServiceDep
 from app.edge.intake import json_body, read_json, read_optional_json
 from app.edge.schemas import AuditOut, error_responses
+from app.service import Service
+from model_store import rollout_check
+from model_store.errors import ModelStoreError
 from model_store.manifest import VERSION_PATTERN
 from model_store.rollout import STATION_PATTERN, Policy
 
@@ -65,9 +68,7 @@ class CanaryChange(BaseModel):
 class PolicyChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    policy: dict[str, Any] = Field(
-        description="promotion policy settings (`model_store.rollout.Policy`); missing ones take their defaults"
-    )
+    policy: Policy = Field(description="promotion policy settings; any not given take their defaults")
     reason: str = Field("", max_length=500)
 
 
@@ -85,7 +86,30 @@ async def canary_status(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
         "store": wanted.as_dict() if wanted else None,
         "refused": host.refused.get(wanted.version) if wanted else None,
         "comparisons": host.canary_comparisons(),
+        "policy_check": await _policy_check(service) if wanted else None,
     }
+
+
+async def _policy_check(service: Service) -> dict[str, Any]:
+    """What `canary check` would decide now (nothing is changed): the verdict, its reasons and
+    per canary station the fleet's evidence, the canary's estimated cost beside the active
+    version's on the same images; `error` says why there is none (no policy set)."""
+    host = service.host
+    capture = service.capture.store if service.capture is not None else None
+    try:
+        checked = await host.store_call(
+            rollout_check.check,
+            host.store,
+            actor="console",
+            act=False,
+            capture=capture,
+            cost_margin=service.settings.cost_alarm_margin,
+        )
+    except ModelStoreError as exc:
+        return {"verdict": None, "error": f"{exc.code}: {exc}"}
+    if checked is None:  # ended between the two reads
+        return {"verdict": None, "error": "no canary running"}
+    return {"verdict": checked.verdict.evidence(checked.policy), "error": None}
 
 
 # The bodies are read by the handlers after the token check (`read_json`), never before it.
@@ -147,7 +171,7 @@ async def get_policy(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
 )
 async def put_policy(request: Request, actor: AdminDep, service: ServiceDep) -> AuditOut:
     """Set the promotion policy (audited; every setting not given takes its default)."""
-    body = await read_json(request, PolicyChange)
-    policy = Policy.from_dict(body.policy).to_dict()  # 422 naming an unknown or out-of-range setting
+    body = await read_json(request, PolicyChange)  # 422 naming an unknown or out-of-range setting
+    policy = body.policy.to_dict()
     entry = await service.host.store_call(service.host.store.set_policy, policy, actor=actor, reason=body.reason)
     return AuditOut.of(entry)
