@@ -106,8 +106,9 @@ class StationEvidence:
     station: str
     images: int  # judged images the canary decided here, in the fleet's windows
     canary_cost: float | None  # estimated cost per parcel of the canary's decisions
-    active_cost: float | None  # the active version's, on the same station's images
-    active_cost_source: str  # "window" (the active scored these images too) or "bundle" (its expected cost)
+    active_cost: float | None  # the active version's on the same station's images, at the canary's costs
+    # "window" (the active scored these images too), "bundle" (its expected cost, same costs) or "none"
+    active_cost_source: str
     compared: int  # images both versions scored
     agreement: float | None
     alarms: tuple[str, ...]  # the canary's drift and cost alarms at this station
@@ -158,8 +159,10 @@ def judge(policy: Policy, stations: list[StationEvidence], labelled: dict[str, d
                     f"{s.station}: estimated cost per parcel {s.canary_cost:.4g} vs the active's "
                     f"{s.active_cost:.4g} ({rise:+.0%}, at most {policy.max_cost_rise:+.0%})"
                 )
-        elif s.canary_cost is None:
-            waits.append(f"{s.station}: no cost estimate yet")
+        else:
+            waits.append(
+                f"{s.station}: no estimate of {'the canary' if s.canary_cost is None else 'the active'}'s cost yet"
+            )
         if s.alarms and policy.block_on_drift:
             waits.append(f"{s.station}: alarm on {', '.join(s.alarms)}; the estimates do not hold there")
         if s.compared < MIN_COMPARED or s.agreement is None:

@@ -12,10 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from model_store import estimate as quality
 from model_store import fleet
+from model_store import monitoring as mon
 from model_store.bundle import Bundle
 from model_store.capture import CaptureStore
 from model_store.errors import StoreError
+from model_store.manifest import Manifest
 from model_store.parity import ParityProof
 from model_store.rollout import END, PROMOTE, Policy, StationEvidence, Verdict, judge, labelled_figures
 from model_store.store.base import AuditEntry, Canary, Store
@@ -62,12 +65,7 @@ def gather(
         report = fleet.station_report(
             canary_manifest, canary.version, station, mine, cost_margin, windows.get((None, station))
         )
-        theirs = windows.get((active, station))
-        active_cost, source = active_manifest.decision.expected_cost, "bundle"
-        if theirs is not None:
-            active_report = fleet.station_report(active_manifest, active, station, theirs, cost_margin)
-            if active_report["estimate"] is not None:
-                active_cost, source = active_report["estimate"]["figures"]["cost_per_parcel"], "window"
+        active_cost, source = _active_cost(windows.get((active, station)), active_manifest, canary_manifest)
         images, agree = compared.get(station, [0, 0])
         estimate = report["estimate"]
         evidence.append(
@@ -87,6 +85,23 @@ def gather(
         roles = {"canary": (canary.version, canary_manifest.decision), "active": (active, active_manifest.decision)}
         labelled = labelled_figures(capture, set(stations), roles)
     return evidence, labelled
+
+
+def _active_cost(window: fleet.Window | None, active: Manifest, canary: Manifest) -> tuple[float | None, str]:
+    """The active version's estimated cost per parcel on a canary station's images (it scores
+    them in the background): its own threshold and probabilities, priced with the canary's
+    costs, so a canary re-decided for other costs is compared on the costs it is meant for.
+    Without a window, its bundle's expected cost if the costs are the same (else None)."""
+    c, a = canary.decision, active.decision
+    if window is not None:
+        judged = [s for s, retake in zip(window.scores, window.retakes, strict=True) if not retake]
+        if len(judged) >= mon.MIN_IMAGES:
+            e = quality.estimate(judged, a.threshold, c.cost_false_alarm, c.cost_miss, quality.served_rate(a))
+            cost = e.figures["cost_per_parcel"] if e is not None else None
+            if cost is not None:
+                return cost, "window"
+    same_costs = (a.cost_false_alarm, a.cost_miss) == (c.cost_false_alarm, c.cost_miss)
+    return (a.expected_cost, "bundle") if same_costs and a.expected_cost is not None else (None, "none")
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,16 @@ evidence (the end-to-end canary loop lives in tests/app/test_canary_policy.py)."
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 
 import pytest
 
+from model_store import estimate as quality
 from model_store.errors import StoreError
+from model_store.fleet import Window
 from model_store.rollout import END, PROMOTE, WAIT, Policy, StationEvidence, judge, station_share
+from model_store.rollout_check import _active_cost
+from tests.utils.factories import draft_manifest
 
 POLICY = Policy(min_images=100, max_cost_rise=0.2, min_agreement=0.9, max_recall_drop=0.05, min_labelled_damaged=20)
 
@@ -107,3 +112,27 @@ def test_labelled_recall_counts_only_once_enough_damaged_parcels_are_labelled() 
     assert judge(POLICY, [good()], few).action == PROMOTE
     close = {"canary": {"damaged": 30, "recall": 0.77}, "active": {"damaged": 40, "recall": 0.80}}
     assert judge(POLICY, [good()], close).action == PROMOTE
+
+
+def test_the_active_versions_cost_on_a_canary_station_is_priced_at_the_canarys_costs() -> None:
+    """A canary re-decided for misses costing 10 must be compared with the active version's
+    decisions priced the same way, not with the active's own (cheaper) view of a miss: on
+    the demo that difference alone turned a cheaper canary into a 71% dearer one."""
+    base = draft_manifest("a1")
+    decision = base.decision.model_copy(
+        update={"threshold": 0.5, "validation_prevalence": 0.5, "deployment_prevalence": 0.5, "expected_cost": 0.3}
+    )
+    active = base.model_copy(update={"decision": decision})
+    canary = base.model_copy(update={"decision": decision.model_copy(update={"cost_miss": 10.0, "threshold": 0.2})})
+    scores = [i / 100 for i in range(1, 100)]
+    window = Window(deque(scores), deque([False] * len(scores)))
+    cost, source = _active_cost(window, active, canary)
+    at_canary_costs = quality.estimate(scores, 0.5, canary.decision.cost_false_alarm, 10.0, 0.5)
+    at_own_costs = quality.estimate(scores, 0.5, decision.cost_false_alarm, decision.cost_miss, 0.5)
+    assert at_canary_costs is not None and at_own_costs is not None
+    assert source == "window" and cost is not None
+    assert cost == pytest.approx(at_canary_costs.figures["cost_per_parcel"])
+    assert cost > 1.5 * (at_own_costs.figures["cost_per_parcel"] or 0)
+    # No window: the bundle's expected cost only stands in when both price errors alike.
+    assert _active_cost(None, active, canary) == (None, "none")
+    assert _active_cost(None, active, active) == (0.3, "bundle")
