@@ -59,8 +59,16 @@ def build_service(settings: Settings, metrics: Metrics, pipeline: Pipeline | Non
     )
     monitor = Monitor(settings.monitor_window, settings.max_stations, settings.cost_alarm_margin)
 
+    swaps = 0
+
     def swapped(loaded: Loaded, how: str) -> None:
+        nonlocal swaps
         telemetry.swapped(loaded, how)
+        swaps += 1
+        if swaps == 1:
+            # The first version served since the start: the windows seeded from this replica's
+            # last summary (the canary's among them, followed only after this) are kept.
+            return
         canary = host.canary  # it serves its stations still: keep its score windows
         # Score windows of versions no longer served; the stations' image features stay.
         monitor.forget({loaded.version} | ({canary.loaded.version} if canary else set()))

@@ -58,6 +58,9 @@ MAX_WINDOWS = 50_000  # per summary: far above 10,000 stations (APP_MAX_STATIONS
 _DECIMALS: dict[str, int | None] = {
     "score": 6, "brightness": 2, "contrast": 2, "sharpness": 2, "width": 0, "height": 0, "aspect": None
 }  # fmt: skip
+UNASSIGNED = "unassigned"  # the service's window for requests that name no station
+OTHER = "_other"  # stations beyond the service's `max_stations` share this window
+FUTURE_SLACK_S = 300.0  # clocks of replicas and readers may differ by this much
 _STATION_MAX = 128  # characters of a station name read from a summary (the edge allows 64)
 
 Key = tuple[str | None, str]  # (version, station); version None: the station's image features
@@ -261,9 +264,39 @@ def read_summary(raw: object) -> Summary:
             raise InvalidSummary(f"windows[{i}]: a second window for {key}")
         windows[key] = window
     comparisons = raw.get("comparisons", [])
-    if not isinstance(comparisons, list) or not all(isinstance(c, dict) for c in comparisons):
-        raise InvalidSummary("comparisons: a list of objects expected")
+    if not isinstance(comparisons, list) or len(comparisons) > MAX_WINDOWS:
+        raise InvalidSummary(f"comparisons: a list of at most {MAX_WINDOWS} expected")
+    for i, c in enumerate(comparisons):
+        _comparison(c, f"comparisons[{i}]")
     return Summary(replica, written_at, started_at, served, canary, windows, comparisons)
+
+
+COMPARISON_COUNTS = ("served", "images", "agree", "to_positive", "to_negative", "retake", "dropped", "failed")
+
+
+def _comparison(c: object, where: str) -> None:
+    """A canary comparison as a replica writes it: its run, its station, whole counts >= 0
+    with at most as many agreements as images compared (a verdict reads them as evidence)."""
+    if not isinstance(c, dict):
+        raise InvalidSummary(f"{where}: an object expected")
+    for name in ("version", "against"):
+        if _version(c, name) is None:
+            raise InvalidSummary(f"{where}: {name} missing")
+    station = c.get("station")
+    if not isinstance(station, str) or not 0 < len(station) <= _STATION_MAX:
+        raise InvalidSummary(f"{where}: station {station!r} is not a station ID")
+    for name in ("seq", *COMPARISON_COUNTS):
+        value = c.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53:
+            raise InvalidSummary(f"{where}: {name} must be a whole number >= 0, not {value!r}")
+    if c.get("agree", 0) > c.get("images", 0):
+        raise InvalidSummary(f"{where}: more agreements than images compared")
+
+
+def fresh(summary: Summary, *, now: float, max_age_s: float) -> bool:
+    """Written within `max_age_s` and not in the future: a replica whose clock runs ahead (or
+    a hand-written `written_at`) must not stay fresh forever."""
+    return -FUTURE_SLACK_S <= now - summary.written_at <= max_age_s
 
 
 def _time(raw: dict[str, Any], name: str) -> float:
@@ -325,7 +358,7 @@ def merge(summaries: Iterable[Summary], *, now: float, max_age_s: float) -> dict
     """The fleet's windows: every fresh replica's window of the same key concatenated
     (images summed). Summaries older than `max_age_s` (a replica stopped, or cut off from
     the store) are left out; `replicas` still lists them."""
-    return merge_windows(*(s.windows for s in latest(summaries) if now - s.written_at <= max_age_s))
+    return merge_windows(*(s.windows for s in latest(summaries) if fresh(s, now=now, max_age_s=max_age_s)))
 
 
 def replicas(summaries: Iterable[Summary], *, now: float, max_age_s: float) -> list[dict[str, Any]]:
@@ -336,7 +369,7 @@ def replicas(summaries: Iterable[Summary], *, now: float, max_age_s: float) -> l
             "replica": s.replica,
             "written_at": s.written_at,
             "age_s": round(max(0.0, now - s.written_at), 3),
-            "stale": now - s.written_at > max_age_s,
+            "stale": not fresh(s, now=now, max_age_s=max_age_s),
             "started_at": s.started_at,
             "served": s.served,
             "canary": s.canary,

@@ -84,6 +84,11 @@ class Policy(BaseModel):
         their defaults, unknown fields and out-of-range values are refused with their name."""
         if not isinstance(raw, dict):
             raise InvalidPolicy("a promotion policy is a JSON object of its settings")
+        unknown = sorted(str(k) for k in set(raw) - set(cls.model_fields))
+        if unknown:
+            raise InvalidPolicy(
+                f"unknown promotion policy setting(s): {', '.join(unknown)} (known: {', '.join(cls.model_fields)})"
+            )
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
@@ -134,10 +139,12 @@ class Verdict:
         }
 
 
-def judge(policy: Policy, stations: list[StationEvidence], labelled: dict[str, dict[str, Any]]) -> Verdict:
+def judge(
+    policy: Policy, stations: list[StationEvidence], labelled: dict[str, dict[str, Any]], *, every_station: bool = True
+) -> Verdict:
     """Promote when every canary station meets every condition; end as soon as one station
     with enough images breaks a condition that compares the canary with the active version
-    on the same images (cost, agreement) or labels (recall); otherwise wait.
+    at the same station (cost, agreement) or labels (recall); otherwise wait.
 
     An alarm at a station (its images or scores unlike the validated ones, or a cost past
     the bundle's) only holds the canary: the station itself may have changed (a camera, a
@@ -148,10 +155,16 @@ def judge(policy: Policy, stations: list[StationEvidence], labelled: dict[str, d
         return Verdict(WAIT, ("no canary station has sent images yet",), (), labelled)
     fails: list[str] = []
     waits: list[str] = []
+    judged = 0
     for s in stations:
         if s.images < policy.min_images:
-            waits.append(f"{s.station}: {s.images} of {policy.min_images} images")
+            # A canary on chosen stations waits for each of them; one on a fraction of stations
+            # is judged on those with enough images (a station that sent a few, or a client
+            # inventing IDs that hash into the fraction, cannot hold it forever).
+            if every_station:
+                waits.append(f"{s.station}: {s.images} of {policy.min_images} images")
             continue
+        judged += 1
         if s.canary_cost is not None and s.active_cost is not None:
             rise = (s.canary_cost - s.active_cost) / s.active_cost if s.active_cost > 0 else 0.0
             if s.canary_cost > s.active_cost and (s.active_cost == 0 or rise > policy.max_cost_rise):
@@ -171,6 +184,8 @@ def judge(policy: Policy, stations: list[StationEvidence], labelled: dict[str, d
             fails.append(
                 f"{s.station}: agreement {s.agreement:.1%} with the active (at least {policy.min_agreement:.0%})"
             )
+    if not judged and not every_station:
+        waits.append(f"no canary station has {policy.min_images} images yet")
     fails.extend(_recall_fails(policy, labelled))
     if fails:
         return Verdict(END, tuple(fails), tuple(stations), labelled)

@@ -41,23 +41,26 @@ def gather(
     """Each canary station's evidence from every replica's summary in the store (not one
     replica's memory), and the labelled recall of both versions there when `capture` is given.
 
-    A canary on a list of stations is judged on every listed station (one that sends nothing
-    keeps it waiting); one on a fraction, on the stations it has served so far.
+    Evidence counts for this canary run only (its `seq`: started, changed, or compared with
+    another active version since). A canary on a list of stations is judged on every listed
+    station (one that sends nothing keeps it waiting); one on a fraction, on the stations it
+    has served in this run.
     """
-    summaries, _ = fleet.parse_summaries(store.summaries())
-    fresh = [s for s in fleet.latest(summaries) if now - s.written_at <= policy.max_summary_age_s]
-    windows = fleet.merge(fresh, now=now, max_age_s=policy.max_summary_age_s)
-    if canary.stations:
-        stations = sorted(canary.stations)
-    else:
-        stations = sorted({s for v, s in windows if v == canary.version and canary.serves(s)})
-    compared: dict[str, list[int]] = {}  # station -> [images, agree]
+    age = policy.max_summary_age_s
+    summaries, _ = fleet.parse_summaries(store.summaries(newer_than=now - age))
+    fresh = [s for s in fleet.latest(summaries) if fleet.fresh(s, now=now, max_age_s=age)]
+    windows = fleet.merge(fresh, now=now, max_age_s=age)
+    run: dict[str, list[int]] = {}  # station -> [served, compared, agreed] in this canary run, every replica
     for summary in fresh:
         for c in summary.comparisons:
-            if c.get("version") == canary.version and c.get("against") == active and c.get("station") in stations:
-                counts = compared.setdefault(c["station"], [0, 0])
-                counts[0] += int(c.get("images", 0))
-                counts[1] += int(c.get("agree", 0))
+            if (c["version"], c["against"], c.get("seq")) == (canary.version, active, canary.seq):
+                counts = run.setdefault(c["station"], [0, 0, 0])
+                for i, name in enumerate(("served", "images", "agree")):
+                    counts[i] += c.get(name, 0)
+    if canary.stations:
+        stations = sorted(canary.stations)
+    else:  # requests naming no station, and stations past the service's cap, are no station
+        stations = sorted(s for s in run if canary.serves(s) and s not in (fleet.UNASSIGNED, fleet.OTHER))
     canary_manifest, active_manifest = store.manifest(canary.version), store.manifest(active)
     evidence = []
     for station in stations:
@@ -66,12 +69,12 @@ def gather(
             canary_manifest, canary.version, station, mine, cost_margin, windows.get((None, station))
         )
         active_cost, source = _active_cost(windows.get((active, station)), active_manifest, canary_manifest)
-        images, agree = compared.get(station, [0, 0])
+        served, images, agree = run.get(station, [0, 0, 0])
         estimate = report["estimate"]
         evidence.append(
             StationEvidence(
                 station=station,
-                images=mine.images,
+                images=served,
                 canary_cost=estimate["figures"]["cost_per_parcel"] if estimate is not None else None,
                 active_cost=active_cost,
                 active_cost_source=source,
@@ -146,7 +149,7 @@ def check(
     stations, labelled = gather(
         store, canary, active, policy, now=time.time() if now is None else now, capture=capture, cost_margin=cost_margin
     )
-    verdict = judge(policy, stations, labelled)
+    verdict = judge(policy, stations, labelled, every_station=bool(canary.stations))
     entry = None
     if act and verdict.action == PROMOTE:
         if prove is None:

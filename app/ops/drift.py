@@ -30,13 +30,11 @@ from app.ops.model_host import Loaded
 from app.serving.pipeline import Scored
 from model_store import fleet
 from model_store import monitoring as mon
-from model_store.fleet import COST_ALARM, Key, Window
+from model_store.fleet import COST_ALARM, OTHER, UNASSIGNED, Key, Window
 from model_store.preprocessing import ImageInfo
 
 __all__ = ["COST_ALARM", "GAUGES_CACHE_S", "OTHER", "UNASSIGNED", "Monitor", "Window"]
 
-UNASSIGNED = "unassigned"  # requests that name no station
-OTHER = "_other"  # stations beyond `max_stations` share this window
 GAUGES_CACHE_S = 5.0  # Prometheus scrapes every 15-60 s; four scrapers must not cost four computations
 Gauges = dict[str, list[tuple[tuple[str, ...], float]]]  # metric family -> (label values, value)
 

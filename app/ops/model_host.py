@@ -48,6 +48,7 @@ PARITY_CACHE_S = 10.0
 # follow loop and a few management calls going; more calls wait their turn here, each
 # bounded by the S3 client's timeouts (model_store.s3client).
 STORE_THREADS = 4
+STABLE_READS = 3  # tries at reading the store's settings between two equal pointer stamps
 # Stations a canary's comparison keeps apart; a fraction canary could otherwise be sent any
 # number of made-up station IDs. Beyond it, new stations are answered but not compared.
 MAX_CANARY_STATIONS = 1000
@@ -127,7 +128,8 @@ class CanaryStats:
     """At one canary station: the canary's answers against the active version's, which scores
     the same images in the background after each answer."""
 
-    images: int = 0
+    served: int = 0  # images the canary answered here in this run, compared or not
+    images: int = 0  # of those, compared with the active version's decisions
     agree: int = 0
     to_positive: int = 0  # the active said negative, the canary positive
     to_negative: int = 0  # the active said positive, the canary negative
@@ -349,13 +351,23 @@ class ModelHost:
         """
         async with self._swap_lock:
             # One cheap request (a hash of state.json, an S3 ETag) unless the pointer moved.
-            stamp = await self.store_call(self.store.pointer_stamp)
+            stamp: str | None = await self.store_call(self.store.pointer_stamp)
             if stamp == self._stamp:
                 return
-            wanted = await self.store_call(self.store.active_version)
-            shadow = await self.store_call(self.store.shadow)
-            canary = await self.store_call(self.store.canary)
-            revoked = await self.store_call(self.store.revoked)
+            # The pointer, shadow, canary and revocations are separate reads: one commit landing
+            # between them (a promotion: active v2, no canary) would be seen half (active v1, no
+            # canary: the canary's stations on the old version). Read until the stamp holds.
+            for _ in range(STABLE_READS):
+                wanted = await self.store_call(self.store.active_version)
+                shadow = await self.store_call(self.store.shadow)
+                canary = await self.store_call(self.store.canary)
+                revoked = await self.store_call(self.store.revoked)
+                after = await self.store_call(self.store.pointer_stamp)
+                if after == stamp:
+                    break
+                stamp = after
+            else:
+                stamp = None  # still moving: act on the last reads, and read again next time
             self._stamp = stamp
             # A refused canary stays refused while it is the canary (its bundle cannot change).
             keep = {wanted, canary.version if canary else None}
@@ -614,7 +626,8 @@ class ModelHost:
         if run is None:
             return []
         return [
-            {"version": run.loaded.version, "against": run.against, "station": station, **asdict(stats)}
+            {"version": run.loaded.version, "against": run.against, "seq": run.canary.seq, "station": station}
+            | asdict(stats)
             for station, stats in sorted(run.stats.items())
         ]
 
@@ -632,6 +645,7 @@ class ModelHost:
             if len(run.stats) >= MAX_CANARY_STATIONS:
                 return None
             stats = run.stats[station] = CanaryStats()
+        stats.served += len(images)
         self.pipeline.pin(active.version)  # a swap meanwhile cannot unload it mid-job
 
         async def job() -> None:

@@ -56,6 +56,7 @@ class Summaries:
     last_written: float | None = None  # unix time of the last summary written
     seeded: bool = False  # this replica's previous summary, if any, is in its windows
     _read: tuple[float, list[Summary], list[Skipped]] | None = None  # (monotonic time, summaries, skipped)
+    _carried: list[dict[str, Any]] = field(default_factory=list)  # comparisons from before a restart
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -83,7 +84,7 @@ class Summaries:
 
     async def seed(self) -> None:
         """Put this replica's windows from its last summary (before a restart) into the monitor."""
-        raws = await self.host.store_call(self.host.store.summaries)
+        raws = await self.host.store_call(self.host.store.summaries, newer_than=time.time() - LISTED_FOR_S)
         mine = [raw for raw in raws if isinstance(raw, dict) and raw.get("replica") == self.replica]
         summaries, skipped = fleet.parse_summaries(mine)
         for s in skipped:
@@ -91,6 +92,7 @@ class Summaries:
         if summaries:
             previous = fleet.latest(summaries)[0]
             self.monitor.seed(previous.windows)
+            self._carried = previous.comparisons  # the canary's, until the run they count for ends
             log.info("seeded %d window(s) from the summary %s wrote at %.0f", len(previous.windows),
                      self.replica, previous.written_at)  # fmt: skip
         self.seeded = True
@@ -102,7 +104,7 @@ class Summaries:
         windows = self.monitor.snapshot()  # on the loop: recording never races the copy
         current = self.host.current
         served = current.version if current is not None else None
-        comparisons, canary, now = self.comparisons(), self.canary(), time.time()
+        comparisons, canary, now = carry(self._carried, self.comparisons()), self.canary(), time.time()
 
         def build_and_write() -> None:
             body = fleet.summary(self.replica, self.started_at, windows, comparisons, served, canary, now=now)
@@ -165,3 +167,21 @@ class Summaries:
             "canary": self.canary(),
             "windows": len(self.monitor.windows),
         }
+
+
+def carry(before: list[dict[str, Any]], live: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The canary comparisons to write: this process's, plus those its last summary held
+    before a restart, for the same canary run (version, active version, `seq`) and station.
+    Counts of runs that are over are dropped: they are no longer evidence."""
+    runs = {(c.get("version"), c.get("against"), c.get("seq")) for c in live}
+    out = {(c["version"], c["against"], c["seq"], c["station"]): dict(c) for c in live}
+    for c in before:
+        key = (c.get("version"), c.get("against"), c.get("seq"), c.get("station"))
+        if key[:3] not in runs and live:
+            continue
+        into = out.setdefault(key, {**c, **{n: 0 for n in fleet.COMPARISON_COUNTS}})
+        for n in fleet.COMPARISON_COUNTS:
+            value = c.get(n, 0)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                into[n] = into.get(n, 0) + value
+    return list(out.values())

@@ -190,7 +190,14 @@ def _canary_after_activating(state: dict[str, Any], version: str) -> dict[str, A
     stay on it; every other station moves to the new active version), and ends when its own
     version becomes active: it would be a canary of itself."""
     canary = canary_of(state)
-    return {"canary": None} if canary is not None and canary.version == version else {}
+    if canary is None:
+        return {}
+    if canary.version == version:
+        return {"canary": None}
+    # It is now compared with another active version: a new run (its `seq` is this entry's),
+    # so an evaluator that judged it against the old active version is refused, and replicas
+    # compare it from zero.
+    return {"canary": {**state["canary"], "seq": state["seq"] + 1}}
 
 
 def rollback_target(state: dict[str, Any], proof: ParityProof) -> tuple[str, dict[str, Any]]:
@@ -302,7 +309,9 @@ class Canary:
     version: str
     stations: tuple[str, ...]  # explicit station IDs (empty when by fraction)
     fraction: float  # share of stations by `rollout.station_share` (0.0 when a list)
-    seq: int  # seq of the audit entry that started or changed it: identifies this canary run
+    # seq of the audit entry that started or changed it, or moved the active version it is
+    # compared with: identifies this canary run (evidence and evaluations are per run)
+    seq: int
     since: str  # that entry's time
 
     def serves(self, station: str) -> bool:
@@ -650,7 +659,7 @@ def decode_summary(replica: str, data: bytes | None, size: int | None = None) ->
         return {"replica": replica, "unreadable": f"{size or len(data or b'')} bytes, over {MAX_SUMMARY_BYTES}"}
     try:
         value = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser's depth
         return {"replica": replica, "unreadable": "not JSON"}
     if not isinstance(value, dict):
         return {"replica": replica, "unreadable": f"not a JSON object but {type(value).__name__}"}

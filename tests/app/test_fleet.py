@@ -162,3 +162,21 @@ def test_with_summaries_off_monitoring_is_this_replicas_alone(store: FilesystemS
         assert body["fleet"] is False and _images(body) == {"dock-0": 1}
         assert [r["replica"] for r in body["replicas"]] == ["off"]
     assert not (store.root / "summaries").exists()  # nothing written
+
+
+def test_a_restarted_replica_keeps_its_canary_comparisons_for_the_same_run_only() -> None:
+    """Before a restart this replica compared 40 images of the canary run seq 7 at dock-1;
+    after it, 10 more: its summary must say 50, not 10 (the fleet's evidence would shrink at
+    every restart), and a run that is over must not count for the new one."""
+    from app.ops.summaries import carry
+
+    def row(seq: int, served: int, images: int, agree: int) -> dict[str, object]:
+        counts = {"served": served, "images": images, "agree": agree, "to_positive": images - agree}
+        return {"version": "v2", "against": "v1", "seq": seq, "station": "dock-1"} | counts
+
+    before = [row(7, 45, 40, 38)]
+    [kept] = carry(before, [])  # the canary not followed yet after the restart: kept as it was
+    assert kept.items() >= before[0].items()
+    [merged] = carry(before, [row(7, 12, 10, 10)])
+    assert (merged["served"], merged["images"], merged["agree"], merged["to_positive"]) == (57, 50, 48, 2)
+    assert carry(before, [row(8, 12, 10, 10)]) == [row(8, 12, 10, 10)]  # seq 7 is over: not evidence

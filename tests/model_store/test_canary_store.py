@@ -185,11 +185,19 @@ def test_activations_keep_a_canary_unless_its_version_becomes_active(
     v3 = failing_parity_copy(bundles["v2"], tmp_path / "v3", keys[0], "v3")
     store.import_bundle(v3, actor="test")
     v3_proof = proof_from_elsewhere(v3)
-    store.set_canary("v2", stations=["a"], actor="ops", proof=proofs["v2"])
-    store.activate("v3", actor="ops", proof=v3_proof)  # another version: the canary stays
-    assert (canary := store.canary()) is not None and canary.version == "v2"
-    store.rollback(actor="ops", proof=proofs["v1"])  # back to v1: still a canary of v2
-    assert store.canary() is not None and store.active_version() == "v1"
+    started = store.set_canary("v2", stations=["a"], actor="ops", proof=proofs["v2"])
+    moved = store.activate("v3", actor="ops", proof=v3_proof)  # another version: the canary stays
+    assert (canary := store.canary()) is not None and canary.version == "v2" and canary.stations == ("a",)
+    # ... as a new run, compared with v3: an evaluation against v1 must not promote it over
+    # the operator's v3 (nor end it on evidence about v1).
+    assert canary.seq == moved.seq and canary.since == started.time
+    with pytest.raises(CanaryChanged):
+        store.promote_canary(actor="cron", proof=proofs["v2"], expect_seq=started.seq)
+    with pytest.raises(CanaryChanged):
+        store.end_canary(actor="cron", expect_seq=started.seq)
+    assert store.active_version() == "v3" and store.canary() == canary
+    back = store.rollback(actor="ops", proof=proofs["v1"])  # back to v1: still a canary of v2
+    assert (canary := store.canary()) is not None and canary.seq == back.seq and store.active_version() == "v1"
     store.activate("v2", actor="ops", proof=proofs["v2"])  # the canary's own version: it ends
     assert store.canary() is None and store.active_version() == "v2"
     store.set_canary("v1", stations=["a"], actor="ops", proof=proofs["v1"])

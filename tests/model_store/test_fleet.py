@@ -40,13 +40,14 @@ def _summary(replica: str, windows: dict[fleet.Key, Window], *, at: float = NOW)
 
 def test_a_summary_round_trips_through_json_rounded_and_in_order() -> None:
     windows = {("v1", "dock-1"): _scores([0.1234567891, 0.9], [False, True]), (None, "dock-1"): _camera([100.123456])}
-    raw = fleet.summary("replica-a", NOW - 5, windows, [{"version": "v2", "agree": 3}], "v1", "v2", now=NOW)
+    compared = {"version": "v2", "against": "v1", "seq": 7, "station": "dock-1", "images": 4, "agree": 3}
+    raw = fleet.summary("replica-a", NOW - 5, windows, [compared], "v1", "v2", now=NOW)
     back = fleet.parse_summary(json.loads(json.dumps(raw)))
     assert back is not None
     assert (back.replica, back.written_at, back.started_at, back.served, back.canary) == (
         "replica-a", NOW, NOW - 5, "v1", "v2",
     )  # fmt: skip
-    assert back.comparisons == [{"version": "v2", "agree": 3}]
+    assert back.comparisons == [compared]
     assert list(back.windows[("v1", "dock-1")].scores) == [0.123457, 0.9]  # 6 decimals: decisions as served
     assert list(back.windows[("v1", "dock-1")].retakes) == [False, True]
     assert list(back.windows[(None, "dock-1")].features["brightness"]) == [100.12]
@@ -62,6 +63,21 @@ def test_a_fixed_camera_frame_read_back_from_a_summary_is_no_aspect_drift() -> N
     live.features["aspect"] = deque([160 / 120] * 40)
     back = _summary("a", {(None, "dock-1"): live}).windows[(None, "dock-1")]
     assert mon.psi(reference, back.column("aspect")) == pytest.approx(0.0)
+
+
+def test_a_summary_dated_in_the_future_is_stale_not_fresh_forever() -> None:
+    """A replica whose clock runs a day ahead (or a hand-written `written_at`) would otherwise
+    count as fresh until that day, however long ago it stopped."""
+    ahead = _summary("ahead", {("v1", "dock-1"): _scores([0.1] * 3)}, at=NOW + 86400)
+    assert fleet.merge([ahead], now=NOW, max_age_s=300) == {}
+    [row] = fleet.replicas([ahead], now=NOW, max_age_s=300)
+    assert row["stale"] is True
+
+
+def test_a_deeply_nested_object_in_the_store_is_named_unreadable_not_a_crash() -> None:
+    from model_store.store.base import decode_summary
+
+    assert decode_summary("deep", b"[" * 100_000) == {"replica": "deep", "unreadable": "not JSON"}
 
 
 def test_a_replica_with_more_rows_than_the_bound_keeps_each_windows_most_recent() -> None:
@@ -114,6 +130,28 @@ def test_an_older_copy_of_a_replicas_summary_is_not_merged_twice() -> None:
             {"format": 1, "replica": "x", "written_at": NOW, "started_at": NOW,
              "windows": [{"version": None, "station": "d", "images": 1, "features": {"colour": [1.0]}}]},
             "features",
+        ),
+        # Canary comparisons are evidence a verdict counts: whole counts, no more agreements
+        # than images (a negative or inflated count would push the agreement past 0..1).
+        (
+            {"format": 1, "replica": "x", "written_at": NOW, "started_at": NOW, "windows": [],
+             "comparisons": [{"version": "v2", "against": "v1", "seq": 3, "station": "d", "images": "x"}]},
+            "images must be a whole number",
+        ),
+        (
+            {"format": 1, "replica": "x", "written_at": NOW, "started_at": NOW, "windows": [],
+             "comparisons": [{"version": "v2", "against": "v1", "seq": 3, "station": "d", "images": -5}]},
+            "images must be a whole number",
+        ),
+        (
+            {"format": 1, "replica": "x", "written_at": NOW, "started_at": NOW, "windows": [],
+             "comparisons": [{"version": "v2", "against": "v1", "seq": 3, "station": "d", "images": 2, "agree": 9}]},
+            "more agreements than images",
+        ),
+        (
+            {"format": 1, "replica": "x", "written_at": NOW, "started_at": NOW, "windows": [],
+             "comparisons": [{"version": "v2", "seq": 3, "station": "d", "images": 2}]},
+            "against missing",
         ),
     ],
 )  # fmt: skip

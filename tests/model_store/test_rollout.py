@@ -136,3 +136,14 @@ def test_the_active_versions_cost_on_a_canary_station_is_priced_at_the_canarys_c
     # No window: the bundle's expected cost only stands in when both price errors alike.
     assert _active_cost(None, active, canary) == (None, "none")
     assert _active_cost(None, active, active) == (0.3, "bundle")
+
+
+def test_a_fraction_canary_is_judged_on_its_stations_with_enough_images() -> None:
+    """A station that sent a few images (or a client inventing IDs that hash into the
+    fraction) must not hold a canary on a fraction of stations forever; a canary on chosen
+    stations waits for every one of them."""
+    stations = [good("dock-1"), good("dock-7", images=3, compared=3, agreement=0.0)]
+    assert judge(POLICY, stations, {}, every_station=False).action == PROMOTE
+    assert judge(POLICY, stations, {}, every_station=True).action == WAIT
+    few = judge(POLICY, [good("dock-7", images=3)], {}, every_station=False)
+    assert few.action == WAIT and "no canary station has 100 images yet" in few.reasons

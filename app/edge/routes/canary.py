@@ -9,10 +9,13 @@ again, like an activation); `DELETE /v1/canary` returns its stations to the acti
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
+from starlette.datastructures import State
 
 from app.edge.deps import AdminDep, ServiceDep
 from app.edge.intake import json_body, read_json, read_optional_json
@@ -22,6 +25,11 @@ from model_store import rollout_check
 from model_store.errors import ModelStoreError
 from model_store.manifest import VERSION_PATTERN
 from model_store.rollout import STATION_PATTERN, Policy
+
+log = logging.getLogger("app.canary")
+# The console refreshes every few seconds per open tab; evaluating reads every replica's
+# summary from the store, so one evaluation serves every caller for this long.
+POLICY_CHECK_CACHE_S = 5.0
 
 router = APIRouter(prefix="/v1/canary", tags=["canary"], responses=error_responses(401, 403, 503))
 
@@ -73,9 +81,10 @@ class PolicyChange(BaseModel):
 
 
 @router.get("")
-async def canary_status(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
+async def canary_status(request: Request, _: AdminDep, service: ServiceDep) -> dict[str, Any]:
     """The canary as this replica serves it, per station its comparison with the active
-    version on the same images; `canary` is null when there is none (`refused` names a
+    version on the same images (`served`, `images` compared, `agree`, flips) and
+    `policy_check`, what `canary check` would decide now; `canary` is null when there is none (`refused` names a
     canary version this replica refused to serve, whose stations keep the active version)."""
     host = service.host
     run, served = host.canary, host.current
@@ -86,30 +95,34 @@ async def canary_status(_: AdminDep, service: ServiceDep) -> dict[str, Any]:
         "store": wanted.as_dict() if wanted else None,
         "refused": host.refused.get(wanted.version) if wanted else None,
         "comparisons": host.canary_comparisons(),
-        "policy_check": await _policy_check(service) if wanted else None,
+        "policy_check": await _policy_check(service, request.app.state) if wanted else None,
     }
 
 
-async def _policy_check(service: Service) -> dict[str, Any]:
+async def _policy_check(service: Service, state: State) -> dict[str, Any]:
     """What `canary check` would decide now (nothing is changed): the verdict, its reasons and
     per canary station the fleet's evidence, the canary's estimated cost beside the active
-    version's on the same images; `error` says why there is none (no policy set)."""
+    version's at that station; `error` says why there is none (no policy set)."""
+    cached: tuple[float, dict[str, Any]] | None = getattr(state, "policy_check", None)  # (monotonic time, result)
+    if cached is not None and time.monotonic() - cached[0] < POLICY_CHECK_CACHE_S:
+        return cached[1]
     host = service.host
-    capture = service.capture.store if service.capture is not None else None
+    # Labels are left to `canary check --capture`: a scan of the capture store per console
+    # refresh would cost more than the page is worth.
     try:
         checked = await host.store_call(
-            rollout_check.check,
-            host.store,
-            actor="console",
-            act=False,
-            capture=capture,
-            cost_margin=service.settings.cost_alarm_margin,
+            rollout_check.check, host.store, actor="console", act=False, cost_margin=service.settings.cost_alarm_margin
         )
     except ModelStoreError as exc:
-        return {"verdict": None, "error": f"{exc.code}: {exc}"}
-    if checked is None:  # ended between the two reads
-        return {"verdict": None, "error": "no canary running"}
-    return {"verdict": checked.verdict.evidence(checked.policy), "error": None}
+        result: dict[str, Any] = {"verdict": None, "error": f"{exc.code}: {exc}"}
+    except Exception as exc:  # what the store holds is not ours to trust; the rest of the page stands
+        log.exception("evaluating the promotion policy failed")
+        result = {"verdict": None, "error": f"the evaluation failed ({type(exc).__name__})"}
+    else:
+        verdict = checked.verdict.evidence(checked.policy) if checked is not None else None
+        result = {"verdict": verdict, "error": None if checked is not None else "no canary running"}
+    state.policy_check = (time.monotonic(), result)
+    return result
 
 
 # The bodies are read by the handlers after the token check (`read_json`), never before it.
