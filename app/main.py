@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -28,6 +29,8 @@ from app.edge.routes import (
     v2,
 )
 from app.edge.routes.predict import PredictFastPath
+from app.edge.serve import head_refusal
+from app.edge.server import HEAD_REFUSAL
 from app.edge.telemetry import live_metrics
 from app.ops.upload import clean_stale, upload_root
 from app.service import build_service
@@ -41,7 +44,7 @@ def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastA
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         configure_logging()
         if not settings.loopback_only and settings.station_tokens_file is None:
             log.warning(
@@ -64,7 +67,8 @@ def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastA
         if summaries is not None and summaries.enabled:
             tasks.append(asyncio.create_task(summaries.run(), name="window-summaries"))
         try:
-            yield
+            # The lifespan state reaches the HTTP protocol too: it refuses overload from a head.
+            yield {HEAD_REFUSAL: head_refusal(service)}
         finally:
             for task in tasks:
                 task.cancel()

@@ -12,7 +12,7 @@ import resource
 import ssl
 import time
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -33,6 +33,19 @@ HTTP09 = "HTTP/0.9 is not supported: send an HTTP/1.1 request line"
 
 
 log = logging.getLogger("app.edge.server")
+
+
+HEAD_REFUSAL = "head_refusal"  # the lifespan state's key for `app.edge.serve.head_refusal`
+
+
+class _Answered:
+    """What stands in for a request answered from its head: a cycle whose response is complete."""
+
+    response_complete = True
+    disconnected = False
+
+
+_ANSWERED = _Answered()
 
 
 class _Refused(Exception):
@@ -68,6 +81,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._running: RequestResponseCycle | None = None  # the cycle whose task is answering
         self._refusal: tuple[int, str, str] | None = None
         self._refused = False
+        self._answered_from_head = False  # the request being read was answered from its head
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # joins the server's set of open connections
@@ -168,7 +182,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             message = HTTP09 if version in ("0.0", "0.9") else f"HTTP/{version} is not supported; send HTTP/1.1"
             self._refusal = (400, "bad_request", message)
             raise _Refused()
+        if self._refused_from_head():
+            return
         super().on_headers_complete()
+
+    def _refused_from_head(self) -> bool:
+        """Answer a predict request the service would refuse for overload anyway from its head
+        (`app.edge.serve.head_refusal`, set in the lifespan state), keeping the connection:
+        its body is read and dropped as it arrives. Only on an idle keep-alive HTTP/1.1
+        connection with no `Expect` (anything else takes the usual way)."""
+        refusal = self.app_state.get(HEAD_REFUSAL)
+        if (
+            refusal is None
+            or self.pipeline
+            or (self.cycle is not None and not self.cycle.response_complete)
+            or self.expect_100_continue
+            or self.parser.get_method() != b"POST"
+            or self.parser.get_http_version() != "1.1"
+            or not self.parser.should_keep_alive()
+        ):
+            return False
+        answer = refusal(self.url, self.headers, self.scope["state"]["arrived"])
+        if answer is None:
+            return False
+        # A finished cycle stands in for the request: uvicorn drops the body of a request
+        # whose response is complete, and starts the next request as usual.
+        self.cycle = cast(RequestResponseCycle, _ANSWERED)
+        self._answered_from_head = True
+        self.transport.write(answer)
+        return True
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to anything the parser rejects; ours is JSON and names the limit."""
@@ -178,6 +220,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._ended_in_chunk = True
+        if self._answered_from_head:  # its body is all in: the connection idles as after any answer
+            self._answered_from_head = False
+            self.server_state.total_requests += 1
+            if not self.transport.is_closing():
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
+            return
         super().on_message_complete()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
