@@ -863,6 +863,47 @@ def explain_cases() -> list[Case]:
     ]  # fmt: skip
 
 
+def canary_cases() -> list[Case]:
+    """The canary's management routes (issue 20): no token, huge or malformed bodies, policies
+    with unknown or out-of-range settings, canaries naming both or neither of their station
+    forms: each a 4xx naming the problem, the store unchanged."""
+    jsn = {"Content-Type": "application/json"}
+    huge = {**jsn, "Expect": "100-continue"}
+
+    def put(path: str, body: object) -> bytes:
+        return request("PUT", path, json.dumps(body).encode(), jsn, admin=True)
+
+    policy = "/v1/canary/policy"
+    return [
+        Case("canary", "PUT /v1/canary/policy, no token, 10 GB declared",
+             [request("PUT", policy, headers=huge, length=10_000_000_000)], frozenset({401}), "unauthorized"),
+        Case("canary", "PUT /v1/canary/policy, token, 10 GB declared",
+             [request("PUT", policy, headers=huge, length=10_000_000_000, admin=True)],
+             frozenset({413}), "payload_too_large"),
+        Case("canary", "policy: not JSON", [request("PUT", policy, b"{nope", jsn, admin=True)],
+             frozenset({422}), "invalid_request"),
+        Case("canary", "policy: an unknown setting", [put(policy, {"policy": {"min_imgs": 5}})],
+             frozenset({422}), "invalid_request"),
+        Case("canary", "policy: agreement above 1", [put(policy, {"policy": {"min_agreement": 7}})],
+             frozenset({422}), "invalid_request"),
+        Case("canary", "policy: a string for a count", [put(policy, {"policy": {"min_images": "200"}})],
+             frozenset({422}), "invalid_request"),
+        Case("canary", "policy: 60,000 nested lists", [request("PUT", policy, b"[" * 60_000, jsn, admin=True)],
+             frozenset({422}), "invalid_request"),
+        Case("canary", "GET /v1/canary/policy, no token", [request("GET", policy)],
+             frozenset({401}), "unauthorized"),
+        Case("canary", "canary: stations and fraction",
+             [put("/v1/canary", {"version": "v2", "stations": ["a"], "fraction": 0.5})],
+             frozenset({422}), "invalid_request"),
+        Case("canary", "canary: a station ID with a slash",
+             [put("/v1/canary", {"version": "v2", "stations": ["../a"]})], frozenset({422}), "invalid_request"),
+        Case("canary", "canary: fraction 0", [put("/v1/canary", {"version": "v2", "fraction": 0})],
+             frozenset({422}), "invalid_request"),
+        Case("canary", "end with no canary running", [request("DELETE", "/v1/canary", admin=True)],
+             frozenset({409}), "canary_conflict"),
+    ]  # fmt: skip
+
+
 # --- the HTTP edge (issue 19) ------------------------------------------------------------
 
 
@@ -1003,4 +1044,5 @@ def corpus(bundles: dict[str, Path], tmp: Path) -> list[Case]:
         *tar_cases(bundles, tmp),
         *edge_cases(),
         *explain_cases(),
+        *canary_cases(),
     ]
