@@ -179,6 +179,7 @@ def head_refusal(service: Service) -> Callable[[bytes, list[tuple[bytes, bytes]]
     """
     pipeline, metrics, retry = service.host.pipeline, service.metrics, str(service.settings.retry_after_s)
     default_ms = service.settings.request_timeout_ms
+    timeout_header = TIMEOUT_HEADER.encode()  # as the parser hands header names: lower-case bytes
 
     def refusal(url: bytes, headers: list[tuple[bytes, bytes]], arrived: float) -> bytes | None:
         path = url.split(b"?", 1)[0]
@@ -186,7 +187,7 @@ def head_refusal(service: Service) -> Callable[[bytes, list[tuple[bytes, bytes]]
             return None
         budget_ms = default_ms
         for name, value in headers:
-            if name == TIMEOUT_HEADER.encode():
+            if name == timeout_header:
                 if not (value.isdigit() and 1 <= int(value) <= MAX_REQUEST_TIMEOUT_MS):
                     return None  # its 422 comes from the usual way
                 budget_ms = int(value)
