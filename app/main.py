@@ -30,7 +30,7 @@ from app.edge.routes import (
 )
 from app.edge.routes.predict import PredictFastPath
 from app.edge.serve import head_refusal
-from app.edge.server import HEAD_REFUSAL
+from app.edge.server import FRONT_DOORS, HEAD_REFUSAL
 from app.edge.telemetry import live_metrics
 from app.ops.upload import clean_stale, upload_root
 from app.service import build_service
@@ -90,6 +90,11 @@ def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastA
     docs.install(app)
     app.add_middleware(PredictFastPath, fastapi=app)
     app.add_middleware(RequestObserver, metrics=metrics)  # outermost of ours: sees every request
+    # The same two as the HTTP protocol's door for predict requests (`app.edge.server`): under
+    # uvicorn they skip the framework's outer layers; any other server takes the chain above.
+    setattr(
+        app.state, FRONT_DOORS, {("POST", predict.PATH): RequestObserver(PredictFastPath(app, fastapi=app), metrics)}
+    )
     for r in (
         predict.router,
         receipts.router,

@@ -7,8 +7,10 @@ writes its answer (`predict_body`, documented by `PredictResponse`).
 `PredictFastPath` (middleware) is the one way in at run time: it calls `serve_predict`
 without the framework's routing, dependency solving and exception layers, which cost the
 front process about a fifth of its time per request on the hottest path
-(docs/performance.md). The FastAPI route below only declares the operation in the API
-document (the middleware answers every `POST /v1/predict` before routing).
+(docs/performance.md). Under uvicorn the HTTP protocol runs it (inside `RequestObserver`)
+as the door for `POST /v1/predict` (`app.edge.server.FRONT_DOORS`), past the framework's
+outer layers too. The FastAPI route below only declares the operation in the API document
+(the middleware answers every `POST /v1/predict` before routing).
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ class PredictFastPath:
             await self.app(scope, receive, send)
             return
         scope["route"] = _ROUTE  # metrics and logs label it as the framework would
+        scope["app"] = self.fastapi  # as the framework sets it (`Request.app`), when the protocol's door skips it
         try:
             response = await serve_predict(Request(scope, receive), self.fastapi.state.service)
         except (APIError, ModelStoreError, NotReady) as exc:
