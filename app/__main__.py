@@ -1,6 +1,7 @@
 """`python -m app` (or `damage-serve`): serve the store's active bundle with uvicorn (uvloop and httptools)."""
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,6 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartupRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # What exists now (the imports: torch, pydantic, the framework; the app) lives as long as
+    # the process: out of the collector's sight, its collections cost the front process about
+    # a fifth of what they did (measured at 256 clients: 0.07 of a core -> 0.014).
+    gc.collect()
+    gc.freeze()
     uvicorn.Server(server_config).run()
     return 0
 
