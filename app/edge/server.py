@@ -42,11 +42,19 @@ HEAD_REFUSAL = "head_refusal"  # the lifespan state's key for `app.edge.serve.he
 FRONT_DOORS = "front_doors"
 
 
+class _NoWaiter:
+    def set(self) -> None:
+        """Nobody waits for the body of a request answered from its head."""
+
+
 class _Answered:
     """What stands in for a request answered from its head: a cycle whose response is complete."""
 
     response_complete = True
     disconnected = False
+    # uvicorn sets it when the connection is lost; without it, a client closing its
+    # connection after a refusal raised in `connection_lost` (a traceback per connection).
+    message_event = _NoWaiter()
 
 
 _ANSWERED = _Answered()

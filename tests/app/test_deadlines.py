@@ -204,7 +204,7 @@ def _read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, rest
 
 
-def test_an_overloaded_predict_is_refused_from_its_head_and_the_connection_stays_usable(store, keys) -> None:
+def test_an_overloaded_predict_is_refused_from_its_head_and_the_connection_stays_usable(store, keys, caplog) -> None:
     """Under overload a refusal must cost the front as little as possible (at 4x it spent
     most of a core refusing through the application): the 503 is written once the head is
     parsed, its body is read and dropped, and the same keep-alive connection then serves the
@@ -239,6 +239,9 @@ def test_an_overloaded_predict_is_refused_from_its_head_and_the_connection_stays
                     )
                     status, _, body = _read_answer(oip)
                     assert status == 503 and json.loads(body)["error"].startswith("overloaded: "), body
+                time.sleep(0.3)  # the client closed the refused connection: the server sees it go
+                lost = [r for r in caplog.records if r.exc_info or "Exception in callback" in r.getMessage()]
+                assert not lost, lost[0].getMessage()
             blocker.join(timeout=30)
             assert first[0].status_code == 200
             sock.sendall(request)  # the same connection, the queue drained
