@@ -41,6 +41,7 @@ class Structure:
     """What the walk found that admission needs: a progressive JPEG's scans cost extra work."""
 
     scans: int = 1
+    header_bytes: int = 0  # a JPEG's bytes before its first scan, which Pillow parses in Python
 
 
 def check_structure(data: bytes) -> Structure:
@@ -102,14 +103,14 @@ def _jpeg(data: bytes) -> Structure:
     if not progressive:
         # A sequential frame is decoded in one pass whatever follows its scans (~150 µs per
         # camera photo not spent counting markers, in the front and again in the worker).
-        return Structure()
+        return Structure(header_bytes=pos)
     # Inside entropy-coded data every 0xFF is followed by 0x00 or a restart marker, so
     # 0xFFDA is only ever a real marker: counting is exact, and C-speed. (Past the first
     # image's end, an MP file's second image counts too: erring on the side of more work.)
     scans = 1 + data.count(b"\xff\xda", pos)
     if scans > MAX_JPEG_SCANS:
         raise _too_complex(f"JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are accepted")
-    return Structure(scans)
+    return Structure(scans, pos)
 
 
 def _png(data: bytes) -> None:

@@ -48,6 +48,7 @@ from model_store.manifest import DomainBounds, Manifest
 from model_store.monitoring import ImageStats
 from model_store.parity import ParityReport
 from model_store.preprocessing import DecodeLimits, ImageInfo, inspect
+from model_store.structure import check_structure
 
 __all__ = ["DeadlineExceeded", "Explained", "Overloaded", "Pipeline", "RequestTooLarge", "Scored", "WorkerFailed"]
 
@@ -58,10 +59,12 @@ SHADOW_QUEUE = 32  # shadow images waiting at most; beyond, a sampled request is
 # (measured with `python -m benchmarks --deadline-ms 300`: docs/performance.md).
 ADMIT_SHARE = 0.7
 INSPECT_THREADS = 2  # header checks of images being admitted (bounded work each)
-# One JPEG up to this size (what a station sends) is checked on the event loop: ~30 us for a
-# camera's 170 KB frame, bounded by `model_store.structure` (64 segments, 64 scans), where the
-# hop to a thread and back cost the front more than the check itself.
+# One JPEG up to this size with at most this much header before its image data (what a
+# station's camera sends: ~600 bytes) is checked on the event loop, ~30 us, where the hop to a
+# thread and back cost the front more than the check. A longer header goes to the threads:
+# Pillow parses it in Python, ~50 ms for a crafted 1 MB one (quantisation tables).
 INLINE_INSPECT_BYTES = 1024 * 1024
+INLINE_HEADER_BYTES = 16 * 1024
 
 BatchObserver = Callable[[int, float, float], None]  # images, decode seconds, forward seconds
 
@@ -336,7 +339,7 @@ class Pipeline:
     async def inspect(self, version: str, images: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes, ImageInfo]]:
         """Header checks of a request's images with the version's own preprocessing, before
         queueing: bounded work per image (`model_store.structure`), in the inspect threads
-        (one JPEG of at most `INLINE_INSPECT_BYTES`: at once). The first refusal names its image."""
+        (one camera JPEG, `_cheap_to_check`: at once). The first refusal names its image."""
         resize = self._models[version].manifest.preprocessing.resize
 
         def check() -> list[tuple[str, bytes, ImageInfo]]:
@@ -348,7 +351,7 @@ class Pipeline:
                     raise _named(exc, name, str(exc)) from None
             return checked
 
-        if len(images) == 1 and len(images[0][1]) <= INLINE_INSPECT_BYTES and images[0][1].startswith(b"\xff\xd8"):
+        if len(images) == 1 and _cheap_to_check(images[0][1]):
             return check()
         return await asyncio.get_running_loop().run_in_executor(self._inspector, check)
 
@@ -680,6 +683,16 @@ def _behind(oldest: _Request, now: float) -> bool:
     than the workers answer it (a queue that drains waits far less)."""
     deadline = oldest.deadline
     return deadline is not None and now - oldest.queued_at > (deadline - oldest.queued_at) / 2
+
+
+def _cheap_to_check(data: bytes) -> bool:
+    """A JPEG whose check costs less than a thread hop: small, with a short header."""
+    if len(data) > INLINE_INSPECT_BYTES or not data.startswith(b"\xff\xd8"):
+        return False
+    try:
+        return check_structure(data).header_bytes <= INLINE_HEADER_BYTES
+    except ImageError:
+        return False  # refused in a thread, with its message
 
 
 def _named(exc: ImageError, name: str, message: str) -> ImageError:

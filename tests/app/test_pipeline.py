@@ -4,6 +4,7 @@ admission, version separation, per-image errors, crash recovery, unloading, pari
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -170,3 +171,46 @@ def test_parity_runs_on_every_worker(bundles, keys, tmp_path) -> None:
             assert not refused.passed and refused.max_abs_diff > refused.tolerance
 
     asyncio.run(scenario())
+
+
+def _crafted_jpeg() -> bytes:
+    """~1 MB that passes the structure walk: 15 quantisation-table segments of 65,520 bytes
+    each before the frame, which Pillow parses in Python table by table (~50 ms, review of
+    the inline check)."""
+    table = b"\x00" + bytes(range(1, 65))  # one 8-bit table of 64 values, id 0
+    dqt = table * (65518 // len(table))
+    segment = b"\xff\xdb" + (len(dqt) + 2).to_bytes(2, "big") + dqt
+    sof = b"\xff\xc0\x00\x0b\x08\x00\x10\x00\x10\x01\x01\x11\x00"
+    sos = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"
+    return b"\xff\xd8" + segment * 15 + sof + sos + b"\x00" * 64 + b"\xff\xd9"
+
+
+def test_a_camera_frame_is_checked_at_once_and_a_long_header_off_the_event_loop(bundles, keys, monkeypatch) -> None:
+    """The header check of one camera JPEG runs on the event loop (a thread hop cost more
+    than the check); a JPEG whose header Pillow would parse for tens of milliseconds goes to
+    the inspect threads, so one such request cannot stall every other connection."""
+    import threading
+
+    from app.serving import pipeline as module
+
+    where: list[str] = []
+    real = module.inspect
+
+    def recording(data, *args, **kwargs):
+        where.append(threading.current_thread().name)
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(module, "inspect", recording)
+    crafted = _crafted_jpeg()
+    assert len(crafted) < module.INLINE_INSPECT_BYTES  # only its header makes it dear
+
+    async def scenario() -> None:
+        async with running_pipeline(workers=1) as p:
+            v = await load(p, bundles["v1"], keys[1])
+            await p.inspect(v, [("camera.jpg", IMAGES[0])])
+            with contextlib.suppress(Exception):  # Pillow may refuse it: where it ran is the point
+                await p.inspect(v, [("crafted.jpg", crafted)])
+
+    asyncio.run(scenario())
+    assert where[0] == threading.main_thread().name
+    assert where[1].startswith("inspect")
