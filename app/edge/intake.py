@@ -180,7 +180,7 @@ async def read_images(request: Request, limits: BodyLimits, hold: BodyHold | Non
             async for chunk in _chunks(request, limits.max_request_bytes, "multipart body", hold):
                 parser.write(chunk)
         parser.finalize()
-    except APIError:
+    except (APIError, ClientGone):  # ours; a client gone is counted 499, not a parse error
         raise
     except Exception as exc:  # python-multipart's parse errors
         raise APIError(422, "invalid_multipart", f"multipart body could not be parsed: {exc}") from None

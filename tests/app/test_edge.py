@@ -125,23 +125,33 @@ def test_a_request_line_without_http_1_is_refused(service: ServiceProcess, wire:
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "headers"),
+    ("method", "path", "headers", "content_type", "start"),
     [
         # Bodies are read by the routes, after the token (app.edge.intake.read_json).
-        ("PUT", "/v1/shadow", {"Authorization": f"Bearer {ADMIN_TOKEN}"}),
-        ("POST", "/v1/models/rollback", {"Authorization": f"Bearer {ADMIN_TOKEN}"}),
+        ("PUT", "/v1/shadow", {"Authorization": f"Bearer {ADMIN_TOKEN}"}, "application/json", b'{"reason": "'),
+        ("POST", "/v1/models/rollback", {"Authorization": f"Bearer {ADMIN_TOKEN}"}, "application/json", b'{"r'),
+        # Predict, through the protocol's door: a raw image, and multipart (once a 422).
+        ("POST", "/v1/predict", {}, "image/jpeg", b"\xff\xd8\xff\xe0"),
+        (
+            "POST",
+            "/v1/predict",
+            {},
+            "multipart/form-data; boundary=b",
+            b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\n\xff\xd8',
+        ),
     ],
 )
 def test_a_client_hanging_up_mid_body_is_counted_as_499(
-    service: ServiceProcess, method: str, path: str, headers: dict[str, str]
+    service: ServiceProcess, method: str, path: str, headers: dict[str, str], content_type: str, start: bytes
 ) -> None:
     before = _metric(service, path, 499)
-    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n"
+    others = {status: _metric(service, path, status) for status in (400, 422, 500)}
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: 1000\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    reply = exchange(service.port, [head.encode() + b'\r\n{"reason": "'], keep_open=False, timeout=10)
+    reply = exchange(service.port, [head.encode() + b"\r\n" + start], keep_open=False, timeout=10)
     assert reply.status == 0  # nobody left to answer
     eventually(lambda: _metric(service, path, 499) > before, timeout=10, what="a 499 counted")
-    assert _metric(service, path, 400) == 0 and _metric(service, path, 500) == 0
+    assert {status: _metric(service, path, status) for status in others} == others  # nothing else counted
 
 
 def test_every_log_line_is_json_uvicorns_own_warnings_too(service: ServiceProcess) -> None:
