@@ -244,18 +244,26 @@ async def _open_level(
 
     async def one(request: bytes, due: float) -> None:
         conn = idle.pop() if idle else None
-        try:
-            if conn is None:
-                conn = await asyncio.open_connection(host, port)
-            reader, writer = conn
-            writer.write(request)
-            status, keep, _ = await _read_response(reader)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-            if warm_until <= due <= stop_at:
-                result.errors += 1
-            if conn is not None:
-                conn[1].close()
-            return
+        while True:
+            reused = conn is not None
+            try:
+                if conn is None:
+                    conn = await asyncio.open_connection(host, port)
+                reader, writer = conn
+                writer.write(request)
+                status, keep, _ = await _read_response(reader)
+                break
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+                if conn is not None:
+                    conn[1].close()
+                conn = None
+                if reused and (isinstance(exc, OSError) or getattr(exc, "partial", None) == b""):
+                    # A kept-alive connection the server closed while it sat idle in the pool
+                    # (its keep-alive timeout): sent again on a new one, as HTTP clients do.
+                    continue
+                if warm_until <= due <= stop_at:
+                    result.errors += 1
+                return
         finished = time.perf_counter()
         if warm_until <= due <= stop_at:  # by when it was offered: the offered load is what counts
             if status == 200:
