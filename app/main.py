@@ -90,11 +90,10 @@ def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastA
     docs.install(app)
     app.add_middleware(PredictFastPath, fastapi=app)
     app.add_middleware(RequestObserver, metrics=metrics)  # outermost of ours: sees every request
-    # The same two as the HTTP protocol's door for predict requests (`app.edge.server`): under
-    # uvicorn they skip the framework's outer layers; any other server takes the chain above.
-    setattr(
-        app.state, FRONT_DOORS, {("POST", predict.PATH): RequestObserver(PredictFastPath(app, fastapi=app), metrics)}
-    )
+    # The same two as the HTTP protocol's door for the predict requests (`app.edge.server`):
+    # under uvicorn they skip the framework's outer layers; any other server takes the chain above.
+    door = RequestObserver(PredictFastPath(app, fastapi=app), metrics)
+    setattr(app.state, FRONT_DOORS, (PredictFastPath.handles, door))
     for r in (
         predict.router,
         receipts.router,

@@ -163,8 +163,11 @@ async def prediction(request: Request, service: Service) -> AsyncIterator[Predic
             yield p
 
 
-# The predict doors a refusal for overload can answer from the request's head alone.
-_PREDICT_PATH = re.compile(rb"/v1/predict|/v2/models/[^/?]+(?:/versions/[^/?]+)?/infer")
+# The predict doors, as the routes declare them: `/v1/predict`, and the protocol's infer for
+# a model and optionally a version (FastAPI's `{param}` is `[^/]+`). `PredictFastPath`
+# answers them; a refusal for overload can answer them from the request's head alone.
+PREDICT_PATHS = re.compile(r"/v1/predict|/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
+_PREDICT_PATH = re.compile(PREDICT_PATHS.pattern.encode())  # the raw request target, before its query
 
 
 def head_refusal(service: Service) -> Callable[[bytes, list[tuple[bytes, bytes]], float], bytes | None]:

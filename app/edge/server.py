@@ -11,6 +11,7 @@ import logging
 import resource
 import ssl
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, ClassVar, cast
 
@@ -37,9 +38,10 @@ log = logging.getLogger("app.edge.server")
 
 
 HEAD_REFUSAL = "head_refusal"  # the lifespan state's key for `app.edge.serve.head_refusal`
-# The app's `state` attribute naming the doors: {(method, path): ASGI app} the protocol runs
-# for exactly that request instead of the whole application (`GuardedHttpToolsProtocol.doors`).
+# The app's `state` attribute naming its door: (which requests, given method and path; the
+# ASGI app the protocol runs for them instead of the whole application).
 FRONT_DOORS = "front_doors"
+Door = tuple[Callable[[str, str], bool], Any]
 
 
 class _NoWaiter:
@@ -79,11 +81,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     max_connections = 1024  # open connections of this server (APP_MAX_CONNECTIONS, set by `config`)
     retry_after_s = 1
     refused_over_cap = 0  # per server, like the two above
-    # (method, path) -> the ASGI app that answers it, wrapped as uvicorn wraps the whole one
-    # (proxy headers). Set per server by `config` from the app's `front_doors`: the hottest
-    # route skips the framework's own layers (error pages, telemetry, body limit, routing),
-    # which cost the front about a fifth of its time per predict request (docs/performance.md).
-    doors: ClassVar[dict[tuple[str, str], Any]] = {}
+    # The requests the app's door answers and the door itself, wrapped as uvicorn wraps the
+    # whole app (proxy headers). Set per server by `config` from the app's `front_doors`: the
+    # predict requests skip the framework's own layers (error pages, telemetry, body limit,
+    # routing), which cost the front about a fifth of its time per request (docs/performance.md).
+    door: ClassVar[Door | None] = None
     over_cap_logged_at = float("-inf")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -249,8 +251,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         self._running = cycle  # pipelined requests start one after another, from the queue
-        if app is self.app and self.doors:  # not uvicorn's own refusal app
-            app = self.doors.get((cycle.scope["method"], cycle.scope["path"]), app)
+        door = self.door
+        if door is not None and app is self.app and door[0](cycle.scope["method"], cycle.scope["path"]):
+            app = door[1]  # (`app is self.app`: not uvicorn's own refusal app)
         super()._start_asgi_task(cycle, app)
 
     def on_response_complete(self) -> None:
@@ -387,10 +390,10 @@ def config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
     }
     options.update(overrides)
     result = uvicorn.Config(app, **options)  # applies the logging configuration
-    doors = getattr(getattr(app, "state", None), FRONT_DOORS, None) or {}
-    if result.proxy_headers:  # as `Config.load` wraps the whole app
-        doors = {key: ProxyHeadersMiddleware(door, result.forwarded_allow_ips) for key, door in doors.items()}
-    protocol.doors = doors
+    door: Door | None = getattr(getattr(app, "state", None), FRONT_DOORS, None)
+    if door is not None and result.proxy_headers:  # as `Config.load` wraps the whole app
+        door = (door[0], ProxyHeadersMiddleware(door[1], result.forwarded_allow_ips))
+    protocol.door = door
     if warning:
         log.warning(warning)
     return result

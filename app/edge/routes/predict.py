@@ -4,13 +4,13 @@ The steps every front door shares (pin, admit, check, score, record, after) are 
 `app.edge.serve`; this module reads this door's body (`app.edge.intake.read_images`) and
 writes its answer (`predict_body`, documented by `PredictResponse`).
 
-`PredictFastPath` (middleware) is the one way in at run time: it calls `serve_predict`
-without the framework's routing, dependency solving and exception layers, which cost the
-front process about a fifth of its time per request on the hottest path
-(docs/performance.md). Under uvicorn the HTTP protocol runs it (inside `RequestObserver`)
-as the door for `POST /v1/predict` (`app.edge.server.FRONT_DOORS`), past the framework's
-outer layers too. The FastAPI route below only declares the operation in the API document
-(the middleware answers every `POST /v1/predict` before routing).
+`PredictFastPath` (middleware) is the one way in at run time for both predict doors (this
+one and the protocol's infer, `app.edge.routes.v2.serve_infer`): it calls them without the
+framework's routing, dependency solving and exception layers, which cost the front process
+about a fifth of its time per request on the hottest path (docs/performance.md). Under
+uvicorn the HTTP protocol runs it (inside `RequestObserver`) as the app's door
+(`app.edge.server.FRONT_DOORS`), past the framework's outer layers too. The FastAPI routes
+only declare the operations in the API document (the middleware answers them before routing).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.edge.errors import APIError, JSONLines, response_for
 from app.edge.intake import read_images
+from app.edge.routes import v2
 from app.edge.schemas import PredictResponse, error_responses
-from app.edge.serve import prediction, refused_body
+from app.edge.serve import PREDICT_PATHS, prediction, refused_body
 from app.ops.model_host import Loaded, NotReady
 from app.service import Service
 from app.serving.pipeline import Scored
@@ -120,24 +121,40 @@ class _Route:
     path: str
 
 
+# Metrics and logs label a request by its route's path, as the framework would.
 _ROUTE = _Route(PATH)
+_INFER_ROUTE = _Route("/v2/models/{model}/infer")
+_VERSION_INFER_ROUTE = _Route("/v2/models/{model}/versions/{version}/infer")
 
 
 class PredictFastPath:
-    """ASGI middleware: `POST /v1/predict` straight to `serve_predict`; anything else passes on."""
+    """ASGI middleware: the predict doors (`POST /v1/predict` to `serve_predict`, the
+    protocol's infer to `v2.serve_infer`, `app.edge.serve.PREDICT_PATHS`) without routing;
+    anything else passes on. Refusals in each door's own shape."""
 
     def __init__(self, app: ASGIApp, fastapi: FastAPI) -> None:
         self.app = app
         self.fastapi = fastapi
 
+    @staticmethod
+    def handles(method: str, path: str) -> bool:
+        return method == "POST" and PREDICT_PATHS.fullmatch(path) is not None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+        door = PREDICT_PATHS.fullmatch(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if door is None:
             await self.app(scope, receive, send)
             return
-        scope["route"] = _ROUTE  # metrics and logs label it as the framework would
         scope["app"] = self.fastapi  # as the framework sets it (`Request.app`), when the protocol's door skips it
+        service: Service = self.fastapi.state.service
+        model, version = door["model"], door["version"]
         try:
-            response = await serve_predict(Request(scope, receive), self.fastapi.state.service)
+            if model is None:
+                scope["route"] = _ROUTE
+                response = await serve_predict(Request(scope, receive), service)
+            else:
+                scope["route"] = _INFER_ROUTE if version is None else _VERSION_INFER_ROUTE
+                response = await v2.serve_infer(Request(scope, receive), service, model, version)
         except (APIError, ModelStoreError, NotReady) as exc:
-            response = response_for(exc)
+            response = response_for(exc, oip=model is not None)
         await response(scope, receive, send)

@@ -5,7 +5,9 @@ KServe and any Triton client can use the service with no code of ours.
 request is read (`app.edge.intake.read_body`, within the byte budget) and decoded
 (`app.edge.oip`) by this door; everything between is `app.edge.serve`'s, as for /v1, so
 admission, batching, limits, metrics, drift and capture are the same. Errors have the
-protocol's shape, `{"error": "<code>: <message>"}` (`app.edge.errors.is_oip`).
+protocol's shape, `{"error": "<code>: <message>"}` (`app.edge.errors.is_oip`). Inference
+requests are answered by `PredictFastPath` (`app.edge.routes.predict`) before routing, as
+`/v1/predict` is; the routes below declare them in the API document.
 """
 
 from __future__ import annotations
@@ -163,7 +165,8 @@ _INFER = {
 }
 
 
-async def _infer(request: Request, service: Service, model: str, version: str | None) -> Response:
+async def serve_infer(request: Request, service: Service, model: str, version: str | None) -> Response:
+    """The whole of the protocol's infer (`PredictFastPath` runs it without routing)."""
     async with prediction(request, service) as p:
         _check(p.loaded, model, version)
         limits = service.body_limits
@@ -214,10 +217,10 @@ async def _infer(request: Request, service: Service, model: str, version: str | 
 @router.post("/models/{model}/infer", **_INFER)  # type: ignore[arg-type]
 async def infer(model: str, request: Request, service: ServiceDep) -> Response:
     """Score a batch of encoded images: probability and decision per image."""
-    return await _infer(request, service, model, None)
+    raise AssertionError("PredictFastPath answers the protocol's infer before routing")  # pragma: no cover
 
 
 @router.post("/models/{model}/versions/{version}/infer", **_INFER)  # type: ignore[arg-type]
 async def version_infer(model: str, version: str, request: Request, service: ServiceDep) -> Response:
     """As `/v2/models/{model}/infer`, for the served version only."""
-    return await _infer(request, service, model, version)
+    raise AssertionError("PredictFastPath answers the protocol's infer before routing")  # pragma: no cover
