@@ -75,9 +75,20 @@ def multipart_request(url: str, images: list[bytes], boundary: str = "benchmark-
     return raw_request(url, body, f"multipart/form-data; boundary={boundary}")
 
 
+class StaleConnection(ConnectionError):
+    """The connection ended before a byte of the answer: a kept-alive one the server had closed."""
+
+
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool, float]:
     """(status, keep-alive, Retry-After seconds or 0) after reading the whole response."""
-    head = await reader.readuntil(b"\r\n\r\n")
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            raise StaleConnection() from None
+        raise
+    except ConnectionResetError:  # reset before the answer's head was complete: never answered
+        raise StaleConnection() from None
     status = int(head[9:12])
     lower = head.lower()
     keep = b"connection: close" not in lower
@@ -257,7 +268,7 @@ async def _open_level(
                 if conn is not None:
                     conn[1].close()
                 conn = None
-                if reused and (isinstance(exc, OSError) or getattr(exc, "partial", None) == b""):
+                if reused and isinstance(exc, StaleConnection):
                     # A kept-alive connection the server closed while it sat idle in the pool
                     # (its keep-alive timeout): sent again on a new one, as HTTP clients do.
                     continue

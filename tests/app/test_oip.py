@@ -164,3 +164,14 @@ def test_the_readmes_tritonclient_snippet_runs_as_pasted(server: LiveServer, mod
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "manifest_sha256" in result.stdout and "b'" in result.stdout, result.stdout
+
+
+def test_a_predict_path_the_router_matches_with_a_final_newline_is_served_not_a_500(
+    server: LiveServer, model: str
+) -> None:
+    """The router's patterns match before a final newline (`/infer%0A`), the predict doors'
+    pattern does not: such a request still reaches the door's handler, in its own shape."""
+    r = httpx.post(f"{server.url}/v2/models/{model}/infer%0A", content=b"{}", timeout=30)
+    assert r.status_code == 400 and isinstance(r.json()["error"], str), r.text  # the protocol's shape
+    r = httpx.post(f"{server.url}/v1/predict%0A", content=IMAGES[0], headers={"Content-Type": "image/jpeg"}, timeout=30)
+    assert r.status_code == 200 and r.json()["results"][0]["decision"] in ("intact", "damaged", "retake"), r.text

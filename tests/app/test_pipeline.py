@@ -194,7 +194,7 @@ def test_a_camera_frame_is_checked_at_once_and_a_long_header_off_the_event_loop(
     from app.serving import pipeline as module
 
     where: list[str] = []
-    real = module.inspect
+    real = inspect  # what the pipeline calls (model_store.preprocessing.inspect)
 
     def recording(data, *args, **kwargs):
         where.append(threading.current_thread().name)

@@ -10,7 +10,8 @@ framework's routing, dependency solving and exception layers, which cost the fro
 about a fifth of its time per request on the hottest path (docs/performance.md). Under
 uvicorn the HTTP protocol runs it (inside `RequestObserver`) as the app's door
 (`app.edge.server.FRONT_DOORS`), past the framework's outer layers too. The FastAPI routes
-only declare the operations in the API document (the middleware answers them before routing).
+declare the operations in the API document; they serve only what the router matches and the
+middleware's pattern does not.
 """
 
 from __future__ import annotations
@@ -113,7 +114,9 @@ def image_body_doc(description: str, *, most: int | None = None) -> dict[str, An
 )
 async def predict(request: Request) -> Response:
     """Probability and decision per image; the model (name, version, manifest digest) once."""
-    raise AssertionError("PredictFastPath answers POST /v1/predict before routing")  # pragma: no cover
+    # `PredictFastPath` answers first; here only a path the router matches and its pattern
+    # does not (Starlette's `$` matches before a final newline: `/v1/predict%0A`), still served.
+    return await serve_predict(request, request.app.state.service)
 
 
 @dataclass(frozen=True)
