@@ -10,7 +10,8 @@ default), and decides what each idle worker does next.
   will cost, would pass their bounds; a request that could never fit is `RequestTooLarge`
   (413). Decode work comes from the image headers, read before queueing.
 - **Header checks off the event loop.** `inspect` runs Pillow's header parsing (bounded by
-  `model_store.structure`) in a small thread pool, so the front keeps answering meanwhile.
+  `model_store.structure`) in a small thread pool, so the front keeps answering meanwhile;
+  one camera JPEG (short header, `_cheap_to_check`) costs less than the hop, and is checked at once.
 - **No fixed batch wait.** An idle worker takes work the moment it arrives; while all
   workers are busy, images pile up, and the next free worker takes up to `max_batch` of
   them at once. Batches hold one model version only, so every image of a response comes
